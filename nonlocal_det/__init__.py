@@ -1,0 +1,32 @@
+"""
+nonlocal_det: non-local (Wang et al., CVPR 2018) and compact generalized non-local (Yue et
+al., NeurIPS 2018) blocks for Detectron2.
+
+``nonlocal_det.layers`` needs only torch. Names that build Detectron2 models need Detectron2;
+without it, using them raises an ImportError that says how to install it.
+"""
+import importlib
+
+from .detectron2_support import detectron2_available, require_detectron2
+from .layers import CGNLBlock2d, NonLocalBlock2d
+
+__version__ = "0.1.0"
+
+# Detectron2-dependent public names -> the submodule that defines them.
+_DETECTRON2_EXPORTS = {}
+
+
+def __getattr__(name):
+    if name in _DETECTRON2_EXPORTS:
+        require_detectron2(f"nonlocal_det.{name}")
+        return getattr(importlib.import_module(_DETECTRON2_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "NonLocalBlock2d",
+    "CGNLBlock2d",
+    "detectron2_available",
+    "require_detectron2",
+    *_DETECTRON2_EXPORTS,
+]

@@ -1,0 +1,205 @@
+"""The non-local block of Wang et al., "Non-local Neural Networks" (CVPR 2018), sec. 3."""
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .aggregation import (
+    compute_dtype,
+    concatenation_aggregate,
+    dot_product_aggregate,
+    softmax_aggregate,
+)
+from .norm import NormSpec, build_norm, residual_branch, zero_init_residual_branch
+from .validation import check_feature_map, require_divisible
+
+__all__ = ["NonLocalBlock2d", "NONLOCAL_MODES"]
+
+NONLOCAL_MODES = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
+
+
+class NonLocalBlock2d(nn.Module):
+    """
+    z = x + norm(W_z y), with y_i = 1/C(x) sum_j f(x_i, x_j) g(x_j) over key positions j
+    (eqs. 1-6 of the paper).
+
+    Pairwise functions (``mode``), with theta, phi, g 1x1 convolutions to
+    ``in_channels // reduction`` channels and M the number of key positions:
+
+    - ``"gaussian"``: f = exp(x_i . x_j) on the input itself, C(x) = sum_j f (a softmax).
+      No theta/phi.
+    - ``"embedded_gaussian"``: f = exp(s * theta_i . phi_j), C(x) = sum_j f, with
+      s = 1/sqrt(inner channels) if ``use_scale`` else 1 (the paper's formula).
+    - ``"dot_product"``: f = theta_i . phi_j, C(x) = M.
+    - ``"concatenation"``: f = ReLU(w_f . [theta_i, phi_j]), C(x) = M, with w_f the 1x1
+      conv ``concat_project`` (2 * inner -> 1, no bias).
+
+    ``sub_sample`` max-pools the key side 2x2 (phi and g outputs; the input itself as keys in
+    gaussian mode) with ``ceil_mode``: an odd last row or column is pooled on its own
+    (a 1-pixel-wide window) rather than dropped, and a size of 1 stays 1. So M = ceil(H/2) *
+    ceil(W/2) with sub-sampling, else H * W.
+
+    At construction the block is exactly the identity: the affine weight (and bias) of
+    ``norm`` is zero, or, with ``norm=""``, W_z is. The attention core runs in float32 (or
+    float64 for float64 inputs) with autocast disabled, and with memory linear in H * W for
+    every mode, forward and backward.
+
+    Submodule names (``theta``, ``phi``, ``g``, ``concat_project``, ``out``, ``norm``) are
+    checkpoint keys.
+
+    Args:
+        in_channels: C, channels of the input and output.
+        mode: one of ``NONLOCAL_MODES``.
+        reduction: inner channels are ``in_channels // reduction``; must divide in_channels.
+        sub_sample: 2x2 max pooling on the key side.
+        use_scale: scale embedded-Gaussian logits by 1/sqrt(inner channels). Only used in
+            that mode.
+        norm: "", "BN", "SyncBN", "GN" (gcd(32, C) groups) or a callable
+            ``channels -> nn.Module`` with a trainable affine ``weight``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        mode: str = "embedded_gaussian",
+        reduction: int = 2,
+        sub_sample: bool = True,
+        use_scale: bool = True,
+        norm: NormSpec = "BN",
+    ):
+        super().__init__()
+        if mode not in NONLOCAL_MODES:
+            raise ValueError(f"Unknown non-local mode {mode!r}; expected one of {NONLOCAL_MODES}.")
+        inner_channels = require_divisible(in_channels, reduction, "in_channels", "reduction")
+        self.in_channels = in_channels
+        self.inner_channels = inner_channels
+        self.mode = mode
+        self.sub_sample = bool(sub_sample)
+        self.use_scale = bool(use_scale)
+
+        def conv1x1(cin, cout, bias=True):
+            conv = nn.Conv2d(cin, cout, kernel_size=1, bias=bias)
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            if bias:
+                nn.init.zeros_(conv.bias)
+            return conv
+
+        self.g = conv1x1(in_channels, inner_channels)
+        if mode != "gaussian":
+            self.theta = conv1x1(in_channels, inner_channels)
+            self.phi = conv1x1(in_channels, inner_channels)
+        if mode == "concatenation":
+            self.concat_project = nn.Conv2d(2 * inner_channels, 1, kernel_size=1, bias=False)
+            nn.init.normal_(self.concat_project.weight, std=1.0 / math.sqrt(2 * inner_channels))
+        self.norm = build_norm(norm, in_channels)
+        self.out = conv1x1(inner_channels, in_channels, bias=self.norm is None)
+        zero_init_residual_branch(self.out, self.norm)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_channels={self.in_channels}, inner_channels={self.inner_channels}, "
+            f"mode={self.mode!r}, sub_sample={self.sub_sample}, use_scale={self.use_scale}"
+        )
+
+    def _pool(self, t: torch.Tensor) -> torch.Tensor:
+        if not self.sub_sample:
+            return t
+        return F.max_pool2d(t, kernel_size=2, stride=2, ceil_mode=True)
+
+    @staticmethod
+    def _rows(t: torch.Tensor) -> torch.Tensor:
+        """(B, D, H, W) -> (B, H*W, D), contiguous."""
+        return t.flatten(2).transpose(1, 2).contiguous()
+
+    def _queries_keys(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int]]:
+        """Query maps (B, Dq, H, W) and key maps (B, Dq, Hk, Wk) before the pairwise function."""
+        if self.mode == "gaussian":
+            keys = self._pool(x)
+            return x, keys, tuple(keys.shape[-2:])
+        keys = self._pool(self.phi(x))
+        return self.theta(x), keys, tuple(keys.shape[-2:])
+
+    def _concat_halves(self, queries: torch.Tensor, keys: torch.Tensor):
+        """a_i = w_theta . theta_i (B, N) and b_j = w_phi . phi_j (B, M)."""
+        w = self.concat_project.weight.flatten()
+        w_theta, w_phi = w[: self.inner_channels], w[self.inner_channels :]
+        a = torch.einsum("bdn,d->bn", queries.flatten(2), w_theta.to(queries.dtype))
+        b = torch.einsum("bdm,d->bm", keys.flatten(2), w_phi.to(keys.dtype))
+        return a, b
+
+    def nonlocal_op(self, x: torch.Tensor) -> torch.Tensor:
+        """y of eq. 1: (B, C, H, W) -> (B, inner_channels, H, W), before W_z, in float32 or wider."""
+        batch, _, height, width = x.shape
+        queries, keys, _ = self._queries_keys(x)
+        values = self._rows(self._pool(self.g(x)))
+        if self.mode in ("gaussian", "embedded_gaussian"):
+            scale = 1.0
+            if self.mode == "embedded_gaussian" and self.use_scale:
+                scale = 1.0 / math.sqrt(self.inner_channels)
+            y = softmax_aggregate(self._rows(queries), self._rows(keys), values, scale)
+        elif self.mode == "dot_product":
+            y = dot_product_aggregate(self._rows(queries), self._rows(keys), values)
+        else:
+            a, b = self._concat_halves(queries, keys)
+            y = concatenation_aggregate(a, b, values)
+        return y.transpose(1, 2).reshape(batch, self.inner_channels, height, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: (B, C, H, W).
+        Returns:
+            (B, C, H, W), x + norm(W_z y).
+        """
+        check_feature_map(x, self.in_channels, type(self).__name__)
+        if x.numel() == 0:
+            # Keep every parameter in the graph (zero gradient) so DDP sees them used.
+            return x + sum(p.sum() for p in self.parameters()) * 0
+        return x + residual_branch(self.out, self.norm, self.nonlocal_op(x))
+
+    @torch.no_grad()
+    def attention_for_queries(self, x: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """
+        Normalised pairwise weights f(x_i, x_j) / C(x) for chosen query positions only.
+
+        Builds a Q x M matrix, never N x M, and keeps nothing.
+
+        Args:
+            x: (B, C, H, W) input of the block.
+            queries: (Q, 2) integer (row, col) positions in x.
+        Returns:
+            (B, Q, Hk, Wk) weights over the key grid. With ``sub_sample``, key (u, v) is the
+            max-pooled cell covering input rows 2u..2u+1 and columns 2v..2v+1; without it,
+            the key grid is the input grid. Softmax modes' weights sum to 1 over keys.
+        """
+        check_feature_map(x, self.in_channels, type(self).__name__)
+        queries = torch.as_tensor(queries, device=x.device)
+        if queries.dim() != 2 or queries.shape[1] != 2 or queries.dtype.is_floating_point:
+            raise ValueError(
+                f"queries must be an integer tensor of shape (Q, 2) holding (row, col); got "
+                f"shape {tuple(queries.shape)} and dtype {queries.dtype}"
+            )
+        height, width = x.shape[-2:]
+        rows, cols = queries[:, 0], queries[:, 1]
+        if ((rows < 0) | (rows >= height) | (cols < 0) | (cols >= width)).any():
+            raise ValueError(f"queries must lie inside the {height}x{width} input grid")
+        query_maps, key_maps, key_shape = self._queries_keys(x)
+        flat = rows * width + cols
+        dtype = compute_dtype(query_maps)
+        q = query_maps.flatten(2)[:, :, flat].to(dtype)  # (B, D, Q)
+        k = key_maps.flatten(2).to(dtype)  # (B, D, M)
+        num_keys = k.shape[-1]
+        if self.mode in ("gaussian", "embedded_gaussian"):
+            scale = 1.0
+            if self.mode == "embedded_gaussian" and self.use_scale:
+                scale = 1.0 / math.sqrt(self.inner_channels)
+            weights = torch.softmax(scale * torch.einsum("bdq,bdm->bqm", q, k), dim=-1)
+        elif self.mode == "dot_product":
+            weights = torch.einsum("bdq,bdm->bqm", q, k) / num_keys
+        else:
+            a, b = self._concat_halves(query_maps.to(dtype), key_maps.to(dtype))
+            weights = F.relu(a[:, flat].unsqueeze(-1) + b.unsqueeze(1)) / num_keys
+        return weights.reshape(x.shape[0], len(flat), *key_shape)

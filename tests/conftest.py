@@ -1,0 +1,30 @@
+import pytest
+
+from nonlocal_det import detectron2_available
+
+HAS_DETECTRON2 = detectron2_available()
+DETECTRON2_SKIP_REASON = "needs Detectron2 (not on PyPI; install it from its official guide)"
+
+requires_detectron2 = pytest.mark.skipif(not HAS_DETECTRON2, reason=DETECTRON2_SKIP_REASON)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "detectron2: test needs Detectron2 installed")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("detectron2") is not None and not HAS_DETECTRON2:
+            item.add_marker(pytest.mark.skip(reason=DETECTRON2_SKIP_REASON))
+
+
+def pytest_terminal_summary(terminalreporter):
+    d2_tests = [
+        r
+        for r in terminalreporter.stats.get("skipped", [])
+        if DETECTRON2_SKIP_REASON in str(r.longrepr)
+    ]
+    ran = "installed" if HAS_DETECTRON2 else "NOT installed"
+    terminalreporter.write_line(
+        f"Detectron2 {ran}: {len(d2_tests)} Detectron2 test(s) skipped for that reason."
+    )
