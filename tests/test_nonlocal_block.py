@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nonlocal_det.layers import NONLOCAL_MODES, NonLocalBlock2d
-from nonlocal_det.layers.reference import pairwise_matrix, reference_forward, reference_nonlocal_op
+from nonlocal_det.layers.reference import pairwise_matrix, reference_embed, reference_forward, reference_nonlocal_op
 
 
 def randomize(block: nn.Module, seed: int = 0) -> nn.Module:
@@ -66,8 +66,8 @@ def test_odd_sizes_pool_last_row_and_column():
     block = NonLocalBlock2d(4, mode="dot_product", norm="")
     x = torch.zeros(1, 4, 5, 3)
     x[0, :, 4, 2] = 1.0  # only the last (odd) row/column is non-zero
-    queries, keys, key_shape = block._queries_keys(x)
-    assert key_shape == (3, 2)
+    queries, keys, values = block.embed(x)
+    assert keys.shape[-2:] == values.shape[-2:] == (3, 2)
     pooled = F.max_pool2d(block.phi(x), 2, 2, ceil_mode=True)
     torch.testing.assert_close(keys, pooled)
     assert keys[0, :, 2, 1].ne(keys[0, :, 0, 0]).any(), "last row/column must reach the keys"
@@ -188,7 +188,7 @@ def test_attention_for_queries_matches_full_matrix(mode, sub_sample):
     weights = block.attention_for_queries(x, queries)
     key_h, key_w = (4, 3) if sub_sample else (7, 6)
     assert weights.shape == (2, 3, key_h, key_w)
-    full = pairwise_matrix(block, x)  # (B, N, M)
+    full = pairwise_matrix(block, *reference_embed(block, x)[:2])  # (B, N, M)
     expected = full[:, queries[:, 0] * 6 + queries[:, 1]]
     torch.testing.assert_close(weights.flatten(2), expected)
     if mode in ("gaussian", "embedded_gaussian"):

@@ -114,13 +114,21 @@ class NonLocalBlock2d(nn.Module):
         """(B, D, H, W) -> (B, H*W, D), contiguous."""
         return t.flatten(2).transpose(1, 2).contiguous()
 
-    def _queries_keys(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int]]:
-        """Query maps (B, Dq, H, W) and key maps (B, Dq, Hk, Wk) before the pairwise function."""
+    def embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """
+        Queries (B, Dq, H, W), keys (B, Dq, Hk, Wk) and values (B, inner, Hk, Wk): theta(x),
+        pooled phi(x), pooled g(x); x itself as queries and pooled x as keys in gaussian
+        mode (Dq = C there, inner otherwise).
+        """
+        values = self._pool(self.g(x))
         if self.mode == "gaussian":
-            keys = self._pool(x)
-            return x, keys, tuple(keys.shape[-2:])
-        keys = self._pool(self.phi(x))
-        return self.theta(x), keys, tuple(keys.shape[-2:])
+            return x, self._pool(x), values
+        return self.theta(x), self._pool(self.phi(x)), values
+
+    def _logit_scale(self) -> float:
+        if self.mode == "embedded_gaussian" and self.use_scale:
+            return 1.0 / math.sqrt(self.inner_channels)
+        return 1.0
 
     def _concat_halves(self, queries: torch.Tensor, keys: torch.Tensor):
         """a_i = w_theta . theta_i (B, N) and b_j = w_phi . phi_j (B, M)."""
@@ -130,22 +138,26 @@ class NonLocalBlock2d(nn.Module):
         b = torch.einsum("bdm,d->bm", keys.flatten(2), w_phi.to(keys.dtype))
         return a, b
 
-    def nonlocal_op(self, x: torch.Tensor) -> torch.Tensor:
-        """y of eq. 1: (B, C, H, W) -> (B, inner_channels, H, W), before W_z, in float32 or wider."""
-        batch, _, height, width = x.shape
-        queries, keys, _ = self._queries_keys(x)
-        values = self._rows(self._pool(self.g(x)))
+    def aggregate(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """
+        The pairwise part of eq. 1 on embedded maps (see ``embed``), memory linear in H*W.
+
+        Returns:
+            y: (B, inner, H, W) in float32 or wider.
+        """
+        batch, _, height, width = queries.shape
+        values = self._rows(values)
         if self.mode in ("gaussian", "embedded_gaussian"):
-            scale = 1.0
-            if self.mode == "embedded_gaussian" and self.use_scale:
-                scale = 1.0 / math.sqrt(self.inner_channels)
-            y = softmax_aggregate(self._rows(queries), self._rows(keys), values, scale)
+            y = softmax_aggregate(self._rows(queries), self._rows(keys), values, self._logit_scale())
         elif self.mode == "dot_product":
             y = dot_product_aggregate(self._rows(queries), self._rows(keys), values)
         else:
-            a, b = self._concat_halves(queries, keys)
-            y = concatenation_aggregate(a, b, values)
-        return y.transpose(1, 2).reshape(batch, self.inner_channels, height, width)
+            y = concatenation_aggregate(*self._concat_halves(queries, keys), values)
+        return y.transpose(1, 2).reshape(batch, values.shape[-1], height, width)
+
+    def nonlocal_op(self, x: torch.Tensor) -> torch.Tensor:
+        """y of eq. 1: (B, C, H, W) -> (B, inner_channels, H, W), before W_z, in float32 or wider."""
+        return self.aggregate(*self.embed(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """
@@ -186,17 +198,16 @@ class NonLocalBlock2d(nn.Module):
         rows, cols = queries[:, 0], queries[:, 1]
         if ((rows < 0) | (rows >= height) | (cols < 0) | (cols >= width)).any():
             raise ValueError(f"queries must lie inside the {height}x{width} input grid")
-        query_maps, key_maps, key_shape = self._queries_keys(x)
+        query_maps, key_maps, _ = self.embed(x)
+        key_shape = key_maps.shape[-2:]
         flat = rows * width + cols
         dtype = compute_dtype(query_maps)
         q = query_maps.flatten(2)[:, :, flat].to(dtype)  # (B, D, Q)
         k = key_maps.flatten(2).to(dtype)  # (B, D, M)
         num_keys = k.shape[-1]
         if self.mode in ("gaussian", "embedded_gaussian"):
-            scale = 1.0
-            if self.mode == "embedded_gaussian" and self.use_scale:
-                scale = 1.0 / math.sqrt(self.inner_channels)
-            weights = torch.softmax(scale * torch.einsum("bdq,bdm->bqm", q, k), dim=-1)
+            logits = self._logit_scale() * torch.einsum("bdq,bdm->bqm", q, k)
+            weights = torch.softmax(logits, dim=-1)
         elif self.mode == "dot_product":
             weights = torch.einsum("bdq,bdm->bqm", q, k) / num_keys
         else:

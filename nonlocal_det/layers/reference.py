@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from .cgnl_block import CGNLBlock2d, taylor_coefficients
 from .nonlocal_block import NonLocalBlock2d
 
-__all__ = ["pairwise_matrix", "reference_nonlocal_op", "reference_cgnl_op", "reference_forward"]
+__all__ = ["reference_embed", "pairwise_matrix", "reference_aggregate", "reference_nonlocal_op", "reference_cgnl_op", "reference_forward"]
 
 
 def _subsample(block: NonLocalBlock2d, t: torch.Tensor) -> torch.Tensor:
@@ -23,12 +23,16 @@ def _subsample(block: NonLocalBlock2d, t: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(t, 2)
 
 
-def pairwise_matrix(block: NonLocalBlock2d, x: torch.Tensor) -> torch.Tensor:
-    """The normalised weights f(x_i, x_j) / C(x) of eq. 1: (B, N, M)."""
+def reference_embed(block: NonLocalBlock2d, x: torch.Tensor):
+    """Queries (B, Dq, N), keys (B, Dq, M), values (B, inner, M) for eq. 1."""
+    values = _subsample(block, block.g(x)).flatten(2)
     if block.mode == "gaussian":
-        q, k = x.flatten(2), _subsample(block, x).flatten(2)
-    else:
-        q, k = block.theta(x).flatten(2), _subsample(block, block.phi(x)).flatten(2)
+        return x.flatten(2), _subsample(block, x).flatten(2), values
+    return block.theta(x).flatten(2), _subsample(block, block.phi(x)).flatten(2), values
+
+
+def pairwise_matrix(block: NonLocalBlock2d, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The normalised weights f(x_i, x_j) / C(x) of eq. 1, (B, N, M), from q (B, D, N), k (B, D, M)."""
     num_keys = k.shape[-1]
     logits = torch.einsum("bdn,bdm->bnm", q, k)
     if block.mode == "gaussian":
@@ -45,11 +49,14 @@ def pairwise_matrix(block: NonLocalBlock2d, x: torch.Tensor) -> torch.Tensor:
     return F.relu(a.unsqueeze(2) + b.unsqueeze(1)) / num_keys
 
 
+def reference_aggregate(block: NonLocalBlock2d, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """y_i = sum_j w_ij v_j with the full matrix: q (B, D, N), k (B, D, M), v (B, Dv, M) -> (B, Dv, N)."""
+    return torch.einsum("bnm,bdm->bdn", pairwise_matrix(block, q, k), v)
+
+
 def reference_nonlocal_op(block: NonLocalBlock2d, x: torch.Tensor) -> torch.Tensor:
     """y of eq. 1 with the full matrix: (B, C, H, W) -> (B, inner, H, W)."""
-    weights = pairwise_matrix(block, x)
-    values = _subsample(block, block.g(x)).flatten(2)  # (B, inner, M)
-    y = torch.einsum("bnm,bdm->bdn", weights, values)
+    y = reference_aggregate(block, *reference_embed(block, x))
     return y.reshape(x.shape[0], block.inner_channels, *x.shape[-2:])
 
 
