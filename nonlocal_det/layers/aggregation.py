@@ -2,9 +2,10 @@
 The non-local operation y_i = 1/C(x) * sum_j f(q_i, k_j) v_j (eq. 1 of Wang et al.), for each
 pairwise function f, with memory linear in the numbers of queries N and keys M.
 
-All functions take row-major sequences: ``q`` (B, N, D), ``k`` (B, M, D), ``v`` (B, M, Dv),
-and return ``y`` (B, N, Dv). They compute in at least float32, whatever the input dtype and
-any surrounding autocast, and return that compute dtype; callers cast back.
+All functions take channel-major sequences, as conv feature maps flatten to:
+``q`` (B, D, N), ``k`` (B, D, M), ``v`` (B, Dv, M), and return ``y`` (B, Dv, N). They compute
+in at least float32, whatever the input dtype and any surrounding autocast, and return that
+compute dtype; callers cast back.
 """
 import torch
 import torch.nn.functional as F
@@ -18,47 +19,56 @@ def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return dtype
 
 
-def _as_compute(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return t.to(dtype).contiguous()
+def explicit_matrix_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """
+    True when the N x M weight matrix has no more elements than q, k and v together.
+
+    Then building it keeps memory within a constant factor of the inputs (still linear in
+    N for a given width), and plain matrix products beat the fused kernel, whose blocking
+    pays off only when the matrix dominates.
+    """
+    n, m = q.shape[-1], k.shape[-1]
+    return n * m <= q[0].numel() + k[0].numel() + v[0].numel()
 
 
 def softmax_aggregate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """
     y_i = sum_j softmax_j(scale * q_i . k_j) v_j (Gaussian and embedded Gaussian modes).
 
-    Uses torch's fused ``scaled_dot_product_attention``. Its memory-lean kernels need
-    contiguous inputs of one dtype and equal query/value widths; otherwise torch silently
-    builds the full N x M matrix. So q/k or v is zero-padded to the wider of the two widths:
-    zero columns change neither the logits nor the kept output columns.
+    Above ``explicit_matrix_fits`` this is torch's fused ``scaled_dot_product_attention``,
+    which never holds the N x M matrix, forward or backward. Its memory-lean kernels need
+    contiguous row-major inputs of one dtype and equal query/value widths, otherwise torch
+    silently builds the full matrix; so the narrower of q/k and v is zero-padded to the
+    other's width: zero columns change neither the logits nor the kept output columns.
     """
     dtype = compute_dtype(q, k, v)
-    dq, dv = q.shape[-1], v.shape[-1]
-    if dq < dv:
-        q = F.pad(q, (0, dv - dq))
-        k = F.pad(k, (0, dv - dq))
-    elif dv < dq:
-        v = F.pad(v, (0, dq - dv))
     with torch.autocast(device_type=q.device.type, enabled=False):
-        y = F.scaled_dot_product_attention(
-            _as_compute(q, dtype).unsqueeze(1),
-            _as_compute(k, dtype).unsqueeze(1),
-            _as_compute(v, dtype).unsqueeze(1),
-            scale=scale,
-        )
-    return y.squeeze(1)[..., :dv]
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        if explicit_matrix_fits(q, k, v):
+            weights = torch.softmax(torch.bmm(q.transpose(1, 2), k).mul_(scale), dim=-1)  # (B, N, M)
+            return torch.bmm(v, weights.transpose(1, 2))
+        dq, dv = q.shape[1], v.shape[1]
+        rows = [t.transpose(1, 2) for t in (q, k, v)]  # (B, L, D) views
+        if dq < dv:
+            rows[0], rows[1] = (F.pad(t, (0, dv - dq)) for t in rows[:2])
+        elif dv < dq:
+            rows[2] = F.pad(rows[2], (0, dq - dv))
+        q_rows, k_rows, v_rows = (t.contiguous().unsqueeze(1) for t in rows)
+        y = F.scaled_dot_product_attention(q_rows, k_rows, v_rows, scale=scale)  # (B, 1, N, D')
+        return y.squeeze(1)[..., :dv].transpose(1, 2)
 
 
 def dot_product_aggregate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """
-    y_i = 1/M * sum_j (q_i . k_j) v_j, evaluated as q (k^T v) / M: O((N + M) D Dv) time,
+    y_i = 1/M * sum_j (q_i . k_j) v_j, evaluated as (v k^T / M) q: O((N + M) D Dv) time,
     no N x M matrix.
     """
     dtype = compute_dtype(q, k, v)
-    num_keys = k.shape[1]
+    num_keys = k.shape[-1]
     with torch.autocast(device_type=q.device.type, enabled=False):
-        q, k, v = (t.to(dtype) for t in (q, k, v))
-        context = torch.bmm(k.transpose(1, 2), v / num_keys)  # (B, D, Dv)
-        return torch.bmm(q, context)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        context = torch.bmm(v, k.transpose(1, 2)).div_(num_keys)  # (B, Dv, D)
+        return torch.bmm(context, q)
 
 
 def concatenation_aggregate(a: torch.Tensor, b: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -66,27 +76,28 @@ def concatenation_aggregate(a: torch.Tensor, b: torch.Tensor, v: torch.Tensor) -
     y_i = 1/M * sum_j ReLU(a_i + b_j) v_j, exactly, without the N x M matrix.
 
     ``a`` (B, N) and ``b`` (B, M) are the query and key halves of the concatenation
-    projection, a_i = w_theta . theta_i and b_j = w_phi . phi_j. For fixed i the terms with
-    a_i + b_j > 0 are the keys with the largest b, so with keys sorted by b in descending
-    order and K_i = #{j : b_j > -a_i}:
+    projection, a_i = w_theta . theta_i and b_j = w_phi . phi_j; ``v`` is (B, Dv, M). For a
+    fixed i the terms with a_i + b_j > 0 are the keys with the largest b, so with keys sorted
+    by b in descending order and K_i = #{j : b_j > -a_i}:
 
         sum_j ReLU(a_i + b_j) v_j = a_i * S_v[K_i] + S_bv[K_i],
 
     where S_v[K] and S_bv[K] are prefix sums over the first K sorted keys of v_j and b_j v_j.
-    Memory O((N + M) Dv); time O(M log M + N log M + (N + M) Dv). Ties a_i + b_j = 0 count
-    as zero, which is the value and (sub)gradient of ReLU there.
+    Memory O((N + M) Dv); time O((N + M) log M + (N + M) Dv). Ties a_i + b_j = 0 count as
+    zero, which is the value and the (sub)gradient autograd gives ReLU there.
     """
     dtype = compute_dtype(a, b, v)
     batch, num_keys = b.shape
+    channels = v.shape[1]
     with torch.autocast(device_type=v.device.type, enabled=False):
         a, b, v = a.to(dtype), b.to(dtype), v.to(dtype)
         b_sorted, order = torch.sort(b, dim=1, descending=True)
-        v_sorted = torch.gather(v, 1, order.unsqueeze(-1).expand_as(v))
-        zero_row = v.new_zeros(batch, 1, v.shape[-1])
-        prefix_v = torch.cat([zero_row, torch.cumsum(v_sorted, dim=1)], dim=1)
-        prefix_bv = torch.cat([zero_row, torch.cumsum(b_sorted.unsqueeze(-1) * v_sorted, dim=1)], dim=1)
+        v_sorted = torch.gather(v, 2, order.unsqueeze(1).expand(-1, channels, -1))  # (B, Dv, M)
+        zero = v.new_zeros(batch, channels, 1)
+        prefix_v = torch.cat([zero, torch.cumsum(v_sorted, dim=2)], dim=2)  # (B, Dv, M + 1)
+        prefix_bv = torch.cat([zero, torch.cumsum(b_sorted.unsqueeze(1) * v_sorted, dim=2)], dim=2)
         # -b_sorted is ascending; the count of its entries < a_i is #{j : b_j > -a_i}.
         counts = torch.searchsorted((-b_sorted).detach().contiguous(), a.detach().contiguous(), side="left")
-        index = counts.unsqueeze(-1).expand(-1, -1, v.shape[-1])
-        y = a.unsqueeze(-1) * torch.gather(prefix_v, 1, index) + torch.gather(prefix_bv, 1, index)
-        return y / num_keys
+        index = counts.unsqueeze(1).expand(-1, channels, -1)  # (B, Dv, N)
+        y = a.unsqueeze(1) * torch.gather(prefix_v, 2, index) + torch.gather(prefix_bv, 2, index)
+        return y.div_(num_keys)

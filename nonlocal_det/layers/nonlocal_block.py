@@ -109,11 +109,6 @@ class NonLocalBlock2d(nn.Module):
             return t
         return F.max_pool2d(t, kernel_size=2, stride=2, ceil_mode=True)
 
-    @staticmethod
-    def _rows(t: torch.Tensor) -> torch.Tensor:
-        """(B, D, H, W) -> (B, H*W, D), contiguous."""
-        return t.flatten(2).transpose(1, 2).contiguous()
-
     def embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """
         Queries (B, Dq, H, W), keys (B, Dq, Hk, Wk) and values (B, inner, Hk, Wk): theta(x),
@@ -146,14 +141,14 @@ class NonLocalBlock2d(nn.Module):
             y: (B, inner, H, W) in float32 or wider.
         """
         batch, _, height, width = queries.shape
-        values = self._rows(values)
+        q, k, v = queries.flatten(2), keys.flatten(2), values.flatten(2)
         if self.mode in ("gaussian", "embedded_gaussian"):
-            y = softmax_aggregate(self._rows(queries), self._rows(keys), values, self._logit_scale())
+            y = softmax_aggregate(q, k, v, self._logit_scale())
         elif self.mode == "dot_product":
-            y = dot_product_aggregate(self._rows(queries), self._rows(keys), values)
+            y = dot_product_aggregate(q, k, v)
         else:
-            y = concatenation_aggregate(*self._concat_halves(queries, keys), values)
-        return y.transpose(1, 2).reshape(batch, values.shape[-1], height, width)
+            y = concatenation_aggregate(*self._concat_halves(queries, keys), v)
+        return y.reshape(batch, v.shape[1], height, width)
 
     def nonlocal_op(self, x: torch.Tensor) -> torch.Tensor:
         """y of eq. 1: (B, C, H, W) -> (B, inner_channels, H, W), before W_z, in float32 or wider."""
