@@ -61,8 +61,9 @@ def test_softmax_aggregate_both_paths_unequal_widths_large_logits(n, m, dv):
 
 def test_explicit_matrix_only_when_no_larger_than_inputs():
     q, k, v = torch.zeros(1, 12, 30), torch.zeros(1, 12, 20), torch.zeros(1, 5, 20)
-    assert explicit_matrix_fits(q, k, v)  # 600 <= 360 + 240 + 100
-    q, k, v = torch.zeros(1, 12, 300), torch.zeros(1, 12, 200), torch.zeros(1, 5, 200)
+    assert explicit_matrix_fits(q, k, v)  # 600 <= 2 * (360 + 240 + 100)
+    q, k, v = torch.zeros(1, 12, 100), torch.zeros(1, 12, 100), torch.zeros(1, 5, 100)
+    assert not explicit_matrix_fits(q, k, v)  # 10000 > 2 * 2900
     assert not explicit_matrix_fits(q, k, v)
 
 

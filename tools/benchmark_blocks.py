@@ -97,44 +97,51 @@ def _build(impl, mode, channels, device):
 
 
 def run_child(spec):
+    """
+    ``spec["measure"] == "memory"``: the extra peak memory of one fwd+bwd of the single
+    implementation in ``spec["impls"]``. ``"time"``: the times of all of them, measured
+    round-robin (one run of each per round) so that drifts in machine load hit all alike.
+    """
     import torch
 
     device = torch.device(spec["device"])
     torch.manual_seed(0)
     channels, h, w = spec["channels"], spec["height"], spec["width"]
-    fn = _build(spec["impl"], spec["mode"], channels, device)
+    fns = {impl: _build(impl, spec["mode"], channels, device) for impl in spec["impls"]}
     x = torch.randn(1, channels, h, w, device=device, requires_grad=True)
-
-    def step():
-        out = fn(x)
-        out.float().square().mean().backward()
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    step()  # warm-up: thread pools, kernel selection, the core's cached q/k/v
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step()
+    def step(fn):
+        fn(x).float().square().mean().backward()
         sync()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current RSS
-        base = _rss_bytes("VmRSS")
-        step()
-        peak = _rss_bytes("VmHWM") - base
-    times = []
+
+    for fn in fns.values():
+        step(fn)  # warm-up: thread pools, kernel selection, the core's cached q/k/v
+    if spec["measure"] == "memory":
+        (fn,) = fns.values()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            step(fn)
+            peak = torch.cuda.max_memory_allocated() - base
+        else:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM to the current RSS
+            base = _rss_bytes("VmRSS")
+            step(fn)
+            peak = _rss_bytes("VmHWM") - base
+        print(json.dumps({"peak_bytes": max(peak, 0)}))
+        return
+    times = {impl: [] for impl in fns}
     for _ in range(spec["repeats"]):
-        sync()
-        start = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - start)
-    print(json.dumps({"ms": 1000 * statistics.median(times), "peak_bytes": max(peak, 0)}))
+        for impl, fn in fns.items():
+            start = time.perf_counter()
+            step(fn)
+            times[impl].append(time.perf_counter() - start)
+    print(json.dumps({impl: 1000 * statistics.median(t) for impl, t in times.items()}))
 
 
 # ---------------------------------------------------------------- parent: the table
@@ -187,7 +194,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--sizes", default="res4,large", help=f"comma-separated, from {list(SIZES)}")
-    parser.add_argument("--repeats", type=int, default=3, help="timed fwd+bwd runs per case (median)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed fwd+bwd rounds per case (median)")
     parser.add_argument("--memory-limit-gb", type=float, default=12.0, help="skip implementations estimated to need more")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per measurement")
     parser.add_argument("--output", default=os.path.join(REPO_ROOT, "docs", "benchmarks.md"))
@@ -205,15 +212,29 @@ def main():
         have_mmcv = False
     limit = args.memory_limit_gb * 2**30
 
-    def run(impl, mode, size):
+    def run(impls, mode, size):
+        """{impl: {"ms": .., "peak_bytes": ..} or {"error": ..}} for impls measured together."""
         channels, h, w = SIZES[size]
-        need = estimated_bytes(impl, mode, channels, h, w)
-        if need is not None and need > limit:
-            return {"error": f"not run: needs ~{need / 2**30:.0f} GiB"}
-        spec = dict(impl=impl, mode=mode, channels=channels, height=h, width=w, device=args.device, repeats=args.repeats)
-        result = measure(spec, args.timeout)
-        print(f"{size:6s} {mode:18s} {impl:10s} {result}", flush=True)
-        return result
+        results, runnable = {}, []
+        for impl in impls:
+            need = estimated_bytes(impl, mode, channels, h, w)
+            if need is not None and need > limit:
+                results[impl] = {"error": f"not run: needs ~{need / 2**30:.0f} GiB"}
+            else:
+                runnable.append(impl)
+        spec = dict(mode=mode, channels=channels, height=h, width=w, device=args.device, repeats=args.repeats)
+        for impl in runnable:
+            results[impl] = measure(dict(spec, impls=[impl], measure="memory"), args.timeout)
+        times = {}
+        if runnable:
+            times = measure(dict(spec, impls=runnable, measure="time"), args.timeout * len(runnable))
+        for impl in runnable:
+            if "error" in times:
+                results[impl] = times
+            elif "error" not in results[impl]:
+                results[impl]["ms"] = times[impl]
+        print(f"{size:6s} {mode:18s} {results}", flush=True)
+        return results
 
     lines = [
         "# Block benchmarks",
@@ -224,9 +245,11 @@ def main():
         f"Machine: {machine_description(args.device)}.",
         "",
         "Batch 1, forward + backward (input and parameter gradients), median of "
-        f"{args.repeats} runs after a warm-up, each implementation in its own process. "
-        "\"extra MiB\" is the peak memory above what inputs and parameters already hold "
-        "(CPU: resident set high-water mark; CUDA: allocator peak). Ratios are the other "
+        f"{args.repeats} rounds after a warm-up; the implementations compared in a row are "
+        "timed in one process, one run of each per round. \"extra MiB\" is the peak memory "
+        "of one forward + backward above what inputs and parameters already hold, each "
+        "implementation in its own process (CPU: resident set high-water mark, which has a "
+        "few tens of MiB of allocator noise; CUDA: allocator peak). Ratios are the other "
         "implementation's time over ours (>1: ours is faster). Non-local blocks: reduction 2, "
         "2×2 max-pool sub-sampling, BN after W_z; mmcv's `NonLocal2d` with the same settings"
         + ("" if have_mmcv else " (mmcv not installed: not measured)")
@@ -242,9 +265,10 @@ def main():
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for mode in NL_MODES:
-            ours = run("ours", mode, size)
-            naive = run("naive", mode, size)
-            mmcv = run("mmcv", mode, size) if have_mmcv else {"error": "mmcv not installed"}
+            impls = ["ours", "naive"] + (["mmcv"] if have_mmcv else [])
+            r = run(impls, mode, size)
+            ours, naive = r["ours"], r["naive"]
+            mmcv = r.get("mmcv", {"error": "mmcv not installed"})
             notes = "; ".join(f"{n}: {r['error']}" for n, r in (("ours", ours), ("naive", naive), ("mmcv", mmcv)) if "error" in r)
             lines.append(
                 f"| NL {mode} | {_fmt_ms(ours)} | {_fmt_ms(naive)} | {_fmt_ms(mmcv)} | {_ratio(naive, ours)} | "
@@ -252,8 +276,8 @@ def main():
                 + (f" {notes}" if notes else "")
             )
         for kernel in CGNL_KERNELS:
-            ours = run("cgnl", kernel, size)
-            naive = run("cgnl_naive", kernel, size)
+            r = run(["cgnl", "cgnl_naive"], kernel, size)
+            ours, naive = r["cgnl"], r["cgnl_naive"]
             note = f" naive: {naive['error']}" if "error" in naive else ""
             lines.append(
                 f"| CGNL {kernel} | {_fmt_ms(ours)} | {_fmt_ms(naive)} | — | {_ratio(naive, ours)} | — | "
@@ -267,7 +291,8 @@ def main():
             "|---|---|---|---|---|---|",
         ]
         for mode in NL_MODES:
-            ours, naive = run("ours_core", mode, size), run("naive_core", mode, size)
+            r = run(["ours_core", "naive_core"], mode, size)
+            ours, naive = r["ours_core"], r["naive_core"]
             lines.append(
                 f"| {mode} | {_fmt_ms(ours)} | {_fmt_ms(naive)} | {_ratio(naive, ours)} | {_fmt_mb(ours)} | {_fmt_mb(naive)} |"
                 + (f" naive: {naive['error']}" if "error" in naive else "")

@@ -19,16 +19,21 @@ def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return dtype
 
 
+EXPLICIT_MATRIX_MAX_RATIO = 2
+
+
 def explicit_matrix_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """
-    True when the N x M weight matrix has no more elements than q, k and v together.
+    True when the N x M weight matrix has at most ``EXPLICIT_MATRIX_MAX_RATIO`` times as many
+    elements as q, k and v together.
 
-    Then building it keeps memory within a constant factor of the inputs (still linear in
-    N for a given width), and plain matrix products beat the fused kernel, whose blocking
-    pays off only when the matrix dominates.
+    Building it then keeps memory within a constant factor of the inputs (still linear in N
+    for a given width), and plain matrix products are as fast as torch's fused CPU kernel or
+    faster; the fused kernel's blocking pays off once the matrix dominates (measured on CPU
+    at D=512, M=N/4: equal at ratio ~1.4 and ~5, fused 2x faster at ratio ~100).
     """
     n, m = q.shape[-1], k.shape[-1]
-    return n * m <= q[0].numel() + k[0].numel() + v[0].numel()
+    return n * m <= EXPLICIT_MATRIX_MAX_RATIO * (q[0].numel() + k[0].numel() + v[0].numel())
 
 
 def softmax_aggregate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -45,8 +50,9 @@ def softmax_aggregate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     with torch.autocast(device_type=q.device.type, enabled=False):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         if explicit_matrix_fits(q, k, v):
-            weights = torch.softmax(torch.bmm(q.transpose(1, 2), k).mul_(scale), dim=-1)  # (B, N, M)
-            return torch.bmm(v, weights.transpose(1, 2))
+            # Row-major products keep the N x M gradients contiguous for softmax's backward.
+            weights = torch.softmax(torch.bmm((q * scale).transpose(1, 2), k), dim=-1)  # (B, N, M)
+            return torch.bmm(weights, v.transpose(1, 2)).transpose(1, 2)
         dq, dv = q.shape[1], v.shape[1]
         rows = [t.transpose(1, 2) for t in (q, k, v)]  # (B, L, D) views
         if dq < dv:
