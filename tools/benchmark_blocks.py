@@ -4,12 +4,12 @@ Forward+backward time and extra peak memory of the non-local and CGNL blocks, si
 in one run, against the full-matrix reference (nonlocal_det.layers.reference) and, when
 mmcv is installed, mmcv's NonLocal2d.
 
-Every measurement runs in its own child process, so one implementation's allocations or
-caches cannot flatter the next one's. Peak memory is the extra high-water mark over what
-the inputs and parameters already hold: resident set size (VmHWM, reset through
-/proc/self/clear_refs) on CPU, ``torch.cuda.max_memory_allocated`` on CUDA.
-Implementations whose estimated need exceeds ``--memory-limit-gb`` are not run, and the
-table says why.
+Each implementation runs in processes of its own, in turn with the others of its row
+(A B C A B C ...), so that drifts in machine load hit all alike and none inherits another's
+allocations. Peak memory is what torch's allocator holds above the inputs and parameters
+during one forward+backward: the profiler's memory timeline on CPU,
+``torch.cuda.max_memory_allocated`` on CUDA. Implementations whose estimated need exceeds
+``--memory-limit-gb`` are not run, and the table says why.
 
     python tools/benchmark_blocks.py                      # CPU, writes docs/benchmarks.md
     python tools/benchmark_blocks.py --device cuda --output docs/benchmarks_gpu.md
@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {
     # name: (channels, height, width)
     "res4": (1024, 50, 84),  # res4 of an 800x1333 image (stride 16)
@@ -45,23 +46,16 @@ def estimated_bytes(impl, mode, channels, h, w):
         return 4 * n * m * FLOAT_BYTES  # logits, weights, and their gradients
     if impl == "mmcv":
         if mode == "concatenation":
-            return 2 * (2 * inner) * n * m * FLOAT_BYTES  # its (B, 2C', N, M) concat tensor, twice
+            # its (B, 2C', N, M) concat tensor plus the two repeated (B, C', N, M) halves
+            return 2 * (2 * inner) * n * m * FLOAT_BYTES
         return 4 * n * m * FLOAT_BYTES
     if impl == "cgnl_naive":
-        elements = n * inner // 8
+        elements = n * inner // 8  # N C' per group, 8 groups
         return 8 * elements * elements * FLOAT_BYTES
     return None
 
 
-# ---------------------------------------------------------------- child: one measurement
-
-
-def _rss_bytes(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
+# ---------------------------------------------------------------- child: one implementation
 
 
 def _build(impl, mode, channels, device):
@@ -84,11 +78,13 @@ def _build(impl, mode, channels, device):
         return lambda x: reference_forward(block, x)
 
     # The attention core alone: leaf q/k/v maps, so the 1x1 convs are not timed.
-    def core(x, _cache={}):
-        if "qkv" not in _cache:
+    cache = {}
+
+    def core(x):
+        if not cache:
             with torch.no_grad():
-                _cache["qkv"] = [t.detach().requires_grad_() for t in block.embed(x)]
-        q, k, v = _cache["qkv"]
+                cache["qkv"] = [t.detach().requires_grad_() for t in block.embed(x)]
+        q, k, v = cache["qkv"]
         if impl == "ours_core":
             return block.aggregate(q, k, v)
         return reference_aggregate(block, q.flatten(2), k.flatten(2), v.flatten(2))
@@ -96,55 +92,54 @@ def _build(impl, mode, channels, device):
     return core
 
 
+def _cpu_peak_bytes(step):
+    """Peak bytes torch's CPU allocator holds during step() above what it held before."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        step()
+    current = peak = 0
+    for _, action, _, size in prof._memory_profile().timeline:
+        if action == Action.CREATE:
+            current += size
+        elif action == Action.DESTROY:
+            current -= size
+        peak = max(peak, current)
+    return peak
+
+
 def run_child(spec):
-    """
-    ``spec["measure"] == "memory"``: the extra peak memory of one fwd+bwd of the single
-    implementation in ``spec["impls"]``. ``"time"``: the times of all of them, measured
-    round-robin (one run of each per round) so that drifts in machine load hit all alike.
-    """
+    """Warm-up, one fwd+bwd measured for peak memory, then ``repeats`` timed ones."""
     import torch
 
     device = torch.device(spec["device"])
     torch.manual_seed(0)
-    channels, h, w = spec["channels"], spec["height"], spec["width"]
-    fns = {impl: _build(impl, spec["mode"], channels, device) for impl in spec["impls"]}
-    x = torch.randn(1, channels, h, w, device=device, requires_grad=True)
+    fn = _build(spec["impl"], spec["mode"], spec["channels"], device)
+    x = torch.randn(1, spec["channels"], spec["height"], spec["width"], device=device, requires_grad=True)
 
-    def sync():
+    def step():
+        fn(x).float().square().mean().backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    def step(fn):
-        fn(x).float().square().mean().backward()
-        sync()
-
-    for fn in fns.values():
-        step(fn)  # warm-up: thread pools, kernel selection, the core's cached q/k/v
-    if spec["measure"] == "memory":
-        (fn,) = fns.values()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            step(fn)
-            peak = torch.cuda.max_memory_allocated() - base
-        else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset VmHWM to the current RSS
-            base = _rss_bytes("VmRSS")
-            step(fn)
-            peak = _rss_bytes("VmHWM") - base
-        print(json.dumps({"peak_bytes": max(peak, 0)}))
-        return
-    times = {impl: [] for impl in fns}
+    step()  # thread pools, kernel selection, the core's cached q/k/v
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = _cpu_peak_bytes(step)
+    times = []
     for _ in range(spec["repeats"]):
-        for impl, fn in fns.items():
-            start = time.perf_counter()
-            step(fn)
-            times[impl].append(time.perf_counter() - start)
-    print(json.dumps({impl: 1000 * statistics.median(t) for impl, t in times.items()}))
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"peak_bytes": peak, "times": times}))
 
 
-# ---------------------------------------------------------------- parent: the table
+# ---------------------------------------------------------------- parent: the tables
 
 
 def measure(spec, timeout):
@@ -175,6 +170,10 @@ def _ratio(r, ours):
     return f"{r['ms'] / ours['ms']:.2f}×"
 
 
+def _notes(results):
+    return "; ".join(f"{name}: {r['error']}" for name, r in results.items() if "error" in r)
+
+
 def machine_description(device):
     import torch
 
@@ -194,9 +193,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--sizes", default="res4,large", help=f"comma-separated, from {list(SIZES)}")
-    parser.add_argument("--repeats", type=int, default=5, help="timed fwd+bwd rounds per case (median)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed fwd+bwd runs per process")
+    parser.add_argument("--cycles", type=int, default=2, help="processes per implementation, run in turn")
     parser.add_argument("--memory-limit-gb", type=float, default=12.0, help="skip implementations estimated to need more")
-    parser.add_argument("--timeout", type=int, default=900, help="seconds per measurement")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per process")
     parser.add_argument("--output", default=os.path.join(REPO_ROOT, "docs", "benchmarks.md"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -213,26 +213,29 @@ def main():
     limit = args.memory_limit_gb * 2**30
 
     def run(impls, mode, size):
-        """{impl: {"ms": .., "peak_bytes": ..} or {"error": ..}} for impls measured together."""
+        """{impl: {"ms", "peak_bytes"} or {"error"}}, the implementations run in turn."""
         channels, h, w = SIZES[size]
-        results, runnable = {}, []
+        results, times = {}, {}
         for impl in impls:
             need = estimated_bytes(impl, mode, channels, h, w)
             if need is not None and need > limit:
-                results[impl] = {"error": f"not run: needs ~{need / 2**30:.0f} GiB"}
+                results[impl] = {"error": f"not run, needs ~{need / 2**30:.0f} GiB"}
             else:
-                runnable.append(impl)
+                results[impl], times[impl] = {}, []
         spec = dict(mode=mode, channels=channels, height=h, width=w, device=args.device, repeats=args.repeats)
-        for impl in runnable:
-            results[impl] = measure(dict(spec, impls=[impl], measure="memory"), args.timeout)
-        times = {}
-        if runnable:
-            times = measure(dict(spec, impls=runnable, measure="time"), args.timeout * len(runnable))
-        for impl in runnable:
-            if "error" in times:
-                results[impl] = times
-            elif "error" not in results[impl]:
-                results[impl]["ms"] = times[impl]
+        for _ in range(args.cycles):
+            for impl in times:
+                if "error" in results[impl]:
+                    continue
+                r = measure(dict(spec, impl=impl), args.timeout)
+                if "error" in r:
+                    results[impl] = r
+                    continue
+                times[impl] += r["times"]
+                results[impl]["peak_bytes"] = min(r["peak_bytes"], results[impl].get("peak_bytes", r["peak_bytes"]))
+        for impl, t in times.items():
+            if t and "error" not in results[impl]:
+                results[impl]["ms"] = 1000 * statistics.median(t)
         print(f"{size:6s} {mode:18s} {results}", flush=True)
         return results
 
@@ -244,16 +247,19 @@ def main():
         "",
         f"Machine: {machine_description(args.device)}.",
         "",
-        "Batch 1, forward + backward (input and parameter gradients), median of "
-        f"{args.repeats} rounds after a warm-up; the implementations compared in a row are "
-        "timed in one process, one run of each per round. \"extra MiB\" is the peak memory "
-        "of one forward + backward above what inputs and parameters already hold, each "
-        "implementation in its own process (CPU: resident set high-water mark, which has a "
-        "few tens of MiB of allocator noise; CUDA: allocator peak). Ratios are the other "
-        "implementation's time over ours (>1: ours is faster). Non-local blocks: reduction 2, "
-        "2×2 max-pool sub-sampling, BN after W_z; mmcv's `NonLocal2d` with the same settings"
+        "Batch 1, forward + backward (input and parameter gradients). Each implementation runs "
+        f"in its own processes, {args.cycles} per row in turn (A B C A B C), each process a "
+        f"warm-up then {args.repeats} timed runs; times are medians over all timed runs. "
+        "\"extra MiB\" is the peak memory of one forward + backward above what inputs and "
+        "parameters already hold, as torch's allocator sees it (CPU: the profiler's memory "
+        "timeline; CUDA: `max_memory_allocated`). Ratios are the other implementation's time "
+        "over ours (>1: ours is faster). \"naive\" is `nonlocal_det.layers.reference`, which "
+        "builds the full pairwise matrix. Non-local blocks: reduction 2, 2×2 max-pool "
+        "sub-sampling, BN after W_z; mmcv's `NonLocal2d` with the same settings"
         + ("" if have_mmcv else " (mmcv not installed: not measured)")
-        + ". CGNL: 8 groups, order 3, GN.",
+        + ". CGNL: 8 groups, order 3, GN. Memory estimates for runs skipped: "
+        "4 N×M float32 matrices for naive and mmcv; mmcv's concatenation builds a (B, 2C', N, M) "
+        "tensor from two repeated (B, C', N, M) halves; CGNL naive: (N C')² per group.",
         "",
     ]
     for size in args.sizes.split(","):
@@ -261,41 +267,37 @@ def main():
         lines += [
             f"## {size}: C={channels}, {h}×{w} (N={h * w} queries, M={_key_count(h, w)} keys)",
             "",
-            "| block | ours ms | naive ms | mmcv ms | naive/ours | mmcv/ours | ours extra MiB | naive extra MiB | mmcv extra MiB |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| block | ours ms | naive ms | mmcv ms | naive/ours | mmcv/ours | ours extra MiB | naive extra MiB | mmcv extra MiB | notes |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for mode in NL_MODES:
-            impls = ["ours", "naive"] + (["mmcv"] if have_mmcv else [])
-            r = run(impls, mode, size)
+            r = run(["ours", "naive"] + (["mmcv"] if have_mmcv else []), mode, size)
             ours, naive = r["ours"], r["naive"]
-            mmcv = r.get("mmcv", {"error": "mmcv not installed"})
-            notes = "; ".join(f"{n}: {r['error']}" for n, r in (("ours", ours), ("naive", naive), ("mmcv", mmcv)) if "error" in r)
+            mmcv = r.setdefault("mmcv", {"error": "not installed"})
             lines.append(
                 f"| NL {mode} | {_fmt_ms(ours)} | {_fmt_ms(naive)} | {_fmt_ms(mmcv)} | {_ratio(naive, ours)} | "
-                f"{_ratio(mmcv, ours)} | {_fmt_mb(ours)} | {_fmt_mb(naive)} | {_fmt_mb(mmcv)} |"
-                + (f" {notes}" if notes else "")
+                f"{_ratio(mmcv, ours)} | {_fmt_mb(ours)} | {_fmt_mb(naive)} | {_fmt_mb(mmcv)} | {_notes(r)} |"
             )
         for kernel in CGNL_KERNELS:
             r = run(["cgnl", "cgnl_naive"], kernel, size)
             ours, naive = r["cgnl"], r["cgnl_naive"]
-            note = f" naive: {naive['error']}" if "error" in naive else ""
             lines.append(
                 f"| CGNL {kernel} | {_fmt_ms(ours)} | {_fmt_ms(naive)} | — | {_ratio(naive, ours)} | — | "
-                f"{_fmt_mb(ours)} | {_fmt_mb(naive)} | — |{note}"
+                f"{_fmt_mb(ours)} | {_fmt_mb(naive)} | — | {_notes({'naive': naive})} |"
             )
         lines += [
             "",
             f"Attention core only (q/k/v given, no 1×1 convs), {size}:",
             "",
-            "| mode | ours ms | naive ms | naive/ours | ours extra MiB | naive extra MiB |",
-            "|---|---|---|---|---|---|",
+            "| mode | ours ms | naive ms | naive/ours | ours extra MiB | naive extra MiB | notes |",
+            "|---|---|---|---|---|---|---|",
         ]
         for mode in NL_MODES:
             r = run(["ours_core", "naive_core"], mode, size)
             ours, naive = r["ours_core"], r["naive_core"]
             lines.append(
-                f"| {mode} | {_fmt_ms(ours)} | {_fmt_ms(naive)} | {_ratio(naive, ours)} | {_fmt_mb(ours)} | {_fmt_mb(naive)} |"
-                + (f" naive: {naive['error']}" if "error" in naive else "")
+                f"| {mode} | {_fmt_ms(ours)} | {_fmt_ms(naive)} | {_ratio(naive, ours)} | "
+                f"{_fmt_mb(ours)} | {_fmt_mb(naive)} | {_notes(r)} |"
             )
         lines.append("")
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
@@ -303,8 +305,6 @@ def main():
         f.write("\n".join(lines))
     print(f"wrote {args.output}")
 
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 if __name__ == "__main__":
     main()
