@@ -51,7 +51,9 @@ def softmax_aggregate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         if explicit_matrix_fits(q, k, v):
             # Row-major products keep the N x M gradients contiguous for softmax's backward.
-            weights = torch.softmax(torch.bmm((q * scale).transpose(1, 2), k), dim=-1)  # (B, N, M)
+            if scale != 1.0:
+                q = q * scale  # N x D elements, fewer than the N x M logits
+            weights = torch.softmax(torch.bmm(q.transpose(1, 2), k), dim=-1)  # (B, N, M)
             return torch.bmm(weights, v.transpose(1, 2)).transpose(1, 2)
         dq, dv = q.shape[1], v.shape[1]
         rows = [t.transpose(1, 2) for t in (q, k, v)]  # (B, L, D) views
