@@ -115,14 +115,10 @@ class NonLocalBlock2d(nn.Module):
         pooled phi(x), pooled g(x); x itself as queries and pooled x as keys in gaussian
         mode (Dq = C there, inner otherwise).
         """
+        values = self._pool(self.g(x))
         if self.mode == "gaussian":
-            return x, self._pool(x), self._pool(self.g(x))
-        # theta, phi and g as one 1x1 conv (one larger GEMM), phi and g pooled in one call.
-        convs = (self.theta, self.phi, self.g)
-        embedded = F.conv2d(x, torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs]))
-        queries, keys_values = embedded.split([self.inner_channels, 2 * self.inner_channels], dim=1)
-        keys, values = self._pool(keys_values).chunk(2, dim=1)
-        return queries, keys, values
+            return x, self._pool(x), values
+        return self.theta(x), self._pool(self.phi(x)), values
 
     def _logit_scale(self) -> float:
         if self.mode == "embedded_gaussian" and self.use_scale:
