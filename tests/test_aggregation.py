@@ -68,10 +68,10 @@ def test_explicit_matrix_only_when_no_larger_than_inputs():
 
 
 def test_half_inputs_compute_in_float32():
-    q = torch.randn(1, 4, 8).half() * 300
-    k = torch.randn(1, 4, 8).half() * 300
-    v = torch.randn(1, 4, 8).half() * 300
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 8, generator=gen).half() * 300 for _ in range(3))
     for y in (dot_product_aggregate(q, k, v), softmax_aggregate(q, k, v, 1.0)):
         assert y.dtype == torch.float32 and torch.isfinite(y).all()
     ref = torch.einsum("bdn,bdm,bcm->bcn", q.double(), k.double(), v.double()) / 8
-    torch.testing.assert_close(dot_product_aggregate(q, k, v).double(), ref, rtol=1e-5, atol=1e-3)
+    err = (dot_product_aggregate(q, k, v).double() - ref).abs().max()
+    assert err <= 1e-6 * ref.abs().max()  # float32 accuracy; float16 would overflow (~1e7)
