@@ -13,7 +13,29 @@ from .layers import CGNLBlock2d, NonLocalBlock2d
 __version__ = "0.1.0"
 
 # Detectron2-dependent public names -> the submodule that defines them.
-_DETECTRON2_EXPORTS = {}
+_DETECTRON2_EXPORTS = {
+    "add_nonlocal_config": ".config",
+    "build_resnet_nl_backbone": ".modeling",
+    "build_resnet_nl_fpn_backbone": ".modeling",
+    "KRCNNConvDeconvUpsampleNLHead": ".modeling",
+    "make_nonlocal_stages": ".modeling",
+    "insert_nonlocal_blocks": ".modeling",
+    "register_synthetic_datasets": ".data.datasets",
+}
+
+if detectron2_available():
+    # Registers the backbones, the keypoint head and the generated dataset with Detectron2.
+    from .config import add_nonlocal_config
+    from .data.datasets import register_synthetic_datasets
+    from .modeling import (
+        KRCNNConvDeconvUpsampleNLHead,
+        build_resnet_nl_backbone,
+        build_resnet_nl_fpn_backbone,
+        insert_nonlocal_blocks,
+        make_nonlocal_stages,
+    )
+
+    register_synthetic_datasets()
 
 
 def __getattr__(name):

@@ -1,0 +1,50 @@
+"""Config keys of nonlocal_det, in Detectron2's ``add_*_config`` style."""
+from detectron2.config import CfgNode as CN
+
+
+def add_nonlocal_config(cfg):
+    """
+    Add the keys for non-local backbones and keypoint heads to a Detectron2 config.
+    Defaults reproduce the paper (Wang et al. 2018, sec. 6): one embedded-Gaussian block
+    in res4, right before its last residual block; 4 blocks in the keypoint head, one after
+    every 2 of its 8 convs.
+    """
+    cfg.MODEL.NONLOCAL = CN()
+    # Block inserted into the backbone: "NL" (non-local) or "CGNL" (compact generalized NL).
+    cfg.MODEL.NONLOCAL.BLOCK = "NL"
+    # NL pairwise function: "gaussian", "embedded_gaussian", "dot_product", "concatenation".
+    cfg.MODEL.NONLOCAL.MODE = "embedded_gaussian"
+    # Inner channels = block channels // REDUCTION (the paper's bottleneck: 2).
+    cfg.MODEL.NONLOCAL.REDUCTION = 2
+    # NL: 2x2 max pooling of the key side (phi and g).
+    cfg.MODEL.NONLOCAL.SUB_SAMPLE = True
+    # NL: scale embedded-Gaussian logits by 1/sqrt(inner channels) (authors' code); False: paper.
+    cfg.MODEL.NONLOCAL.USE_SCALE = True
+    # Norm after W_z: "GN", "SyncBN", "BN", "" or any Detectron2 norm name except FrozenBN.
+    # GN trains with 1-2 images per GPU; BN needs large per-GPU batches.
+    cfg.MODEL.NONLOCAL.NORM = "GN"
+    # Backbone placement: per stage, indices of the residual blocks AFTER which a block is
+    # inserted (0-based; negative counts from the stage's end). -2 = right before the last.
+    # Paper, 1 block: RES4 = [-2]. 5 blocks (R50): RES3 = [1, 3], RES4 = [1, 3, 5].
+    # 10 blocks (R50): RES3 = [0, 1, 2, 3], RES4 = [0, 1, 2, 3, 4, 5].
+    cfg.MODEL.NONLOCAL.RES2 = []
+    cfg.MODEL.NONLOCAL.RES3 = []
+    cfg.MODEL.NONLOCAL.RES4 = [-2]
+    cfg.MODEL.NONLOCAL.RES5 = []
+
+    cfg.MODEL.NONLOCAL.CGNL = CN()
+    # CGNL kernel: "dot", "embedded_gaussian" or "gaussian_rbf" (Yue et al. 2018, sec. 3.4).
+    cfg.MODEL.NONLOCAL.CGNL.KERNEL = "dot"
+    # CGNL channel groups (the paper's best on COCO-scale models: 8).
+    cfg.MODEL.NONLOCAL.CGNL.GROUPS = 8
+    # CGNL Taylor expansion order P for the Gaussian kernels.
+    cfg.MODEL.NONLOCAL.CGNL.ORDER = 3
+    # CGNL: divide the grouped sum by sqrt(N * C').
+    cfg.MODEL.NONLOCAL.CGNL.USE_SCALE = False
+    # CGNL: width gamma of the Gaussian RBF kernel.
+    cfg.MODEL.NONLOCAL.CGNL.GAMMA = 1e-4
+
+    # Keypoint head "KRCNNConvDeconvUpsampleNLHead": number of NL blocks (the paper: 4) ...
+    cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_NONLOCAL = 4
+    # ... one after every NONLOCAL_EVERY convs of the head (the paper: 2 of 8).
+    cfg.MODEL.ROI_KEYPOINT_HEAD.NONLOCAL_EVERY = 2

@@ -1,0 +1,1 @@
+"""The generated dataset; ``synthetic`` needs only numpy/OpenCV, registration needs Detectron2."""
