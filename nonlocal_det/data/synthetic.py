@@ -124,7 +124,7 @@ def generate_image(rng: np.random.RandomState, height: int, width: int):
     occupied = np.zeros((height, width), bool)
     for _ in range(rng.randint(1, 5)):
         kind = CATEGORIES[rng.randint(len(CATEGORIES))]
-        scale = rng.uniform(0.25, 0.55) * min(height, width) * (1.8 if kind == "person" else 1.0)
+        scale = rng.uniform(0.25, 0.55) * min(height, width) * (1.3 if kind == "person" else 1.0)
         cx, cy = rng.uniform(0.15, 0.85) * width, rng.uniform(0.2, 0.8) * height
         color = tuple(int(c) for c in (base + rng.randint(70, 186, size=3)) % 256)
         trial = canvas.copy()
