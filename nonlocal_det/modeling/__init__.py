@@ -5,6 +5,7 @@ from .backbone import (
     build_resnet_nl_fpn_backbone,
     insert_nonlocal_blocks,
     make_nonlocal_stages,
+    nonlocal_block_builder,
     nonlocal_positions_from_cfg,
 )
 from .block_factory import nonlocal_block_factory

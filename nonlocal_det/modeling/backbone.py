@@ -1,4 +1,5 @@
 """Non-local ResNet and ResNet-FPN backbones, registered in Detectron2's BACKBONE_REGISTRY."""
+import functools
 import logging
 from typing import Callable, Dict, List, Sequence
 
@@ -9,10 +10,14 @@ from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from torch import nn
 
+import functools
+
+from ..layers import CGNLBlock2d, NonLocalBlock2d
 from .attach import attach_nonlocal
 from .block_factory import nonlocal_block_factory
 
 __all__ = [
+    "nonlocal_block_builder",
     "build_resnet_nl_backbone",
     "build_resnet_nl_fpn_backbone",
     "insert_nonlocal_blocks",
@@ -126,6 +131,18 @@ def build_resnet_nl_fpn_backbone(cfg, input_shape: ShapeSpec):
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
     )
     return fpn
+
+
+def nonlocal_block_builder(block: str = "NL", **kwargs) -> Callable[[int], nn.Module]:
+    """
+    ``channels -> block`` with keyword arguments fixed, for LazyConfig (whose calls take
+    keywords only): ``L(nonlocal_block_builder)(block="NL", mode="embedded_gaussian", norm="GN")``.
+    ``block`` is "NL" (``NonLocalBlock2d``) or "CGNL" (``CGNLBlock2d``); kwargs go to it.
+    """
+    classes = {"NL": NonLocalBlock2d, "CGNL": CGNLBlock2d}
+    if block not in classes:
+        raise ValueError(f"block={block!r} is not one of {tuple(classes)}")
+    return functools.partial(classes[block], **kwargs)
 
 
 def make_nonlocal_stages(
