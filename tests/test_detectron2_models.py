@@ -20,7 +20,7 @@ if HAS_DETECTRON2:
     from detectron2.structures import Instances
     from detectron2.utils.events import EventStorage
 
-    from d2_helpers import CONFIG_DIR, load_cfg, randomize_nonlocal_norms, training_input
+    from d2_helpers import load_cfg, randomize_nonlocal_norms, training_input
     from nonlocal_det.layers import CGNLBlock2d, NonLocalBlock2d
     from nonlocal_det.modeling import has_nonlocal
 

@@ -2,11 +2,11 @@
 import math
 
 import torch
-from torch import nn
 
 from .aggregation import compute_dtype
-from .norm import NormSpec, build_norm, residual_branch, zero_init_residual_branch
-from .validation import check_feature_map, require_divisible
+from .norm import NormSpec
+from .residual import ResidualBlock2d, conv1x1
+from .validation import require_divisible
 
 __all__ = ["CGNLBlock2d", "CGNL_KERNELS", "taylor_coefficients"]
 
@@ -30,7 +30,7 @@ def taylor_coefficients(kernel: str, order: int, gamma: float):
     raise ValueError(f"kernel {kernel!r} has no Taylor expansion; expected one of {CGNL_KERNELS[1:]}")
 
 
-class CGNLBlock2d(nn.Module):
+class CGNLBlock2d(ResidualBlock2d):
     """
     Z = X + concat_groups(norm(W_z Y')) (eq. 13), where within each of ``groups`` channel
     groups every (position, channel) element attends to every other one:
@@ -84,7 +84,7 @@ class CGNLBlock2d(nn.Module):
         if not gamma > 0:
             raise ValueError(f"gamma must be > 0, got {gamma!r}")
         inner_channels = require_divisible(in_channels, reduction, "in_channels", "reduction")
-        require_divisible(inner_channels, groups, f"inner channels (in_channels // reduction)", "groups")
+        require_divisible(inner_channels, groups, "inner channels (in_channels // reduction)", "groups")
         require_divisible(in_channels, groups, "in_channels", "groups")
         self.in_channels = in_channels
         self.inner_channels = inner_channels
@@ -94,17 +94,10 @@ class CGNLBlock2d(nn.Module):
         self.use_scale = bool(use_scale)
         self.gamma = float(gamma)
 
-        def conv1x1(cin, cout, bias, conv_groups=1):
-            conv = nn.Conv2d(cin, cout, kernel_size=1, bias=bias, groups=conv_groups)
-            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-            return conv
-
         self.theta = conv1x1(in_channels, inner_channels, bias=False)
         self.phi = conv1x1(in_channels, inner_channels, bias=False)
         self.g = conv1x1(in_channels, inner_channels, bias=False)
-        self.norm = build_norm(norm, in_channels, gn_groups=groups)
-        self.out = conv1x1(inner_channels, in_channels, bias=self.norm is None, conv_groups=groups)
-        zero_init_residual_branch(self.out, self.norm)
+        self._build_residual_branch(inner_channels, norm, groups=groups, gn_groups=groups)
 
     def extra_repr(self) -> str:
         return (
@@ -141,14 +134,5 @@ class CGNLBlock2d(nn.Module):
                 y = y / math.sqrt(p.shape[-1])
         return y.reshape(batch, self.inner_channels, height, width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """
-        Args:
-            x: (B, C, H, W).
-        Returns:
-            (B, C, H, W), x + norm(W_z Y').
-        """
-        check_feature_map(x, self.in_channels, type(self).__name__)
-        if x.numel() == 0:
-            return x + sum(q.sum() for q in self.parameters()) * 0
-        return x + residual_branch(self.out, self.norm, self.generalized_op(x))
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        return self.generalized_op(x)

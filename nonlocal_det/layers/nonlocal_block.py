@@ -1,6 +1,6 @@
 """The non-local block of Wang et al., "Non-local Neural Networks" (CVPR 2018), sec. 3."""
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +12,8 @@ from .aggregation import (
     dot_product_aggregate,
     softmax_aggregate,
 )
-from .norm import NormSpec, build_norm, residual_branch, zero_init_residual_branch
+from .norm import NormSpec
+from .residual import ResidualBlock2d, conv1x1
 from .validation import check_feature_map, require_divisible
 
 __all__ = ["NonLocalBlock2d", "NONLOCAL_MODES"]
@@ -20,7 +21,7 @@ __all__ = ["NonLocalBlock2d", "NONLOCAL_MODES"]
 NONLOCAL_MODES = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
 
 
-class NonLocalBlock2d(nn.Module):
+class NonLocalBlock2d(ResidualBlock2d):
     """
     z = x + norm(W_z y), with y_i = 1/C(x) sum_j f(x_i, x_j) g(x_j) over key positions j
     (eqs. 1-6 of the paper).
@@ -80,23 +81,14 @@ class NonLocalBlock2d(nn.Module):
         self.sub_sample = bool(sub_sample)
         self.use_scale = bool(use_scale)
 
-        def conv1x1(cin, cout, bias=True):
-            conv = nn.Conv2d(cin, cout, kernel_size=1, bias=bias)
-            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-            if bias:
-                nn.init.zeros_(conv.bias)
-            return conv
-
-        self.g = conv1x1(in_channels, inner_channels)
+        self.g = conv1x1(in_channels, inner_channels, bias=True)
         if mode != "gaussian":
-            self.theta = conv1x1(in_channels, inner_channels)
-            self.phi = conv1x1(in_channels, inner_channels)
+            self.theta = conv1x1(in_channels, inner_channels, bias=True)
+            self.phi = conv1x1(in_channels, inner_channels, bias=True)
         if mode == "concatenation":
             self.concat_project = nn.Conv2d(2 * inner_channels, 1, kernel_size=1, bias=False)
             nn.init.normal_(self.concat_project.weight, std=1.0 / math.sqrt(2 * inner_channels))
-        self.norm = build_norm(norm, in_channels)
-        self.out = conv1x1(inner_channels, in_channels, bias=self.norm is None)
-        zero_init_residual_branch(self.out, self.norm)
+        self._build_residual_branch(inner_channels, norm)
 
     def extra_repr(self) -> str:
         return (
@@ -154,18 +146,8 @@ class NonLocalBlock2d(nn.Module):
         """y of eq. 1: (B, C, H, W) -> (B, inner_channels, H, W), before W_z, in float32 or wider."""
         return self.aggregate(*self.embed(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """
-        Args:
-            x: (B, C, H, W).
-        Returns:
-            (B, C, H, W), x + norm(W_z y).
-        """
-        check_feature_map(x, self.in_channels, type(self).__name__)
-        if x.numel() == 0:
-            # Keep every parameter in the graph (zero gradient) so DDP sees them used.
-            return x + sum(p.sum() for p in self.parameters()) * 0
-        return x + residual_branch(self.out, self.norm, self.nonlocal_op(x))
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        return self.nonlocal_op(x)
 
     @torch.no_grad()
     def attention_for_queries(self, x: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:

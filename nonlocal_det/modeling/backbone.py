@@ -10,7 +10,6 @@ from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from torch import nn
 
-import functools
 
 from ..layers import CGNLBlock2d, NonLocalBlock2d
 from .attach import attach_nonlocal
