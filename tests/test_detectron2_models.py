@@ -57,7 +57,8 @@ def test_shipped_config_trains_and_infers_on_cpu(config):
     cfg = load_cfg(config, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200")
     torch.manual_seed(0)
     model = build_model(cfg)
-    expects_nl = "_NL" in config or "CGNL" in config
+    expects_nl = "_nl_" in cfg.MODEL.BACKBONE.NAME or cfg.MODEL.ROI_KEYPOINT_HEAD.NAME.endswith("NLHead")
+    assert expects_nl == ("NL" in config or config.startswith("quickstart"))
     assert bool(nonlocal_keys(model)) == expects_nl
     randomize_nonlocal_norms(model)
     model.train()
