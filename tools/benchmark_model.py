@@ -1,0 +1,185 @@
+#!/usr/bin/env python
+"""
+Baseline vs non-local model, side by side in one run: training-iteration time and peak
+memory, and inference time per image, on the CPU (and on CUDA with --device cuda).
+
+Each (config, measurement) runs in its own process, the configs in turn (A B A B ...), with
+random weights on a fixed random image with two ground-truth instances (boxes, masks, and
+keypoints for keypoint models). Peak memory is torch's allocator peak over one training
+iteration (CPU: profiler memory timeline; CUDA: max_memory_allocated).
+
+    python tools/benchmark_model.py --pairs mask_rcnn_R50_baseline.yaml:mask_rcnn_R50_NL.yaml \
+        --size 800 1333 --output docs/model_benchmarks.md
+"""
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+
+DEFAULT_PAIRS = [
+    "mask_rcnn_R50_baseline.yaml:mask_rcnn_R50_NL.yaml",
+    "keypoint_rcnn_R101_baseline.yaml:keypoint_rcnn_R101_NL_head_backbone.yaml",
+]
+
+
+def _inputs(cfg, height, width, device):
+    import torch
+    from detectron2.structures import Boxes, Instances, Keypoints, PolygonMasks
+
+    gen = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, height, width), generator=gen).float()
+    boxes = torch.tensor([[0.1, 0.1, 0.5, 0.7], [0.4, 0.2, 0.9, 0.8]]) * torch.tensor([width, height, width, height])
+    inst = Instances((height, width))
+    inst.gt_boxes = Boxes(boxes)
+    inst.gt_classes = torch.zeros(2, dtype=torch.long)
+    inst.gt_masks = PolygonMasks([[b[[0, 1, 2, 1, 2, 3, 0, 3]].tolist()] for b in boxes])
+    if cfg.MODEL.KEYPOINT_ON:
+        kps = torch.zeros(2, 17, 3)
+        for i, b in enumerate(boxes):
+            kps[i, :, 0] = torch.linspace(float(b[0]), float(b[2]), 17)
+            kps[i, :, 1] = torch.linspace(float(b[1]), float(b[3]), 17)
+            kps[i, :, 2] = 2
+        inst.gt_keypoints = Keypoints(kps)
+    return {"image": image, "instances": inst.to(device), "height": height, "width": width}
+
+
+def run_child(spec):
+    import torch
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    from analyze_model import load_cfg
+    from benchmark_blocks import _cpu_peak_bytes
+
+    cfg = load_cfg(os.path.join(REPO_ROOT, "configs", spec["config"]), ["MODEL.DEVICE", spec["device"]])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    data = _inputs(cfg, spec["height"], spec["width"], spec["device"])
+    device = torch.device(spec["device"])
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    if spec["measure"] == "train":
+        model.train()
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+        def step():
+            with EventStorage():
+                loss = sum(model([data]).values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            sync()
+
+    else:
+        model.eval()
+
+        def step():
+            with torch.no_grad():
+                model([{"image": data["image"], "height": data["height"], "width": data["width"]}])
+            sync()
+
+    step()
+    peak = None
+    if spec["measure"] == "train":
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            step()
+            peak = torch.cuda.max_memory_allocated() - base
+        else:
+            peak = _cpu_peak_bytes(step)
+    times = []
+    for _ in range(spec["repeats"]):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"times": times, "peak_bytes": peak}))
+
+
+def measure(spec, timeout=1800):
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]}
+    return json.loads(lines[-1])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", nargs="+", default=DEFAULT_PAIRS, help="baseline.yaml:nonlocal.yaml from configs/")
+    parser.add_argument("--size", nargs=2, type=int, default=(800, 1333), metavar=("H", "W"))
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per process")
+    parser.add_argument("--cycles", type=int, default=2, help="processes per config and measurement, in turn")
+    parser.add_argument("--output", help="write the markdown table here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        run_child(json.loads(args.child))
+        return
+
+    import torch
+
+    height, width = args.size
+    rows = []
+    for pair in args.pairs:
+        base, nl = pair.split(":")
+        results = {name: {"train": [], "infer": [], "peak": None, "error": None} for name in (base, nl)}
+        for measurement in ("train", "infer"):
+            for _ in range(args.cycles):
+                for name in (base, nl):
+                    spec = dict(config=name, measure=measurement, height=height, width=width, device=args.device, repeats=args.repeats)
+                    r = measure(spec)
+                    print(f"{name} {measurement}: {r}", flush=True)
+                    if "error" in r:
+                        results[name]["error"] = r["error"]
+                        continue
+                    results[name][measurement] += r["times"]
+                    if r["peak_bytes"] is not None:
+                        results[name]["peak"] = r["peak_bytes"]
+        b, n = results[base], results[nl]
+        if b["error"] or n["error"]:
+            rows.append(f"| `{nl}` vs `{base}` | failed: {b['error'] or n['error']} |||||||")
+            continue
+        bt, nt = statistics.median(b["train"]), statistics.median(n["train"])
+        bi, ni = statistics.median(b["infer"]), statistics.median(n["infer"])
+        rows.append(
+            f"| `{nl}` vs `{base}` | {bt:.2f} | {nt:.2f} | {100 * (nt / bt - 1):+.1f}% | "
+            f"{b['peak'] / 2**30:.2f} | {n['peak'] / 2**30:.2f} | {bi:.2f} | {ni:.2f} | {100 * (ni / bi - 1):+.1f}% |"
+        )
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    text = "\n".join(
+        [
+            "# Model benchmark: baseline vs non-local",
+            "",
+            f"Generated by `python tools/benchmark_model.py --device {args.device} --size {height} {width}` on "
+            f"{datetime.date.today().isoformat()}; {device}; torch {torch.__version__}. One image per iteration, "
+            "random weights, two ground-truth instances; each config and measurement in its own processes, "
+            f"{args.cycles} per config in turn, {args.repeats} timed runs each after a warm-up; medians. "
+            "Peak memory: torch allocator peak over one training iteration above the model and inputs.",
+            "",
+            "| model vs baseline | baseline train s/iter | NL train s/iter | train overhead | baseline train peak GiB | NL train peak GiB | baseline infer s/img | NL infer s/img | infer overhead |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
+    print(text)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()

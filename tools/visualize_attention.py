@@ -1,0 +1,169 @@
+#!/usr/bin/env python
+"""
+Where a non-local block looks (fig. 3 of Wang et al. 2018): for chosen query positions, arrows
+to the 20 highest-weighted key positions, drawn over the image. One PNG for the first
+non-local block of the backbone, and, for keypoint models with a non-local head, one for the
+first head block on the highest-scoring detected person. Weights come from the block's
+``attention_for_queries``, which never holds the full matrix.
+
+    python tools/visualize_attention.py --config-file configs/quickstart.yaml --input img.png \
+        --output vis/ MODEL.WEIGHTS output/quickstart/model_final.pth
+"""
+import argparse
+import os
+import sys
+
+import cv2
+import numpy as np
+import torch
+
+TOP_K = 20
+
+
+def draw_arrows(image, query_xy, key_xy, weights, color):
+    """Arrows from each query to its top keys; thicker and more opaque for larger weights."""
+    overlay = image.copy()
+    for (qx, qy), keys, w in zip(query_xy, key_xy, weights):
+        w = w / max(w.max(), 1e-12)
+        for (kx, ky), strength in zip(keys, w):
+            cv2.arrowedLine(
+                overlay, (int(qx), int(qy)), (int(kx), int(ky)), color,
+                thickness=1 + int(2 * strength), tipLength=0.08, line_type=cv2.LINE_AA,
+            )  # fmt: skip
+        cv2.circle(overlay, (int(qx), int(qy)), 4, (255, 255, 255), -1, cv2.LINE_AA)
+    return cv2.addWeighted(overlay, 0.85, image, 0.15, 0)
+
+
+def top_keys(block, x, queries_rc, to_image):
+    """
+    Args:
+        block: a NonLocalBlock2d; x: its input (1, C, H, W); queries_rc: (Q, 2) rows/cols in x.
+        to_image: maps (N, 2) (row, col) positions of x's grid (floats) to image (x, y).
+    Returns:
+        query (x, y) (Q, 2), key (x, y) (Q, K, 2), weights (Q, K).
+    """
+    weights = block.attention_for_queries(x, queries_rc)[0]  # (Q, Hk, Wk)
+    num_q, key_h, key_w = weights.shape
+    k = min(TOP_K, key_h * key_w)
+    values, index = weights.flatten(1).topk(k, dim=1)
+    rows, cols = (index // key_w).float(), (index % key_w).float()
+    if block.sub_sample:  # key (u, v) pools rows 2u..2u+1, cols 2v..2v+1: use the cell centre
+        rows, cols = 2 * rows + 0.5, 2 * cols + 0.5
+    keys = to_image(torch.stack([rows, cols], -1).reshape(-1, 2)).reshape(num_q, k, 2)
+    return to_image(queries_rc.float()), keys, values
+
+
+def first_nonlocal(module, name_filter):
+    from nonlocal_det.layers import NonLocalBlock2d
+
+    for name, m in module.named_modules():
+        if isinstance(m, NonLocalBlock2d) and name_filter(name):
+            return name, m
+    return None, None
+
+
+def capture_input(block):
+    store = {}
+    handle = block.register_forward_pre_hook(lambda mod, args: store.__setitem__("x", args[0].detach()))
+    return store, handle
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--input", required=True, help="an image")
+    parser.add_argument("--output", required=True, help="folder for the PNGs")
+    parser.add_argument("--queries", nargs="*", default=None, help="query points x,y in image pixels (default: 3 points)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS path")
+    args = parser.parse_args(argv)
+
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import get_cfg
+    from detectron2.data import transforms as T
+    from detectron2.modeling import build_model
+    from detectron2.structures import Boxes
+
+    from nonlocal_det import add_nonlocal_config
+
+    cfg = get_cfg()
+    add_nonlocal_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    image = cv2.imread(args.input, cv2.IMREAD_COLOR)
+    if image is None:
+        sys.exit(f"error: {args.input} could not be read as an image")
+    model = build_model(cfg).eval()
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    backbone_name, backbone_block = first_nonlocal(model.backbone, lambda n: True)
+    if backbone_block is None:
+        sys.exit("error: the model has no NonLocalBlock2d in its backbone (is MODEL.BACKBONE.NAME a non-local backbone?)")
+    head = getattr(model.roi_heads, "keypoint_head", None) if cfg.MODEL.KEYPOINT_ON else None
+    head_name, head_block = first_nonlocal(head, lambda n: True) if head is not None else (None, None)
+
+    height, width = image.shape[:2]
+    aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    resized = aug.get_transform(image).apply_image(image)
+    scale_y, scale_x = resized.shape[0] / height, resized.shape[1] / width
+    tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
+    store, handle = capture_input(backbone_block)
+    with torch.no_grad():
+        (outputs,) = model([{"image": tensor, "height": height, "width": width}])
+    handle.remove()
+    x = store["x"]
+    stride = resized.shape[0] / x.shape[-2]  # padding only adds rows/cols at the end
+    if args.queries:
+        points = np.array([[float(v) for v in q.split(",")] for q in args.queries])
+    else:
+        points = np.array([[width * 0.3, height * 0.4], [width * 0.5, height * 0.5], [width * 0.7, height * 0.6]])
+    rows = np.clip((points[:, 1] * scale_y / stride).astype(int), 0, x.shape[-2] - 1)
+    cols = np.clip((points[:, 0] * scale_x / stride).astype(int), 0, x.shape[-1] - 1)
+    queries = torch.as_tensor(np.stack([rows, cols], 1))
+
+    def backbone_to_image(rc):
+        return torch.stack([(rc[:, 1] + 0.5) * stride / scale_x, (rc[:, 0] + 0.5) * stride / scale_y], -1)
+
+    os.makedirs(args.output, exist_ok=True)
+    stem = os.path.splitext(os.path.basename(args.input))[0]
+    q_xy, k_xy, w = top_keys(backbone_block, x, queries, backbone_to_image)
+    out = os.path.join(args.output, f"{stem}_backbone_{backbone_name.replace('.', '_')}.png")
+    cv2.imwrite(out, draw_arrows(image, q_xy.numpy(), k_xy.numpy(), w.numpy(), (0, 200, 255)))
+    print(f"backbone block {backbone_name}: {out}")
+
+    if head_block is None:
+        return
+    instances = outputs["instances"].to("cpu")
+    persons = instances[instances.pred_classes == 0] if len(instances) else instances
+    if len(persons) == 0:
+        print("no person detected: no keypoint-head picture")
+        return
+    person = persons[persons.scores.argmax().item()]
+    box = person.pred_boxes.tensor[0]
+    scaled = box * torch.tensor([scale_x, scale_y, scale_x, scale_y])
+    with torch.no_grad():
+        features = model.backbone(model.preprocess_image([{"image": tensor}]).tensor)
+        roi_features = model.roi_heads.keypoint_pooler(
+            [features[f] for f in model.roi_heads.keypoint_in_features], [Boxes(scaled[None])]
+        )
+        store, handle = capture_input(head_block)
+        head.layers(roi_features)
+        handle.remove()
+    hx = store["x"]
+    side = hx.shape[-1]
+    grid = torch.tensor([[side // 4, side // 2], [side // 2, side // 2], [3 * side // 4, side // 2]])
+    x0, y0, x1, y1 = box.tolist()
+
+    def roi_to_image(rc):
+        return torch.stack([x0 + (rc[:, 1] + 0.5) / side * (x1 - x0), y0 + (rc[:, 0] + 0.5) / hx.shape[-2] * (y1 - y0)], -1)
+
+    q_xy, k_xy, w = top_keys(head_block, hx, grid, roi_to_image)
+    drawing = draw_arrows(image, q_xy.numpy(), k_xy.numpy(), w.numpy(), (255, 120, 0))
+    cv2.rectangle(drawing, (int(x0), int(y0)), (int(x1), int(y1)), (0, 255, 0), 1)
+    out = os.path.join(args.output, f"{stem}_keypoint_head_{head_name}.png")
+    cv2.imwrite(out, drawing)
+    print(f"keypoint head block {head_name}: {out}")
+
+
+if __name__ == "__main__":
+    main()
