@@ -48,3 +48,21 @@ def add_nonlocal_config(cfg):
     cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_NONLOCAL = 4
     # ... one after every NONLOCAL_EVERY convs of the head (the paper: 2 of 8).
     cfg.MODEL.ROI_KEYPOINT_HEAD.NONLOCAL_EVERY = 2
+
+
+def get_nonlocal_cfg(config_file: str, opts=()):
+    """
+    A Detectron2 config with the nonlocal_det keys, merged from ``config_file`` and
+    ``opts`` (KEY VALUE ...), not frozen. ``MODEL.DEVICE`` falls back to "cpu" when it asks
+    for CUDA and none is available, so configs run unchanged on CPU-only machines.
+    """
+    import torch
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_nonlocal_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg

@@ -12,7 +12,6 @@ import os
 import sys
 
 import cv2
-import torch
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -40,19 +39,13 @@ def main(argv=None):
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS path")
     args = parser.parse_args(argv)
 
-    from detectron2.config import get_cfg
     from detectron2.data import MetadataCatalog
     from detectron2.engine import DefaultPredictor
     from detectron2.utils.visualizer import ColorMode, Visualizer
 
-    from nonlocal_det import add_nonlocal_config
+    from nonlocal_det.config import get_nonlocal_cfg
 
-    cfg = get_cfg()
-    add_nonlocal_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+    cfg = get_nonlocal_cfg(args.config_file, args.opts)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
     cfg.freeze()
     try:

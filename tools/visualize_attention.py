@@ -78,19 +78,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import get_cfg
     from detectron2.data import transforms as T
     from detectron2.modeling import build_model
     from detectron2.structures import Boxes
 
-    from nonlocal_det import add_nonlocal_config
+    from nonlocal_det.config import get_nonlocal_cfg
 
-    cfg = get_cfg()
-    add_nonlocal_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+    cfg = get_nonlocal_cfg(args.config_file, args.opts)
     image = cv2.imread(args.input, cv2.IMREAD_COLOR)
     if image is None:
         sys.exit(f"error: {args.input} could not be read as an image")
