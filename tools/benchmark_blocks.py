@@ -123,20 +123,32 @@ def run_child(spec):
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    step()  # thread pools, kernel selection, the core's cached q/k/v
-    if device.type == "cuda":
+    print(json.dumps(time_and_peak(step, device, spec["repeats"])))
+
+
+def time_and_peak(step, device, repeats, *, with_memory=True):
+    """
+    Warm-up (thread pools, kernel selection, caches), then one step measured for the
+    allocator's extra peak bytes (None without ``with_memory``), then ``repeats`` timed steps.
+    ``step`` must synchronise CUDA itself. Returns {"peak_bytes", "times"}.
+    """
+    import torch
+
+    step()
+    peak = None
+    if with_memory and device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         step()
         peak = torch.cuda.max_memory_allocated() - base
-    else:
+    elif with_memory:
         peak = _cpu_peak_bytes(step)
     times = []
-    for _ in range(spec["repeats"]):
+    for _ in range(repeats):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    print(json.dumps({"peak_bytes": peak, "times": times}))
+    return {"peak_bytes": peak, "times": times}
 
 
 # ---------------------------------------------------------------- parent: the tables

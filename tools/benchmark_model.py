@@ -18,7 +18,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
@@ -56,7 +55,7 @@ def run_child(spec):
     from detectron2.utils.events import EventStorage
 
     from analyze_model import load_cfg
-    from benchmark_blocks import _cpu_peak_bytes
+    from benchmark_blocks import time_and_peak
 
     cfg = load_cfg(os.path.join(REPO_ROOT, "configs", spec["config"]), ["MODEL.DEVICE", spec["device"]])
     torch.manual_seed(0)
@@ -88,22 +87,7 @@ def run_child(spec):
                 model([{"image": data["image"], "height": data["height"], "width": data["width"]}])
             sync()
 
-    step()
-    peak = None
-    if spec["measure"] == "train":
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            step()
-            peak = torch.cuda.max_memory_allocated() - base
-        else:
-            peak = _cpu_peak_bytes(step)
-    times = []
-    for _ in range(spec["repeats"]):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    print(json.dumps({"times": times, "peak_bytes": peak}))
+    print(json.dumps(time_and_peak(step, device, spec["repeats"], with_memory=spec["measure"] == "train")))
 
 
 def measure(spec, timeout=1800):
