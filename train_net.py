@@ -3,11 +3,14 @@
 nonlocal_det training script: Detectron2's DefaultTrainer with the non-local config keys,
 COCO evaluation for every task the config turns on, and Detectron2's launcher.
 
+    python train_net.py            # quickstart: generated dataset, CPU, minutes (configs/quickstart.yaml)
     python train_net.py --config-file configs/mask_rcnn_R101_NL.yaml --num-gpus 8
     python train_net.py --config-file configs/mask_rcnn_R101_NL.yaml --eval-only MODEL.WEIGHTS model.pth
     python train_net.py --config-file ... --resume          # continue from OUTPUT_DIR/last_checkpoint
 """
+import json
 import logging
+import math
 import os
 import sys
 
@@ -17,11 +20,15 @@ from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils.file_io import PathManager
+from detectron2.utils.logger import setup_logger
 
 from nonlocal_det.config import get_nonlocal_cfg
 from nonlocal_det.data.datasets import SYNTHETIC_DATASETS, ensure_synthetic_dataset, synthetic_root
 
 logger = logging.getLogger("nonlocal_det")
+
+QUICKSTART_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "quickstart.yaml")
+FINAL_METRICS_FILE = "final_metrics.json"
 
 
 class Trainer(DefaultTrainer):
@@ -38,6 +45,7 @@ def setup(args):
     cfg = get_nonlocal_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="nonlocal_det", abbrev_name="nl")
     if cfg.MODEL.DEVICE == "cpu":
         logger.info("No CUDA device: running on the CPU (MODEL.DEVICE=cpu).")
     return cfg
@@ -83,6 +91,26 @@ def check_datasets(cfg, eval_only: bool):
                 )
 
 
+def write_final_metrics(cfg, results) -> None:
+    """Save evaluation results as OUTPUT_DIR/final_metrics.json: {dataset: {task: {metric: value}}}.
+
+    Metrics COCO cannot compute (e.g. APl with no large objects) are NaN in Detectron2's results
+    and null in the file, so that it is strict JSON.
+    """
+    if not results or not comm.is_main_process():
+        return
+    if len(cfg.DATASETS.TEST) == 1:  # Detectron2 returns a single dataset's results unwrapped
+        results = {cfg.DATASETS.TEST[0]: results}
+    results = {
+        dataset: {task: {k: (None if math.isnan(v) else v) for k, v in metrics.items()} for task, metrics in tasks.items()}
+        for dataset, tasks in results.items()
+    }
+    path = os.path.join(cfg.OUTPUT_DIR, FINAL_METRICS_FILE)
+    with PathManager.open(path, "w") as f:
+        json.dump(results, f, indent=2, allow_nan=False)
+    logger.info(f"Final metrics written to {path}")
+
+
 def main(args):
     cfg = setup(args)
     check_datasets(cfg, args.eval_only)
@@ -93,16 +121,30 @@ def main(args):
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
+        write_final_metrics(cfg, res)
         return res
 
     check_weights(cfg, resume=args.resume)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    trainer.train()
+    # DefaultTrainer keeps the results of its last evaluation (TEST.EVAL_PERIOD, and always after the last iteration).
+    res = getattr(trainer, "_last_eval_results", None)
+    write_final_metrics(cfg, res)
+    return res
+
+
+def parse_args(argv=None):
+    args = default_argument_parser().parse_args(argv)
+    if not args.config_file:
+        args.config_file = QUICKSTART_CONFIG
+        shown = os.path.relpath(QUICKSTART_CONFIG)
+        print(f"No --config-file given: running the quickstart ({QUICKSTART_CONFIG if shown.startswith('..') else shown}).")
+    return args
 
 
 def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
+    args = parse_args()
     print("Command Line Args:", args)
     try:
         launch(

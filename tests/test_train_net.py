@@ -25,10 +25,10 @@ TINY = [
 ]  # fmt: skip
 
 
-def run_train_net(tmp_path, *args):
+def run_train_net(tmp_path, *args, config="mask_rcnn_R50_NL.yaml"):
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"))
-    cmd = [sys.executable, os.path.join(REPO_ROOT, "train_net.py"), "--config-file",
-           os.path.join(REPO_ROOT, "configs", "mask_rcnn_R50_NL.yaml"), *args]  # fmt: skip
+    config_args = ["--config-file", os.path.join(REPO_ROOT, "configs", config)] if config else []
+    cmd = [sys.executable, os.path.join(REPO_ROOT, "train_net.py"), *config_args, *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
     return proc.returncode, proc.stdout + proc.stderr
 
@@ -71,6 +71,24 @@ def test_train_resume_and_eval_only(small_dataset):
         assert f"Evaluation results for {task}" in log, task
         assert f"copypaste: Task: {task}" in log, task
     assert re.search(r"\|\s+AP\s+\|\s+AP50\s+\|\s+AP75\s+\|", log)
+
+
+def test_no_arguments_runs_the_quickstart(small_dataset):
+    """`python train_net.py` = configs/quickstart.yaml; here shortened to 5 iterations on the small dataset."""
+    out = small_dataset / "quickstart"
+    rc, log = run_train_net(
+        small_dataset, "SOLVER.MAX_ITER", "5", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "OUTPUT_DIR", str(out), config=None
+    )
+    assert rc == 0, log[-3000:]
+    assert "No --config-file given: running the quickstart" in log
+    assert re.search(r"eta: \d+:\d\d:\d\d\s+iter: 4\s", log), "no progress line with an ETA"
+    assert any(name.startswith("events.out.tfevents.") for name in os.listdir(out)), "no TensorBoard events"
+    with open(out / "final_metrics.json") as f:
+        metrics = json.load(f, parse_constant=lambda c: pytest.fail(f"{c} in final_metrics.json"))
+    for task in ("bbox", "segm", "keypoints"):
+        assert "AP" in metrics["nonlocal_synthetic_val"][task], task
+    with open(out / "config.yaml") as f:
+        assert "KRCNNConvDeconvUpsampleNLHead" in f.read()
 
 
 def test_missing_weights_say_what_to_do(small_dataset):

@@ -23,7 +23,7 @@ def _load(name: str, split: str, root: str):
     if not os.path.isfile(json_file):
         raise FileNotFoundError(
             f"Dataset {name!r}: {json_file} does not exist. Generate it with "
-            f"`python -m nonlocal_det.data.synthetic --out {root}` (train_net.py does this "
+            f"`python -m nonlocal_det.data --out {root}` (train_net.py does this "
             "by itself), or point DETECTRON2_DATASETS at the directory holding nonlocal_synthetic/."
         )
     return load_coco_json(json_file, image_root, name)

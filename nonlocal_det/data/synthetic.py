@@ -7,9 +7,8 @@ Each image holds a few objects on a noisy background: filled circles, squares an
 COCO's names, flip map and skeleton). Generation is deterministic for a seed and needs only
 numpy and OpenCV; registering it needs Detectron2.
 
-    python -m nonlocal_det.data.synthetic --out datasets/nonlocal_synthetic
+    python -m nonlocal_det.data --out datasets/nonlocal_synthetic
 """
-import argparse
 import json
 import math
 import os
@@ -183,19 +182,3 @@ def generate(out_dir: str, sizes: Dict[str, int] = None, *, seed: int = 0) -> Di
     """Generate every split; {split: json path}."""
     sizes = sizes or DEFAULT_SIZES
     return {split: generate_split(out_dir, split, n, seed=seed) for split, n in sizes.items()}
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "nonlocal_synthetic"))
-    parser.add_argument("--train", type=int, default=DEFAULT_SIZES["train"], help="number of training images")
-    parser.add_argument("--val", type=int, default=DEFAULT_SIZES["val"], help="number of validation images")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    paths = generate(args.out, {"train": args.train, "val": args.val}, seed=args.seed)
-    for split, path in paths.items():
-        print(f"{split}: {path}")
-
-
-if __name__ == "__main__":
-    main()
