@@ -22,6 +22,7 @@ from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
+from nonlocal_det.checks import MissingInputError, check_weights
 from nonlocal_det.config import get_nonlocal_cfg
 from nonlocal_det.data.datasets import SYNTHETIC_DATASETS, ensure_synthetic_dataset, synthetic_root
 
@@ -49,27 +50,6 @@ def setup(args):
     if cfg.MODEL.DEVICE == "cpu":
         logger.info("No CUDA device: running on the CPU (MODEL.DEVICE=cpu).")
     return cfg
-
-
-class MissingInputError(RuntimeError):
-    """A weight file or dataset that cannot be found or downloaded."""
-
-
-def check_weights(cfg, resume: bool):
-    """Fetch MODEL.WEIGHTS now, so an offline machine gets a message rather than a traceback."""
-    weights = cfg.MODEL.WEIGHTS
-    if not weights or (resume and PathManager.exists(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))):
-        return
-    try:
-        local = PathManager.get_local_path(weights)
-    except Exception as e:  # any downloader failure: offline, DNS, HTTP, proxy
-        raise MissingInputError(
-            f"MODEL.WEIGHTS={weights!r} could not be found or downloaded ({type(e).__name__}: {e}). "
-            "If this machine is offline, download the file elsewhere and pass its path: "
-            "`MODEL.WEIGHTS /path/to/file.pkl`, or `MODEL.WEIGHTS ''` to start from random weights."
-        ) from None
-    if not os.path.isfile(local):
-        raise MissingInputError(f"MODEL.WEIGHTS={weights!r}: {local} is not a file. Pass an existing checkpoint.")
 
 
 def check_datasets(cfg, eval_only: bool):

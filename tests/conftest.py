@@ -1,3 +1,6 @@
+import glob
+import os
+
 import pytest
 
 from nonlocal_det import detectron2_available
@@ -6,6 +9,13 @@ HAS_DETECTRON2 = detectron2_available()
 DETECTRON2_SKIP_REASON = "needs Detectron2 (not on PyPI; install it from its official guide)"
 
 requires_detectron2 = pytest.mark.skipif(not HAS_DETECTRON2, reason=DETECTRON2_SKIP_REASON)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The YAML configs a user runs (the Base-* files are only inherited from).
+SHIPPED_CONFIGS = sorted(
+    os.path.basename(p) for p in glob.glob(os.path.join(REPO_ROOT, "configs", "*.yaml"))
+    if not os.path.basename(p).startswith("Base-")
+)
 
 
 def pytest_configure(config):

@@ -1,5 +1,4 @@
 """Non-local backbones and keypoint head inside real Detectron2 models (skipped without Detectron2)."""
-import glob
 import logging
 import os
 import pickle
@@ -8,7 +7,7 @@ import re
 import pytest
 import torch
 
-from conftest import HAS_DETECTRON2
+from conftest import HAS_DETECTRON2, SHIPPED_CONFIGS
 
 pytestmark = pytest.mark.detectron2
 
@@ -23,11 +22,6 @@ if HAS_DETECTRON2:
     from d2_helpers import load_cfg, randomize_nonlocal_norms, training_input
     from nonlocal_det.layers import CGNLBlock2d, NonLocalBlock2d
     from nonlocal_det.modeling import has_nonlocal
-
-SHIPPED_CONFIGS = sorted(
-    os.path.basename(p) for p in glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml"))
-    if not os.path.basename(p).startswith("Base-")
-)
 
 
 class RecordingCheckpointer(DetectionCheckpointer if HAS_DETECTRON2 else object):

@@ -5,7 +5,9 @@ memory, and inference time per image, on the CPU (and on CUDA with --device cuda
 
 Each (config, measurement) runs in its own process, the configs in turn (A B A B ...), with
 random weights on a fixed random image with two ground-truth instances (boxes, masks, and
-keypoints for keypoint models). Peak memory is torch's allocator peak over one training
+keypoints for keypoint models). As in analyze_model.py the RPN/box-predictor output layers are
+zeroed and RPN NMS is off, so every model does the same RoI work; SGD (momentum 0.9) steps with
+lr 0, because a randomly initialised ResNet with FrozenBN diverges after one real step. Peak memory is torch's allocator peak over one training
 iteration (CPU: profiler memory timeline; CUDA: max_memory_allocated).
 
     python tools/benchmark_model.py --pairs mask_rcnn_R50_baseline.yaml:mask_rcnn_R50_NL.yaml \
@@ -54,12 +56,13 @@ def run_child(spec):
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 
-    from analyze_model import load_cfg
+    from analyze_model import fix_roi_workload, load_cfg
     from benchmark_blocks import time_and_peak
 
     cfg = load_cfg(os.path.join(REPO_ROOT, "configs", spec["config"]), ["MODEL.DEVICE", spec["device"]])
     torch.manual_seed(0)
     model = build_model(cfg)
+    fix_roi_workload(model)
     data = _inputs(cfg, spec["height"], spec["width"], spec["device"])
     device = torch.device(spec["device"])
 
@@ -69,7 +72,7 @@ def run_child(spec):
 
     if spec["measure"] == "train":
         model.train()
-        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0, momentum=0.9)
 
         def step():
             with EventStorage():

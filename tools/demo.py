@@ -43,6 +43,7 @@ def main(argv=None):
     from detectron2.engine import DefaultPredictor
     from detectron2.utils.visualizer import ColorMode, Visualizer
 
+    from nonlocal_det.checks import MissingInputError, check_weights
     from nonlocal_det.config import get_nonlocal_cfg
 
     cfg = get_nonlocal_cfg(args.config_file, args.opts)
@@ -50,7 +51,8 @@ def main(argv=None):
     cfg.freeze()
     try:
         paths = expand_inputs(args.input)
-    except FileNotFoundError as e:
+        check_weights(cfg, resume=False)
+    except (FileNotFoundError, MissingInputError) as e:
         sys.exit(f"error: {e}")
     predictor = DefaultPredictor(cfg)
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")

@@ -42,7 +42,7 @@ def top_keys(block, x, queries_rc, to_image):
     Returns:
         query (x, y) (Q, 2), key (x, y) (Q, K, 2), weights (Q, K).
     """
-    weights = block.attention_for_queries(x, queries_rc)[0]  # (Q, Hk, Wk)
+    weights = block.attention_for_queries(x, queries_rc.to(x.device))[0].cpu()  # (Q, Hk, Wk)
     num_q, key_h, key_w = weights.shape
     k = min(TOP_K, key_h * key_w)
     values, index = weights.flatten(1).topk(k, dim=1)
@@ -74,20 +74,31 @@ def main(argv=None):
     parser.add_argument("--input", required=True, help="an image")
     parser.add_argument("--output", required=True, help="folder for the PNGs")
     parser.add_argument("--queries", nargs="*", default=None, help="query points x,y in image pixels (default: 3 points)")
+    parser.add_argument(
+        "--person-box", help="x0,y0,x1,y1 in image pixels: the person box for the keypoint-head picture "
+        "(default: the highest-scoring detected person)"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS path")
     args = parser.parse_args(argv)
+    if args.person_box is not None and len(args.person_box.split(",")) != 4:
+        parser.error(f"--person-box takes x0,y0,x1,y1 (4 numbers), got {args.person_box!r}")
 
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.data import transforms as T
     from detectron2.modeling import build_model
     from detectron2.structures import Boxes
 
+    from nonlocal_det.checks import MissingInputError, check_weights
     from nonlocal_det.config import get_nonlocal_cfg
 
     cfg = get_nonlocal_cfg(args.config_file, args.opts)
     image = cv2.imread(args.input, cv2.IMREAD_COLOR)
     if image is None:
         sys.exit(f"error: {args.input} could not be read as an image")
+    try:
+        check_weights(cfg, resume=False)
+    except MissingInputError as e:
+        sys.exit(f"error: {e}")
     model = build_model(cfg).eval()
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     backbone_name, backbone_block = first_nonlocal(model.backbone, lambda n: True)
@@ -127,18 +138,20 @@ def main(argv=None):
 
     if head_block is None:
         return
-    instances = outputs["instances"].to("cpu")
-    persons = instances[instances.pred_classes == 0] if len(instances) else instances
-    if len(persons) == 0:
-        print("no person detected: no keypoint-head picture")
-        return
-    person = persons[persons.scores.argmax().item()]
-    box = person.pred_boxes.tensor[0]
+    if args.person_box:
+        box = torch.tensor([float(v) for v in args.person_box.split(",")])
+    else:
+        instances = outputs["instances"].to("cpu")
+        persons = instances[instances.pred_classes == 0] if len(instances) else instances
+        if len(persons) == 0:
+            print("no person detected: no keypoint-head picture (pass --person-box to choose one)")
+            return
+        box = persons[persons.scores.argmax().item()].pred_boxes.tensor[0]
     scaled = box * torch.tensor([scale_x, scale_y, scale_x, scale_y])
     with torch.no_grad():
         features = model.backbone(model.preprocess_image([{"image": tensor}]).tensor)
         roi_features = model.roi_heads.keypoint_pooler(
-            [features[f] for f in model.roi_heads.keypoint_in_features], [Boxes(scaled[None])]
+            [features[f] for f in model.roi_heads.keypoint_in_features], [Boxes(scaled[None].to(model.device))]
         )
         store, handle = capture_input(head_block)
         head.layers(roi_features)

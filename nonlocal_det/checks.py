@@ -1,0 +1,25 @@
+"""Up-front checks of a config's inputs, so that a missing file gives a message, not a traceback."""
+import os
+
+from detectron2.utils.file_io import PathManager
+
+
+class MissingInputError(RuntimeError):
+    """A weight file or dataset that cannot be found or downloaded."""
+
+
+def check_weights(cfg, resume: bool):
+    """Fetch MODEL.WEIGHTS now, so an offline machine gets a message rather than a traceback."""
+    weights = cfg.MODEL.WEIGHTS
+    if not weights or (resume and PathManager.exists(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))):
+        return
+    try:
+        local = PathManager.get_local_path(weights)
+    except Exception as e:  # any downloader failure: offline, DNS, HTTP, proxy
+        raise MissingInputError(
+            f"MODEL.WEIGHTS={weights!r} could not be found or downloaded ({type(e).__name__}: {e}). "
+            "If this machine is offline, download the file elsewhere and pass its path: "
+            "`MODEL.WEIGHTS /path/to/file.pkl`, or `MODEL.WEIGHTS ''` to start from random weights."
+        ) from None
+    if not os.path.isfile(local):
+        raise MissingInputError(f"MODEL.WEIGHTS={weights!r}: {local} is not a file. Pass an existing checkpoint.")
