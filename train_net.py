@@ -22,7 +22,7 @@ from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
-from nonlocal_det.checks import MissingInputError, check_weights
+from nonlocal_det.checks import MissingInputError, UnsupportedSetupError, check_amp_device, check_weights
 from nonlocal_det.config import get_nonlocal_cfg
 from nonlocal_det.data.datasets import SYNTHETIC_DATASETS, ensure_synthetic_dataset, synthetic_root
 
@@ -105,6 +105,7 @@ def main(args):
         return res
 
     check_weights(cfg, resume=args.resume)
+    check_amp_device(cfg)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     trainer.train()
@@ -135,7 +136,7 @@ def invoke_main() -> None:
             dist_url=args.dist_url,
             args=(args,),
         )
-    except MissingInputError as e:
+    except (MissingInputError, UnsupportedSetupError) as e:
         sys.exit(f"error: {e}")
 
 

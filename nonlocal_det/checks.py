@@ -8,6 +8,19 @@ class MissingInputError(RuntimeError):
     """A weight file or dataset that cannot be found or downloaded."""
 
 
+class UnsupportedSetupError(RuntimeError):
+    """A config this machine cannot run as asked."""
+
+
+def check_amp_device(cfg) -> None:
+    """Detectron2's AMPTrainer needs CUDA: say so before training, not with an assert inside it."""
+    if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
+        raise UnsupportedSetupError(
+            "SOLVER.AMP.ENABLED=True needs a CUDA device (Detectron2's AMPTrainer runs on CUDA only) and "
+            "this run is on the CPU. Pass `SOLVER.AMP.ENABLED False`, or run on a machine with a GPU."
+        )
+
+
 def check_weights(cfg, resume: bool):
     """Fetch MODEL.WEIGHTS now, so an offline machine gets a message rather than a traceback."""
     weights = cfg.MODEL.WEIGHTS

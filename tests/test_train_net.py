@@ -105,3 +105,11 @@ def test_missing_dataset_says_what_to_do(tmp_path):
     assert rc != 0
     assert "Dataset 'coco_2017_val'" in log and "DETECTRON2_DATASETS" in log and "datasets/README.md" in log
     assert "Traceback" not in log
+
+
+def test_amp_on_cpu_says_what_to_do(small_dataset):
+    rc, log = run_train_net(small_dataset, *TINY, "SOLVER.AMP.ENABLED", "True", "MODEL.DEVICE", "cpu",
+                            "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(small_dataset / "amp"))  # fmt: skip
+    assert rc != 0
+    assert "SOLVER.AMP.ENABLED=True needs a CUDA device" in log and "SOLVER.AMP.ENABLED False" in log
+    assert "Traceback" not in log
