@@ -1,6 +1,5 @@
 """Non-local backbones and keypoint head inside real Detectron2 models (skipped without Detectron2)."""
 import logging
-import os
 import pickle
 import re
 
