@@ -2,10 +2,9 @@
 import os
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.structures import Boxes, Instances, PolygonMasks
 
-from nonlocal_det import add_nonlocal_config
+from nonlocal_det.config import get_nonlocal_cfg
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
@@ -13,11 +12,7 @@ CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
 
 def load_cfg(config_name: str, *opts):
     """A config from configs/, on CPU, with no weights to download."""
-    cfg = get_cfg()
-    add_nonlocal_config(cfg)
-    cfg.merge_from_file(os.path.join(CONFIG_DIR, config_name))
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
-    return cfg
+    return get_nonlocal_cfg(os.path.join(CONFIG_DIR, config_name), ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
 
 
 def randomize_nonlocal_norms(model, value=0.5):

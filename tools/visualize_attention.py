@@ -53,11 +53,11 @@ def top_keys(block, x, queries_rc, to_image):
     return to_image(queries_rc.float()), keys, values
 
 
-def first_nonlocal(module, name_filter):
+def first_nonlocal(module):
     from nonlocal_det.layers import NonLocalBlock2d
 
     for name, m in module.named_modules():
-        if isinstance(m, NonLocalBlock2d) and name_filter(name):
+        if isinstance(m, NonLocalBlock2d):
             return name, m
     return None, None
 
@@ -101,11 +101,11 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     model = build_model(cfg).eval()
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    backbone_name, backbone_block = first_nonlocal(model.backbone, lambda n: True)
+    backbone_name, backbone_block = first_nonlocal(model.backbone)
     if backbone_block is None:
         sys.exit("error: the model has no NonLocalBlock2d in its backbone (is MODEL.BACKBONE.NAME a non-local backbone?)")
     head = getattr(model.roi_heads, "keypoint_head", None) if cfg.MODEL.KEYPOINT_ON else None
-    head_name, head_block = first_nonlocal(head, lambda n: True) if head is not None else (None, None)
+    head_name, head_block = first_nonlocal(head) if head is not None else (None, None)
 
     height, width = image.shape[:2]
     aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
@@ -113,10 +113,13 @@ def main(argv=None):
     scale_y, scale_x = resized.shape[0] / height, resized.shape[1] / width
     tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
     store, handle = capture_input(backbone_block)
+    # The keypoint-head picture reuses this pass's FPN features instead of running the backbone again.
+    features_handle = model.backbone.register_forward_hook(lambda mod, args, out: store.__setitem__("features", out))
     with torch.no_grad():
         (outputs,) = model([{"image": tensor, "height": height, "width": width}])
     handle.remove()
-    x = store["x"]
+    features_handle.remove()
+    x, features = store["x"], store["features"]
     stride = resized.shape[0] / x.shape[-2]  # padding only adds rows/cols at the end
     if args.queries:
         points = np.array([[float(v) for v in q.split(",")] for q in args.queries])
@@ -149,7 +152,6 @@ def main(argv=None):
         box = persons[persons.scores.argmax().item()].pred_boxes.tensor[0]
     scaled = box * torch.tensor([scale_x, scale_y, scale_x, scale_y])
     with torch.no_grad():
-        features = model.backbone(model.preprocess_image([{"image": tensor}]).tensor)
         roi_features = model.roi_heads.keypoint_pooler(
             [features[f] for f in model.roi_heads.keypoint_in_features], [Boxes(scaled[None].to(model.device))]
         )
