@@ -22,6 +22,7 @@ from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
+from nonlocal_det.checkpoint import AtomicDetectionCheckpointer
 from nonlocal_det.checks import MissingInputError, UnsupportedSetupError, check_amp_device, check_weights
 from nonlocal_det.config import get_nonlocal_cfg
 from nonlocal_det.data.datasets import SYNTHETIC_DATASETS, ensure_synthetic_dataset, synthetic_root
@@ -33,6 +34,14 @@ FINAL_METRICS_FILE = "final_metrics.json"
 
 
 class Trainer(DefaultTrainer):
+    def build_hooks(self):
+        # DefaultTrainer creates its checkpointer just before calling build_hooks, whose
+        # PeriodicCheckpointer keeps a reference to it: swap in the atomic one here.
+        self.checkpointer = AtomicDetectionCheckpointer(
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, **self.checkpointer.checkpointables
+        )
+        return super().build_hooks()
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         """COCO evaluation of every task the model predicts (bbox, segm, keypoints)."""
