@@ -16,16 +16,17 @@ import sys
 
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 from nonlocal_det.checkpoint import AtomicDetectionCheckpointer
-from nonlocal_det.checks import MissingInputError, UnsupportedSetupError, check_amp_device, check_weights
+from nonlocal_det.checks import BadDataError, MissingInputError, UnsupportedSetupError, check_amp_device, check_weights
 from nonlocal_det.config import get_nonlocal_cfg
 from nonlocal_det.data.datasets import SYNTHETIC_DATASETS, ensure_synthetic_dataset, synthetic_root
+from nonlocal_det.data.validation import evaluation_dataset_dicts, training_dataset_dicts
 
 logger = logging.getLogger("nonlocal_det")
 
@@ -41,6 +42,19 @@ class Trainer(DefaultTrainer):
             self.checkpointer.model, self.cfg.OUTPUT_DIR, **self.checkpointer.checkpointables
         )
         return super().build_hooks()
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """Detectron2's loader over checked records: bad data stops here, before training."""
+        return build_detection_train_loader(cfg, dataset=training_dataset_dicts(cfg))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(
+            evaluation_dataset_dicts(cfg, dataset_name),
+            mapper=DatasetMapper(cfg, False),
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+        )
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -62,7 +76,7 @@ def setup(args):
 
 
 def check_datasets(cfg, eval_only: bool):
-    """Generate the synthetic dataset if used and missing; name what is missing otherwise."""
+    """Generate the synthetic dataset if used and missing; name what is missing or unusable otherwise."""
     names = list(cfg.DATASETS.TEST) + ([] if eval_only else list(cfg.DATASETS.TRAIN))
     if any(name in SYNTHETIC_DATASETS for name in names) and comm.is_main_process():
         if ensure_synthetic_dataset():
@@ -78,6 +92,9 @@ def check_datasets(cfg, eval_only: bool):
                     f"under $DETECTRON2_DATASETS (now {os.environ.get('DETECTRON2_DATASETS', 'unset, so ./datasets')}); "
                     "see datasets/README.md for the layout."
                 )
+    if not eval_only:  # the evaluation after training would otherwise find bad data only at the end
+        for name in cfg.DATASETS.TEST:
+            evaluation_dataset_dicts(cfg, name)
 
 
 def write_final_metrics(cfg, results) -> None:
@@ -145,7 +162,7 @@ def invoke_main() -> None:
             dist_url=args.dist_url,
             args=(args,),
         )
-    except (MissingInputError, UnsupportedSetupError) as e:
+    except (BadDataError, MissingInputError, UnsupportedSetupError) as e:
         sys.exit(f"error: {e}")
 
 

@@ -8,6 +8,10 @@ class MissingInputError(RuntimeError):
     """A weight file or dataset that cannot be found or downloaded."""
 
 
+class BadDataError(RuntimeError):
+    """A dataset whose files or annotations cannot be used as they are."""
+
+
 class UnsupportedSetupError(RuntimeError):
     """A config this machine cannot run as asked."""
 

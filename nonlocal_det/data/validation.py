@@ -1,0 +1,159 @@
+"""
+Loading a registered dataset with checks, so that bad data stops a run before training with a
+message naming the file and the problem, instead of a traceback from inside the data loader or,
+worse, silently wrong labels.
+
+Checked: the annotation file parses; every image file exists; every category id is one the
+model predicts (``MODEL.ROI_HEADS.NUM_CLASSES``); every keypoint annotation has
+``MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS`` points; the training filters (no annotations, too few
+keypoints) leave at least one image. What the model handles correctly is left alone: images
+without annotations (skipped in training as Detectron2 does, evaluated), grayscale and RGBA
+images (read as RGB), images of any size (resized), keypoints outside their box (not used as
+targets).
+"""
+import itertools
+import json
+import logging
+import os
+from typing import Dict, List
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.build import (
+    filter_images_with_few_keypoints,
+    get_detection_dataset_dicts,
+    filter_images_with_only_crowd_annotations,
+    load_proposals_into_dataset,
+    print_instances_class_histogram,
+)
+from detectron2.data.detection_utils import check_metadata_consistency
+
+from ..checks import BadDataError
+
+logger = logging.getLogger(__name__)
+
+_SHOWN = 3  # offending files listed in a message
+
+
+def _source(name: str) -> str:
+    json_file = MetadataCatalog.get(name).get("json_file", None)
+    return f"annotation file {json_file}" if json_file else "its registered loader"
+
+
+def _listing(items: List[str]) -> str:
+    more = f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
+    return ", ".join(items[:_SHOWN]) + more
+
+
+def load_dataset(name: str) -> List[Dict]:
+    """``DatasetCatalog.get(name)``, with unreadable annotation files reported by name."""
+    try:
+        dicts = DatasetCatalog.get(name)
+    except json.JSONDecodeError as e:
+        raise BadDataError(
+            f"Dataset {name!r}: {_source(name)} is not valid JSON ({e}). The file is truncated or "
+            "corrupt; download or generate it again."
+        ) from None
+    except KeyError as e:
+        if "category_id" not in str(e):
+            raise
+        # Detectron2's COCO loader: an annotation's category_id missing from "categories".
+        raise BadDataError(
+            f"Dataset {name!r}: {_source(name)}: {e.args[0]} Add that category to the file's "
+            '"categories" or remove its annotations.'
+        ) from None
+    if not isinstance(dicts, list):  # a torch Dataset: nothing to check here
+        return dicts
+    if not dicts:
+        raise BadDataError(f"Dataset {name!r}: {_source(name)} lists no images.")
+    return dicts
+
+
+def check_dataset_dicts(name: str, dicts: List[Dict], cfg) -> None:
+    """Raise BadDataError naming files whose images are missing or whose labels the model cannot use."""
+    if not isinstance(dicts, list):
+        return
+    missing = [d["file_name"] for d in dicts if not os.path.isfile(d["file_name"])]
+    if missing:
+        raise BadDataError(
+            f"Dataset {name!r}: {len(missing)} of {len(dicts)} image files listed in {_source(name)} do not "
+            f"exist: {_listing(missing)}. Restore them or remove them from the annotation file."
+        )
+    if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN":
+        return
+    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    bad_class = sorted(
+        {f"{d['file_name']} (category {a['category_id']})" for d in dicts for a in d.get("annotations", [])
+         if not 0 <= a["category_id"] < num_classes}
+    )  # fmt: skip
+    if bad_class:
+        classes = MetadataCatalog.get(name).get("thing_classes", None)
+        known = f"; the dataset's categories are {len(classes)}: {classes}" if classes else ""
+        raise BadDataError(
+            f"Dataset {name!r}: annotations with a category outside the model's "
+            f"MODEL.ROI_HEADS.NUM_CLASSES={num_classes} classes (contiguous ids 0..{num_classes - 1}){known}. "
+            f"Images: {_listing(bad_class)}. Set MODEL.ROI_HEADS.NUM_CLASSES to the number of categories."
+        )
+    if cfg.MODEL.KEYPOINT_ON:
+        expected = 3 * cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
+        bad_kps = sorted(
+            {f"{d['file_name']} ({len(a['keypoints']) // 3} keypoints)" for d in dicts
+             for a in d.get("annotations", []) if "keypoints" in a and len(a["keypoints"]) != expected}
+        )  # fmt: skip
+        if bad_kps:
+            raise BadDataError(
+                f"Dataset {name!r}: keypoint annotations that do not have "
+                f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={expected // 3} (x, y, v) triplets: {_listing(bad_kps)}."
+            )
+
+
+def _with_proposals(dicts, names, proposal_files, cfg):
+    if not cfg.MODEL.LOAD_PROPOSALS:
+        return dicts
+    return [load_proposals_into_dataset(d, proposal_files[n]) for d, n in zip(dicts, names)]
+
+
+def training_dataset_dicts(cfg) -> List[Dict]:
+    """
+    The records of ``cfg.DATASETS.TRAIN``, checked, then filtered as Detectron2 does
+    (``DATALOADER.FILTER_EMPTY_ANNOTATIONS``, ``MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE``);
+    raises BadDataError rather than train on nothing.
+    """
+    names = list(cfg.DATASETS.TRAIN)
+    per_dataset = [load_dataset(name) for name in names]
+    if not all(isinstance(dicts, list) for dicts in per_dataset):  # torch Datasets: Detectron2's own path
+        return get_detection_dataset_dicts(names, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+    for name, dicts in zip(names, per_dataset):
+        check_dataset_dicts(name, dicts, cfg)
+    per_dataset = _with_proposals(per_dataset, names, dict(zip(names, cfg.DATASETS.PROPOSAL_FILES_TRAIN)), cfg)
+    dicts = list(itertools.chain.from_iterable(per_dataset))
+    total = len(dicts)
+    if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+        dicts = filter_images_with_only_crowd_annotations(dicts)
+    with_annotations = len(dicts)
+    min_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0
+    if min_keypoints > 0:
+        dicts = filter_images_with_few_keypoints(dicts, min_keypoints)
+    if not dicts:
+        reasons = [f"{total - with_annotations} have no non-crowd annotation (DATALOADER.FILTER_EMPTY_ANNOTATIONS=True)"]
+        if min_keypoints > 0:
+            reasons.append(
+                f"{with_annotations} have fewer than MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE={min_keypoints} "
+                "visible keypoints"
+            )
+        raise BadDataError(
+            f"No training image left in {names}: of {total} images, {' and '.join(reasons)}. "
+            f"Check the annotation files ({', '.join(_source(n) for n in names)})."
+        )
+    classes = MetadataCatalog.get(names[0]).get("thing_classes", None)
+    if classes is not None:
+        check_metadata_consistency("thing_classes", names)
+        print_instances_class_histogram(dicts, classes)
+    return dicts
+
+
+def evaluation_dataset_dicts(cfg, name: str) -> List[Dict]:
+    """The records of test dataset ``name``, checked (nothing is filtered: every image is evaluated)."""
+    dicts = load_dataset(name)
+    check_dataset_dicts(name, dicts, cfg)
+    proposal_files = dict(zip(cfg.DATASETS.TEST, cfg.DATASETS.PROPOSAL_FILES_TEST))
+    return _with_proposals([dicts], [name], proposal_files, cfg)[0]
