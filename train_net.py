@@ -25,6 +25,7 @@ from detectron2.utils.logger import setup_logger
 from nonlocal_det.checkpoint import AtomicDetectionCheckpointer
 from nonlocal_det.checks import BadDataError, MissingInputError, UnsupportedSetupError, check_amp_device, check_weights
 from nonlocal_det.config import get_nonlocal_cfg
+from nonlocal_det.distributed import check_sync_bn_device, cpu_ddp_support
 from nonlocal_det.data.datasets import SYNTHETIC_DATASETS, ensure_synthetic_dataset, synthetic_root
 from nonlocal_det.data.validation import evaluation_dataset_dicts, training_dataset_dicts
 
@@ -35,6 +36,16 @@ FINAL_METRICS_FILE = "final_metrics.json"
 
 
 class Trainer(DefaultTrainer):
+    def __init__(self, cfg):
+        with cpu_ddp_support():  # launch on a CPU machine: several gloo processes
+            super().__init__(cfg)
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        check_sync_bn_device(cfg, model)
+        return model
+
     def build_hooks(self):
         # DefaultTrainer creates its checkpointer just before calling build_hooks, whose
         # PeriodicCheckpointer keeps a reference to it: swap in the atomic one here.

@@ -7,6 +7,8 @@ All functions take channel-major sequences, as conv feature maps flatten to:
 in at least float32, whatever the input dtype and any surrounding autocast, and return that
 compute dtype; callers cast back.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -33,7 +35,8 @@ def explicit_matrix_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> b
     at D=512, M=N/4: equal at ratio ~1.4 and ~5, fused 2x faster at ratio ~100).
     """
     n, m = q.shape[-1], k.shape[-1]
-    return n * m <= EXPLICIT_MATRIX_MAX_RATIO * (q[0].numel() + k[0].numel() + v[0].numel())
+    per_sample = sum(math.prod(t.shape[1:]) for t in (q, k, v))
+    return n * m <= EXPLICIT_MATRIX_MAX_RATIO * per_sample
 
 
 def softmax_aggregate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -49,7 +52,10 @@ def softmax_aggregate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     dtype = compute_dtype(q, k, v)
     with torch.autocast(device_type=q.device.type, enabled=False):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-        if explicit_matrix_fits(q, k, v):
+        # An exported model keeps the path taken at export time for every input size, so it
+        # gets the fused kernel, whose memory stays linear at any size.
+        exporting = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        if not exporting and explicit_matrix_fits(q, k, v):
             # Row-major products keep the N x M gradients contiguous for softmax's backward.
             if scale != 1.0:
                 q = q * scale  # N x D elements, fewer than the N x M logits

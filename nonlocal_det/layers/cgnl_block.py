@@ -120,7 +120,8 @@ class CGNLBlock2d(ResidualBlock2d):
         dtype = compute_dtype(t, p, g)
         with torch.autocast(device_type=x.device.type, enabled=False):
             # (B, G, N * C'): each group's elements as one vector, as in eq. 7.
-            t, p, g = (v.to(dtype).reshape(batch, self.groups, -1) for v in (t, p, g))
+            group_size = self.inner_channels // self.groups * height * width  # explicit: batch may be 0
+            t, p, g = (v.to(dtype).reshape(batch, self.groups, group_size) for v in (t, p, g))
             if self.kernel == "gaussian_rbf":
                 # The per-element factors exp(-gamma t_i^2), exp(-gamma p_j^2) of the RBF.
                 g = g * torch.exp(-self.gamma * p * p)
@@ -131,7 +132,7 @@ class CGNLBlock2d(ResidualBlock2d):
             if self.kernel == "gaussian_rbf":
                 y = y * torch.exp(-self.gamma * t * t)
             if self.use_scale:
-                y = y / math.sqrt(p.shape[-1])
+                y = y / p.shape[-1] ** 0.5  # not math.sqrt: a trace would freeze the size
         return y.reshape(batch, self.inner_channels, height, width)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
