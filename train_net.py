@@ -15,6 +15,7 @@ import os
 import sys
 
 import detectron2.utils.comm as comm
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
@@ -23,7 +24,7 @@ from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 from nonlocal_det.checkpoint import AtomicDetectionCheckpointer
-from nonlocal_det.checks import BadDataError, MissingInputError, UnsupportedSetupError, check_amp_device, check_weights
+from nonlocal_det.checks import BadDataError, MissingInputError, UnsupportedSetupError, check_amp, check_weights
 from nonlocal_det.config import get_nonlocal_cfg
 from nonlocal_det.distributed import check_sync_bn_device, cpu_ddp_support
 from nonlocal_det.data.datasets import SYNTHETIC_DATASETS, ensure_synthetic_dataset, synthetic_root
@@ -39,6 +40,8 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         with cpu_ddp_support():  # launch on a CPU machine: several gloo processes
             super().__init__(cfg)
+        if cfg.SOLVER.AMP.ENABLED:  # DefaultTrainer leaves AMPTrainer at float16
+            self._trainer.precision = getattr(torch, cfg.SOLVER.AMP.PRECISION)
 
     @classmethod
     def build_model(cls, cfg):
@@ -142,7 +145,7 @@ def main(args):
         return res
 
     check_weights(cfg, resume=args.resume)
-    check_amp_device(cfg)
+    check_amp(cfg)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     trainer.train()

@@ -16,9 +16,18 @@ class UnsupportedSetupError(RuntimeError):
     """A config this machine cannot run as asked."""
 
 
-def check_amp_device(cfg) -> None:
-    """Detectron2's AMPTrainer needs CUDA: say so before training, not with an assert inside it."""
-    if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
+AMP_PRECISIONS = ("float16", "bfloat16")
+
+
+def check_amp(cfg) -> None:
+    """Detectron2's AMPTrainer needs CUDA and a half-precision dtype: say so before training."""
+    if not cfg.SOLVER.AMP.ENABLED:
+        return
+    if cfg.SOLVER.AMP.PRECISION not in AMP_PRECISIONS:
+        raise UnsupportedSetupError(
+            f"SOLVER.AMP.PRECISION={cfg.SOLVER.AMP.PRECISION!r} is not one of {AMP_PRECISIONS}."
+        )
+    if cfg.MODEL.DEVICE == "cpu":
         raise UnsupportedSetupError(
             "SOLVER.AMP.ENABLED=True needs a CUDA device (Detectron2's AMPTrainer runs on CUDA only) and "
             "this run is on the CPU. Pass `SOLVER.AMP.ENABLED False`, or run on a machine with a GPU."

@@ -44,6 +44,10 @@ def add_nonlocal_config(cfg):
     # CGNL: width gamma of the Gaussian RBF kernel.
     cfg.MODEL.NONLOCAL.CGNL.GAMMA = 1e-4
 
+    # Mixed precision (SOLVER.AMP.ENABLED, CUDA only): "float16" (Detectron2's default) or
+    # "bfloat16". The non-local attention itself always runs in float32.
+    cfg.SOLVER.AMP.PRECISION = "float16"
+
     # Keypoint head "KRCNNConvDeconvUpsampleNLHead": number of NL blocks (the paper: 4) ...
     cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_NONLOCAL = 4
     # ... one after every NONLOCAL_EVERY convs of the head (the paper: 2 of 8).
