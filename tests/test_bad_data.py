@@ -138,6 +138,14 @@ def test_annotation_file_without_images_is_an_error(dataset):
     assert "lists no images" in _training_error("bad_no_images", root)
 
 
+def test_unregistered_dataset_is_named():
+    from nonlocal_det.checks import BadDataError
+    from nonlocal_det.data.validation import training_dataset_dicts
+
+    with pytest.raises(BadDataError, match="Dataset 'my_unregistered_set' is not registered"):
+        training_dataset_dicts(_cfg("my_unregistered_set"))
+
+
 def test_train_net_reports_bad_data_without_a_traceback(dataset):
     root, _, data = dataset
     os.remove(root / "train" / data["images"][0]["file_name"])

@@ -46,6 +46,12 @@ def _listing(items: List[str]) -> str:
 
 def load_dataset(name: str) -> List[Dict]:
     """``DatasetCatalog.get(name)``, with unreadable annotation files reported by name."""
+    if name not in DatasetCatalog.list():
+        raise BadDataError(
+            f"Dataset {name!r} is not registered. Register it before training (e.g. Detectron2's "
+            "register_coco_instances) or use a registered one, such as the builtin COCO names or "
+            "nonlocal_synthetic_train / nonlocal_synthetic_val."
+        )
     try:
         dicts = DatasetCatalog.get(name)
     except json.JSONDecodeError as e:
