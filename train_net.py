@@ -34,6 +34,8 @@ logger = logging.getLogger("nonlocal_det")
 
 QUICKSTART_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "quickstart.yaml")
 FINAL_METRICS_FILE = "final_metrics.json"
+# Errors that explain themselves: printed without a traceback.
+EXPECTED_ERRORS = (BadDataError, MissingInputError, UnsupportedSetupError)
 
 
 class Trainer(DefaultTrainer):
@@ -176,8 +178,16 @@ def invoke_main() -> None:
             dist_url=args.dist_url,
             args=(args,),
         )
-    except (BadDataError, MissingInputError, UnsupportedSetupError) as e:
+    except EXPECTED_ERRORS as e:
         sys.exit(f"error: {e}")
+    except torch.multiprocessing.ProcessRaisedException as e:
+        # A worker of a multi-process run: its traceback arrives as text, ending in "module.Class: message".
+        last_line = str(e).strip().splitlines()[-1]
+        for error in EXPECTED_ERRORS:
+            prefix = f"{error.__module__}.{error.__qualname__}: "
+            if last_line.startswith(prefix):
+                sys.exit(f"error: {last_line[len(prefix):]}")
+        raise
 
 
 if __name__ == "__main__":

@@ -98,6 +98,14 @@ def test_torch_sync_bn_on_a_cpu_run_is_refused_with_the_fix(tmp_path):
 
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "mask_rcnn_R50_NL.yaml")
+def test_train_net_two_processes_with_torch_sync_bn_on_cpu_says_what_to_do(dataset_root):
+    rc, log = run_train_net(dataset_root, "--num-gpus", "2", "--dist-url", "auto", *TINY, "MODEL.NONLOCAL.NORM", "SyncBN",
+                            "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(dataset_root / "syncbn"))  # fmt: skip
+    assert rc != 0
+    assert "error: MODEL.NONLOCAL.NORM='SyncBN': torch's SyncBatchNorm runs on CUDA only" in log
+    assert "Traceback" not in log
+
+
 # Same images in every global batch whatever the process count: no flips, every anchor and every
 # proposal sampled (so the samplers' random choices make no difference), one image size.
 DETERMINISTIC = [
