@@ -3,6 +3,8 @@ import os
 
 from detectron2.utils.file_io import PathManager
 
+from .checkpoint import LAST_CHECKPOINT_FILE
+
 
 class MissingInputError(RuntimeError):
     """A weight file or dataset that cannot be found or downloaded."""
@@ -37,7 +39,7 @@ def check_amp(cfg) -> None:
 def check_weights(cfg, resume: bool):
     """Fetch MODEL.WEIGHTS now, so an offline machine gets a message rather than a traceback."""
     weights = cfg.MODEL.WEIGHTS
-    if not weights or (resume and PathManager.exists(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))):
+    if not weights or (resume and PathManager.exists(os.path.join(cfg.OUTPUT_DIR, LAST_CHECKPOINT_FILE))):
         return
     try:
         local = PathManager.get_local_path(weights)

@@ -4,12 +4,11 @@ models on large-valued inputs: losses, gradients and block outputs stay finite.
 Detectron2's AMPTrainer runs on CUDA only, so on a CPU the steps below do what its run_step
 does (autocast around the forward, GradScaler around backward and step) with CPU autocast. On a
 machine with CUDA, train_net.py itself runs with SOLVER.AMP.ENABLED in both precisions."""
-import json
 
 import pytest
 import torch
 
-from test_train_net import TINY, run_train_net
+from test_train_net import TINY, run_train_net, training_records
 
 pytestmark = pytest.mark.detectron2
 
@@ -110,8 +109,7 @@ def test_train_net_amp_on_cuda(tmp_path, precision):
     rc, log = run_train_net(tmp_path, *TINY, "MODEL.DEVICE", "cuda", "SOLVER.AMP.ENABLED", "True",
                             "SOLVER.AMP.PRECISION", precision, "SOLVER.MAX_ITER", "5", "OUTPUT_DIR", str(out))  # fmt: skip
     assert rc == 0, log[-3000:]
-    with open(out / "metrics.json") as f:
-        records = [json.loads(line) for line in f if "total_loss" in line]
+    records = training_records(out)
     assert records and all(torch.isfinite(torch.tensor(r["total_loss"])) for r in records)
 
 

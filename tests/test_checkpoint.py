@@ -1,8 +1,6 @@
 """Checkpoints: atomic writes, weights_only loading, resume after SIGKILL with the optimizer and
 scheduler state of the last checkpoint."""
 import glob
-import importlib.util
-import json
 import os
 import signal
 import subprocess
@@ -12,7 +10,7 @@ import time
 import pytest
 import torch
 
-from test_train_net import REPO_ROOT, TINY
+from test_train_net import REPO_ROOT, TINY, import_train_net, training_records
 
 pytestmark = pytest.mark.detectron2
 
@@ -58,13 +56,6 @@ def test_a_save_that_dies_leaves_the_previous_checkpoint_intact(tmp_path, monkey
     assert checkpointer.resume_or_load("", resume=True)["iteration"] == 1
 
 
-def _import_train_net():
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO_ROOT, "train_net.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
 def synthetic_in(tmp_path):
     """Register the synthetic dataset names on a small copy under tmp_path (restored afterwards)."""
@@ -81,7 +72,7 @@ def synthetic_in(tmp_path):
 def test_resume_restores_optimizer_scheduler_and_iteration(synthetic_in):
     from nonlocal_det.config import get_nonlocal_cfg
 
-    train_net = _import_train_net()
+    train_net = import_train_net()
     opts = [*TINY, "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "4", "SOLVER.STEPS", "(2,)", "SOLVER.WARMUP_ITERS", "3",
             "OUTPUT_DIR", str(synthetic_in / "out"), "MODEL.DEVICE", "cpu"]  # fmt: skip
     cfg = get_nonlocal_cfg(os.path.join(REPO_ROOT, "configs", "mask_rcnn_R50_NL.yaml"), opts)
@@ -114,11 +105,6 @@ def _expected_lr(cfg, iteration):
         optimizer.step()
         scheduler.step()
     return optimizer.param_groups[0]["lr"]
-
-
-def _metrics(output_dir):
-    with open(os.path.join(output_dir, "metrics.json")) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def test_sigkill_then_resume_continues_from_the_last_checkpoint(tmp_path):
@@ -159,7 +145,7 @@ def test_sigkill_then_resume_continues_from_the_last_checkpoint(tmp_path):
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     assert f"Starting training from iteration {last_iter + 1}" in log
-    record = [r for r in _metrics(out) if "total_loss" in r][-1]
+    record = training_records(out)[-1]
     assert record["iteration"] == max_iter - 1
     cfg = get_nonlocal_cfg(os.path.join(REPO_ROOT, "configs", "mask_rcnn_R50_NL.yaml"), [*TINY, *schedule, "SOLVER.MAX_ITER", str(max_iter)])
     # Detectron2 rebuilds the schedule's shape from the config (here the new MAX_ITER); the

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from test_train_net import TINY, run_train_net
+from test_train_net import TINY, import_train_net, run_train_net
 
 pytestmark = pytest.mark.detectron2
 
@@ -123,10 +123,9 @@ def _train_worker(dataset_root, output_dir, opts):
     import detectron2.utils.comm as comm
 
     from nonlocal_det.data.datasets import register_synthetic_datasets
-    from test_checkpoint import _import_train_net
 
     register_synthetic_datasets(dataset_root)
-    train_net = _import_train_net()
+    train_net = import_train_net()
     cfg = train_net.setup(train_net.parse_args(["--config-file", CONFIG, *opts, "OUTPUT_DIR", output_dir]))
     trainer = train_net.Trainer(cfg)
     trainer.resume_or_load(resume=False)

@@ -1,4 +1,5 @@
 """train_net.py end to end on the generated dataset: train, checkpoint, resume, --eval-only."""
+import importlib.util
 import json
 import os
 import re
@@ -42,11 +43,24 @@ def small_dataset(tmp_path_factory):
     return root
 
 
-def _last_iteration(output_dir):
-    """The last training iteration logged (evaluation results are logged too, without losses)."""
+def import_train_net():
+    """train_net.py as a module, for tests that use its Trainer in this process."""
+    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO_ROOT, "train_net.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def training_records(output_dir):
+    """The training records of OUTPUT_DIR/metrics.json (evaluation results are logged there too, without losses)."""
     with open(os.path.join(output_dir, "metrics.json")) as f:
         records = [json.loads(line) for line in f if line.strip()]
-    return max(r["iteration"] for r in records if "total_loss" in r)
+    return [r for r in records if "total_loss" in r]
+
+
+def _last_iteration(output_dir):
+    """The last training iteration logged."""
+    return max(r["iteration"] for r in training_records(output_dir))
 
 
 def test_train_resume_and_eval_only(small_dataset):

@@ -17,10 +17,10 @@ import logging
 import os
 from typing import Dict, List
 
+import torch.utils.data as torchdata
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.build import (
     filter_images_with_few_keypoints,
-    get_detection_dataset_dicts,
     filter_images_with_only_crowd_annotations,
     load_proposals_into_dataset,
     print_instances_class_histogram,
@@ -126,8 +126,8 @@ def training_dataset_dicts(cfg) -> List[Dict]:
     """
     names = list(cfg.DATASETS.TRAIN)
     per_dataset = [load_dataset(name) for name in names]
-    if not all(isinstance(dicts, list) for dicts in per_dataset):  # torch Datasets: Detectron2's own path
-        return get_detection_dataset_dicts(names, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+    if not all(isinstance(dicts, list) for dicts in per_dataset):  # torch Datasets: used as they are
+        return per_dataset[0] if len(per_dataset) == 1 else torchdata.ConcatDataset(per_dataset)
     for name, dicts in zip(names, per_dataset):
         check_dataset_dicts(name, dicts, cfg)
     per_dataset = _with_proposals(per_dataset, names, dict(zip(names, cfg.DATASETS.PROPOSAL_FILES_TRAIN)), cfg)
@@ -140,7 +140,9 @@ def training_dataset_dicts(cfg) -> List[Dict]:
     if min_keypoints > 0:
         dicts = filter_images_with_few_keypoints(dicts, min_keypoints)
     if not dicts:
-        reasons = [f"{total - with_annotations} have no non-crowd annotation (DATALOADER.FILTER_EMPTY_ANNOTATIONS=True)"]
+        reasons = []
+        if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+            reasons.append(f"{total - with_annotations} have no non-crowd annotation (DATALOADER.FILTER_EMPTY_ANNOTATIONS=True)")
         if min_keypoints > 0:
             reasons.append(
                 f"{with_annotations} have fewer than MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE={min_keypoints} "
