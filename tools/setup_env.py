@@ -145,12 +145,14 @@ def ensure_venv(venv: str, base_python: str) -> str:
 
 
 def setup(venv: str, base_python: str, wheel_spec: str) -> str:
-    python = ensure_venv(venv, base_python) if venv else base_python
-    tag = python_tag(python)
+    # Everything that can fail for want of a wheel, a compiler or a network is checked first,
+    # before minutes of downloads. A venv has its creator's Python, hence its tag.
+    tag = python_tag(base_python)
     if tag != "cp311":
-        log(f"note: this environment is {tag}; the torch pins and the shared Detectron2 wheel are for cp311")
+        log(f"note: this Python is {tag}; the torch pins and the shared Detectron2 wheel are for cp311")
     wheel = find_wheel(wheel_spec, tag) if wheel_spec else None
     detectron2_source = wheel or f"{DETECTRON2_REPO}@{DETECTRON2_COMMIT}"
+    python = ensure_venv(venv, base_python) if venv else base_python
 
     stamp = os.path.join(venv, STAMP_NAME) if venv else None  # without a venv pip checks each time
     wanted = fingerprint(detectron2_source)
@@ -160,6 +162,8 @@ def setup(venv: str, base_python: str, wheel_spec: str) -> str:
         if done == wanted and installed_ok(python):
             log(f"everything already installed in {venv} (delete {stamp} to reinstall)")
             return python
+    if not wheel:
+        source_build_prerequisites()
 
     pip = [python, "-m", "pip", "install", "--disable-pip-version-check"]
     run(
@@ -175,7 +179,6 @@ def setup(venv: str, base_python: str, wheel_spec: str) -> str:
             "from the package index.",
         )
     else:
-        source_build_prerequisites()
         run(
             "detectron2 (build from source)",
             pip + ["--no-build-isolation", f"detectron2 @ git+{DETECTRON2_REPO}@{DETECTRON2_COMMIT}"],
