@@ -27,7 +27,7 @@ from nonlocal_det.checkpoint import AtomicDetectionCheckpointer
 from nonlocal_det.checks import BadDataError, MissingInputError, UnsupportedSetupError, check_amp, check_weights
 from nonlocal_det.config import get_nonlocal_cfg
 from nonlocal_det.distributed import check_sync_bn_device, cpu_ddp_support
-from nonlocal_det.data.datasets import SYNTHETIC_DATASETS, ensure_synthetic_dataset, synthetic_root
+from nonlocal_det.data.datasets import ensure_generated_datasets
 from nonlocal_det.data.validation import evaluation_dataset_dicts, training_dataset_dicts
 
 logger = logging.getLogger("nonlocal_det")
@@ -94,9 +94,9 @@ def setup(args):
 def check_datasets(cfg, eval_only: bool):
     """Generate the synthetic dataset if used and missing; name what is missing or unusable otherwise."""
     names = list(cfg.DATASETS.TEST) + ([] if eval_only else list(cfg.DATASETS.TRAIN))
-    if any(name in SYNTHETIC_DATASETS for name in names) and comm.is_main_process():
-        if ensure_synthetic_dataset():
-            logger.info(f"Generated the synthetic dataset under {synthetic_root()}")
+    if comm.is_main_process():
+        for directory in ensure_generated_datasets(names):
+            logger.info(f"Generated the dataset {directory}")
     comm.synchronize()
     for name in names:
         meta = MetadataCatalog.get(name)

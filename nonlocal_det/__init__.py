@@ -21,12 +21,13 @@ _DETECTRON2_EXPORTS = {
     "make_nonlocal_stages": ".modeling",
     "insert_nonlocal_blocks": ".modeling",
     "register_synthetic_datasets": ".data.datasets",
+    "register_long_range_datasets": ".data.datasets",
 }
 
 if detectron2_available():
     # Registers the backbones, the keypoint head and the generated dataset with Detectron2.
     from .config import add_nonlocal_config
-    from .data.datasets import register_synthetic_datasets
+    from .data.datasets import register_long_range_datasets, register_synthetic_datasets
     from .modeling import (
         KRCNNConvDeconvUpsampleNLHead,
         build_resnet_nl_backbone,
@@ -36,6 +37,7 @@ if detectron2_available():
     )
 
     register_synthetic_datasets()
+    register_long_range_datasets()
 
 
 def __getattr__(name):

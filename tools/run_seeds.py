@@ -1,22 +1,32 @@
 #!/usr/bin/env python
 """
-Train and evaluate configs over several seeds with train_net.py, and tabulate the results.
+Train and evaluate configs over several seeds with train_net.py; tabulate and plot the results.
 
-Each (config, seed) is one ``train_net.py`` process (Detectron2's trainer and COCOEvaluator),
-``SEED <seed> OUTPUT_DIR <output-dir>/<config>/seed<seed>`` plus the given overrides. A run whose
-``final_metrics.json`` and ``run.json`` exist is not repeated, so an interrupted sweep resumes
-where it stopped. A progress line follows every run; at the end a markdown table gives per seed
-and as mean ± std (population std over the seeds run), min and max: box / mask / keypoint AP
-and wall time.
+Each (config, seed) is one ``train_net.py`` process (Detectron2's trainer and COCOEvaluator)
+with ``SEED <seed> OUTPUT_DIR <output-dir>/<config>/seed<seed>`` and the given overrides. A run
+whose ``final_metrics.json`` and ``run.json`` exist is not repeated, so an interrupted sweep
+resumes where it stopped. A progress line with an ETA follows every run. At the end:
+
+- per config, a row per seed and mean ± std (population std over the seeds run), min and max of
+  box / mask / keypoint AP and wall time;
+- with several configs, an ablation table: AP mean ± std and per-seed values, training time,
+  parameters, GFLOPs (fvcore, at the config's test size) and the overhead over the first config;
+- for configs that are rows of the papers' COCO tables (``tools/paper_results.json``), the
+  published numbers beside ours;
+- with ``--plot``, a PNG: AP per seed for each config, and the training-loss curves.
 
     python tools/run_seeds.py --config-files configs/quickstart.yaml --seeds 0 1 2 3 4 \
         --output-dir output/seeds --table docs/quickstart_seeds.md
-    python tools/run_seeds.py --config-files A.yaml B.yaml --seeds 0 1 --num-gpus 8 SOLVER.MAX_ITER 1000
+    python tools/run_seeds.py --config-files configs/longrange_baseline.yaml configs/longrange_NL.yaml \
+        --seeds 0 1 2 --output-dir output/ablation --table docs/ablation_table.md --plot docs/images/ablation.png
+    python tools/run_seeds.py --config-files configs/mask_rcnn_R50_baseline.yaml configs/mask_rcnn_R50_NL.yaml \
+        --seeds 0 --num-gpus 8 --output-dir output/coco_r50     # the paper's R50 rows, on COCO
 """
 import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -25,6 +35,7 @@ from typing import Dict, List, Optional
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO_ROOT, "train_net.py")
+PAPER_RESULTS = os.path.join(REPO_ROOT, "tools", "paper_results.json")
 RUN_FILE = "run.json"
 METRICS_FILE = "final_metrics.json"  # written by train_net.py
 TASKS = (("bbox", "box AP"), ("segm", "mask AP"), ("keypoints", "keypoint AP"))
@@ -50,7 +61,10 @@ def run_dir(output_dir: str, config_file: str, seed: int) -> str:
 
 
 def load_run(directory: str) -> Optional[dict]:
-    """The finished run in ``directory`` ({seed, wall_s, ..., "metrics": {task: AP}}), or None."""
+    """
+    The finished run in ``directory``: run.json's fields plus "metrics" {task: AP} and
+    "all_metrics" {task: {metric: value}} of the first test set. None if not finished.
+    """
     paths = [os.path.join(directory, name) for name in (RUN_FILE, METRICS_FILE)]
     if not all(os.path.isfile(p) for p in paths):
         return None
@@ -58,10 +72,20 @@ def load_run(directory: str) -> Optional[dict]:
         run = json.load(f)
     with open(paths[1]) as f:
         per_dataset = json.load(f)
-    # One test set per config here; with several, the first one's numbers are tabulated.
     tasks = next(iter(per_dataset.values()))
+    run["all_metrics"] = tasks
     run["metrics"] = {task: tasks[task]["AP"] for task, _ in TASKS if task in tasks}
+    run["directory"] = directory
     return run
+
+
+def _training_seconds(log_text: str) -> Optional[float]:
+    """Detectron2's 'Total training time: H:MM:SS' (training iterations only), in seconds."""
+    match = re.search(r"Total training time: (\d+):(\d\d):(\d\d)", log_text)
+    if not match:
+        return None
+    h, m, s = (int(g) for g in match.groups())
+    return float(3600 * h + 60 * m + s)
 
 
 def train_one(config_file: str, seed: int, directory: str, num_gpus: int, opts: List[str]) -> dict:
@@ -69,18 +93,20 @@ def train_one(config_file: str, seed: int, directory: str, num_gpus: int, opts: 
     os.makedirs(directory, exist_ok=True)
     cmd = [sys.executable, TRAIN_NET, "--config-file", config_file, "--num-gpus", str(num_gpus),
            *opts, "SEED", str(seed), "OUTPUT_DIR", directory]  # fmt: skip
+    log_path = os.path.join(directory, "train_net.log")
     start = time.time()
-    with open(os.path.join(directory, "train_net.log"), "w") as log:
+    with open(log_path, "w") as log:
         returncode = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
     wall = time.time() - start
+    with open(log_path) as f:
+        log_text = f.read()
     if returncode != 0:
-        with open(os.path.join(directory, "train_net.log")) as f:
-            tail = f.read()[-2000:]
-        raise RuntimeError(f"{' '.join(cmd)} exited with {returncode}; end of its log:\n{tail}")
+        raise RuntimeError(f"{' '.join(cmd)} exited with {returncode}; end of its log:\n{log_text[-2000:]}")
     run = {
         "config": os.path.relpath(config_file, REPO_ROOT) if config_file.startswith(REPO_ROOT) else config_file,
         "seed": seed,
         "wall_s": round(wall, 1),
+        "train_s": _training_seconds(log_text),
         "opts": opts,
         "num_gpus": num_gpus,
         "cpu": cpu_model(),
@@ -92,7 +118,9 @@ def train_one(config_file: str, seed: int, directory: str, num_gpus: int, opts: 
     return load_run(directory)
 
 
-def format_duration(seconds: float) -> str:
+def format_duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "—"
     minutes, secs = divmod(int(round(seconds)), 60)
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
 
@@ -124,40 +152,178 @@ def sweep(config_files: List[str], seeds: List[int], output_dir: str, num_gpus: 
     return results
 
 
-def _stats(values: List[float]) -> List[str]:
-    return [
-        f"{statistics.mean(values):.1f} ± {statistics.pstdev(values):.1f}",
-        f"{min(values):.1f}",
-        f"{max(values):.1f}",
-    ]
+def _tasks_of(runs: List[dict]):
+    return [(t, label) for t, label in TASKS if all(t in r["metrics"] for r in runs)]
 
 
-def markdown_table(results: Dict[str, List[dict]], command: str) -> str:
+def _mean_std(values: List[float]) -> str:
+    return f"{statistics.mean(values):.1f} ± {statistics.pstdev(values):.1f}"
+
+
+def seed_tables(results: Dict[str, List[dict]]) -> List[str]:
     """Per config: a row per seed, then mean ± std, min and max of every AP and the wall time."""
-    runs = [r for rs in results.values() for r in rs]
-    lines = [
-        f"Command: `{command}`",
-        "",
-        f"Machine: {runs[0]['cpu']}, {os.cpu_count()} logical CPUs, OMP_NUM_THREADS="
-        f"{runs[0].get('omp_num_threads') or 'unset'}; wall time per run is the whole train_net.py "
-        "process (dataset generation when missing, training, evaluation).",
-        "",
-    ]
+    lines = []
     for config_file, config_runs in results.items():
-        tasks = [(t, label) for t, label in TASKS if all(t in r["metrics"] for r in config_runs)]
+        tasks = _tasks_of(config_runs)
         lines += [f"### `{config_name(config_file)}` ({len(config_runs)} seeds)", ""]
         lines.append("| seed | " + " | ".join(label for _, label in tasks) + " | wall |")
         lines.append("|---" * (len(tasks) + 2) + "|")
         for r in config_runs:
             aps = " | ".join(f"{r['metrics'][t]:.1f}" for t, _ in tasks)
             lines.append(f"| {r['seed']} | {aps} | {format_duration(r['wall_s'])} |")
-        ap_stats = [_stats([r["metrics"][t] for r in config_runs]) for t, _ in tasks]
         walls = [r["wall_s"] for r in config_runs]
-        wall_stats = [statistics.mean(walls), min(walls), max(walls)]
-        for row, name in enumerate(("mean ± std", "min", "max")):
-            cells = " | ".join(s[row] for s in ap_stats)
-            lines.append(f"| **{name}** | {cells} | {format_duration(wall_stats[row])} |")
+        rows = (("mean ± std", _mean_std, statistics.mean), ("min", min, min), ("max", max, max))
+        for name, ap_stat, wall_stat in rows:
+            cells = [ap_stat([r["metrics"][t] for r in config_runs]) for t, _ in tasks]
+            cells = [c if isinstance(c, str) else f"{c:.1f}" for c in cells]
+            lines.append(f"| **{name}** | " + " | ".join(cells) + f" | {format_duration(wall_stat(walls))} |")
         lines.append("")
+    return lines
+
+
+def model_costs(config_file: str, opts: List[str]) -> dict:
+    """
+    Parameters and fvcore FLOPs on a MIN_SIZE_TEST x MAX_SIZE_TEST image (800x1333 for COCO
+    configs; the generated datasets' images are exactly that size).
+    """
+    sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+    import analyze_model
+
+    cfg = analyze_model.load_cfg(config_file, opts)
+    height, width = cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
+    result = analyze_model.analyze(config_file, height, width, opts)
+    return {"params": result["params"], "flops": result["flops"], "size": (height, width)}
+
+
+def ablation_table(results: Dict[str, List[dict]], costs: Dict[str, dict]) -> List[str]:
+    """One row per config: AP mean ± std and per-seed values, train time, params, FLOPs overhead."""
+    configs = list(results)
+    tasks = _tasks_of([r for rs in results.values() for r in rs])
+    base = costs.get(configs[0])
+    header = "| config | seeds | " + " | ".join(f"{label} (mean ± std) | {label} per seed" for _, label in tasks)
+    header += " | train time (mean) | params (M) | GFLOPs | FLOPs vs first |"
+    lines = [header, "|---" * (3 + 2 * len(tasks) + 3) + "|"]
+    for config_file in configs:
+        runs = results[config_file]
+        cells = []
+        for t, _ in tasks:
+            values = [r["metrics"][t] for r in runs]
+            cells += [_mean_std(values), ", ".join(f"{v:.1f}" for v in values)]
+        train = [r["train_s"] for r in runs if r.get("train_s") is not None]
+        cost = costs.get(config_file)
+        if cost:
+            overhead = f"{100 * (cost['flops'] / base['flops'] - 1):+.2f}%" if base else "—"
+            cost_cells = [f"{cost['params'] / 1e6:.2f}", f"{cost['flops'] / 1e9:.2f}", overhead]
+        else:
+            cost_cells = ["—", "—", "—"]
+        lines.append(
+            f"| `{config_name(config_file)}` | {', '.join(str(r['seed']) for r in runs)} | " + " | ".join(cells)
+            + f" | {format_duration(statistics.mean(train) if train else None)} | " + " | ".join(cost_cells) + " |"
+        )
+    if costs and base:
+        lines += ["", f"GFLOPs: fvcore, one multiply-add = one flop, inference on a {base['size'][0]}x{base['size'][1]} image."]
+    return lines
+
+
+def paper_table(results: Dict[str, List[dict]], opts: List[str]) -> List[str]:
+    """The published numbers of configs that are rows of the papers' tables, beside ours."""
+    with open(PAPER_RESULTS) as f:
+        paper = json.load(f)
+    rows = [(c, paper["rows"][os.path.basename(c)]) for c in results if os.path.basename(c) in paper["rows"]]
+    if not rows:
+        return []
+    metrics = [(t, m) for t, _ in TASKS for m in ("AP", "AP50", "AP75") if any(t in row for _, row in rows)]
+    lines = [
+        "Published numbers (papers, COCO val2017) beside ours. **Ours** are from the runs above"
+        + (f", with overrides `{' '.join(opts)}`" if opts else "")
+        + ": comparable to the paper only on COCO with the config's full schedule.",
+        "",
+        "| config | paper row | " + " | ".join(f"{t} {m} paper | {t} {m} ours" for t, m in metrics) + " |",
+        "|---" * (2 + 2 * len(metrics)) + "|",
+    ]
+    for config_file, row in rows:
+        cells = []
+        for task, metric in metrics:
+            ours = [r["all_metrics"][task][metric] for r in results[config_file] if task in r["all_metrics"]]
+            ours = [v for v in ours if v is not None]
+            cells += [f"{row[task][metric]:.1f}" if task in row else "", _mean_std(ours) if ours else "—"]
+        lines.append(f"| `{os.path.basename(config_file)}` | {row['source']}: {row['row']} | " + " | ".join(cells) + " |")
+    lines += ["", *(f"{key}: {text}" for key, text in paper["sources"].items())]
+    return lines
+
+
+def training_losses(directory: str):
+    """(iterations, total_loss) from a run's metrics.json."""
+    its, losses = [], []
+    path = os.path.join(directory, "metrics.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                record = json.loads(line) if line.strip() else {}
+                if "total_loss" in record:
+                    its.append(record["iteration"])
+                    losses.append(record["total_loss"])
+    return its, losses
+
+
+def plot(results: Dict[str, List[dict]], path: str) -> None:
+    """Left: AP of every seed for each config (one marker per task). Right: training-loss curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = list(results)
+    tasks = _tasks_of([r for rs in results.values() for r in rs])
+    fig, (ax_ap, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.5))
+    markers = {"bbox": "o", "segm": "s", "keypoints": "^"}
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, config_file in enumerate(configs):
+        color = colors[i % len(colors)]
+        for j, (task, label) in enumerate(tasks):
+            values = [r["metrics"][task] for r in results[config_file]]
+            offset = (j - (len(tasks) - 1) / 2) * 0.12
+            ax_ap.scatter([i + offset] * len(values), values, color=color, marker=markers[task],
+                          label=label if i == 0 else None, zorder=3)  # fmt: skip
+            ax_ap.hlines(statistics.mean(values), i + offset - 0.05, i + offset + 0.05, color="black", zorder=4)
+        for r in results[config_file]:
+            its, losses = training_losses(r["directory"])
+            ax_loss.plot(its, losses, color=color, alpha=0.7,
+                         label=config_name(config_file) if r is results[config_file][0] else None)  # fmt: skip
+    ax_ap.set_xticks(range(len(configs)), [config_name(c) for c in configs], rotation=10)
+    ax_ap.set_ylabel("AP (val)")
+    ax_ap.set_title("AP per seed (bar: mean)")
+    ax_ap.legend()
+    ax_ap.grid(alpha=0.3)
+    ax_loss.set_xlabel("iteration")
+    ax_loss.set_ylabel("total training loss (median of 20 iterations)")
+    ax_loss.set_title("training loss, every seed")
+    ax_loss.legend()
+    ax_loss.grid(alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(results: Dict[str, List[dict]], command: str, opts: List[str], with_costs: bool) -> str:
+    runs = [r for rs in results.values() for r in rs]
+    lines = [
+        f"Command: `{command}`",
+        "",
+        f"Machine: {runs[0]['cpu']}, {os.cpu_count()} logical CPUs, OMP_NUM_THREADS="
+        f"{runs[0].get('omp_num_threads') or 'unset'}; wall time per run is the whole train_net.py "
+        "process (dataset generation when missing, training, evaluation); train time is Detectron2's "
+        "total training time (iterations only).",
+        "",
+    ]
+    if len(results) > 1:
+        costs = {c: model_costs(c, opts) for c in results} if with_costs else {}
+        lines += ["### Ablation", "", *ablation_table(results, costs), ""]
+    comparison = paper_table(results, opts)
+    if comparison:
+        lines += ["### Paper comparison", "", *comparison, ""]
+    lines += seed_tables(results)
     return "\n".join(lines)
 
 
@@ -167,7 +333,9 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--output-dir", default=os.path.join("output", "seeds"))
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per run (train_net.py --num-gpus)")
-    parser.add_argument("--table", help="also write the markdown table to this file")
+    parser.add_argument("--table", help="also write the markdown report to this file")
+    parser.add_argument("--plot", help="write the AP-per-seed and training-loss plot to this PNG")
+    parser.add_argument("--no-costs", action="store_true", help="leave params/FLOPs out of the ablation table")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run: KEY VALUE ...")
     return parser.parse_args(argv)
 
@@ -183,12 +351,16 @@ def main(argv=None) -> int:
     except RuntimeError as e:
         sys.exit(f"error: {e}")
     command = "python tools/run_seeds.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    table = markdown_table(results, command)
-    print(table)
+    text = report(results, command, list(args.opts), with_costs=not args.no_costs)
+    print(text)
     if args.table:
+        os.makedirs(os.path.dirname(os.path.abspath(args.table)), exist_ok=True)
         with open(args.table, "w") as f:
-            f.write(table + "\n")
-        print(f"Table written to {args.table}")
+            f.write(text + "\n")
+        print(f"Report written to {args.table}")
+    if args.plot:
+        plot(results, args.plot)
+        print(f"Plot written to {args.plot}")
     return 0
 
 

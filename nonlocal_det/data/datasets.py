@@ -1,17 +1,60 @@
-"""Detectron2 registration of the generated dataset (see ``synthetic.py``)."""
+"""
+Detectron2 registration of the datasets nonlocal_det generates itself:
+
+- ``nonlocal_synthetic_{train,val}`` (``synthetic.py``): shapes and persons with keypoints, for
+  the quickstart;
+- ``nonlocal_longrange_{train,val}`` (``long_range.py``): shapes whose category is decided by a
+  lamp at the far end of the image, for the non-local ablation.
+
+Each lives under ``$DETECTRON2_DATASETS/<directory>`` and is generated on first use (and again
+when the generator's ``VERSION`` changed) by ``ensure_generated_datasets``.
+"""
+import json
 import os
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Dict, Iterable, List
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from . import synthetic
+from . import long_range, synthetic
 
-SYNTHETIC_DATASETS = {"nonlocal_synthetic_train": "train", "nonlocal_synthetic_val": "val"}
+
+@dataclass(frozen=True)
+class GeneratedDataset:
+    """A dataset family written by ``generator.generate(out_dir)`` (with ``VERSION``, ``CATEGORIES``)."""
+
+    directory: str
+    generator: ModuleType
+    metadata: Dict = field(default_factory=dict)
+
+    def names(self) -> Dict[str, str]:
+        """{registered name: split}."""
+        return {f"{self.directory}_{split}": split for split in self.generator.DEFAULT_SIZES}
+
+    def root(self) -> str:
+        """``$DETECTRON2_DATASETS/<directory>`` (Detectron2's default: ./datasets)."""
+        return os.path.join(os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets")), self.directory)
+
+
+_KEYPOINT_METADATA = dict(
+    keypoint_names=synthetic.KEYPOINT_NAMES,
+    keypoint_flip_map=tuple((n, n.replace("left_", "right_")) for n in synthetic.KEYPOINT_NAMES if n.startswith("left_")),
+    keypoint_connection_rules=[
+        (synthetic.KEYPOINT_NAMES[a - 1], synthetic.KEYPOINT_NAMES[b - 1], (102, 204, 255)) for a, b in synthetic.SKELETON
+    ],
+)
+SYNTHETIC = GeneratedDataset("nonlocal_synthetic", synthetic, _KEYPOINT_METADATA)
+LONG_RANGE = GeneratedDataset("nonlocal_longrange", long_range)
+GENERATED_DATASETS = {d.directory: d for d in (SYNTHETIC, LONG_RANGE)}
+
+SYNTHETIC_DATASETS = SYNTHETIC.names()
+LONG_RANGE_DATASETS = LONG_RANGE.names()
 
 
 def synthetic_root() -> str:
-    """``$DETECTRON2_DATASETS/nonlocal_synthetic`` (Detectron2's default: ./datasets)."""
-    return os.path.join(os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets")), "nonlocal_synthetic")
+    return SYNTHETIC.root()
 
 
 def _paths(split: str, root: str):
@@ -24,42 +67,71 @@ def _load(name: str, split: str, root: str):
         raise FileNotFoundError(
             f"Dataset {name!r}: {json_file} does not exist. Generate it with "
             f"`python -m nonlocal_det.data --out {root}` (train_net.py does this "
-            "by itself), or point DETECTRON2_DATASETS at the directory holding nonlocal_synthetic/."
+            f"by itself), or point DETECTRON2_DATASETS at the directory holding {os.path.basename(root)}/."
         )
     return load_coco_json(json_file, image_root, name)
 
 
-def register_synthetic_datasets(root: str = None) -> None:
-    """Register the train/val splits under ``SYNTHETIC_DATASETS`` names (idempotent)."""
-    root = root or synthetic_root()
-    for name, split in SYNTHETIC_DATASETS.items():
+def register_generated_dataset(dataset: GeneratedDataset, root: str = None) -> None:
+    """Register ``dataset``'s splits, read from ``root`` (default ``dataset.root()``); idempotent."""
+    root = root or dataset.root()
+    for name, split in dataset.names().items():
         if name in DatasetCatalog.list():
             DatasetCatalog.remove(name)
         DatasetCatalog.register(name, lambda name=name, split=split: _load(name, split, root))
         json_file, image_root = _paths(split, root)
         if name in MetadataCatalog.list():
             MetadataCatalog.remove(name)
-        meta = MetadataCatalog.get(name)
-        meta.set(
+        MetadataCatalog.get(name).set(
             json_file=json_file,
             image_root=image_root,
             evaluator_type="coco",
-            thing_classes=list(synthetic.CATEGORIES),
-            keypoint_names=synthetic.KEYPOINT_NAMES,
-            keypoint_flip_map=tuple(
-                (n, n.replace("left_", "right_")) for n in synthetic.KEYPOINT_NAMES if n.startswith("left_")
-            ),
-            keypoint_connection_rules=[
-                (synthetic.KEYPOINT_NAMES[a - 1], synthetic.KEYPOINT_NAMES[b - 1], (102, 204, 255))
-                for a, b in synthetic.SKELETON
-            ],
+            thing_classes=list(dataset.generator.CATEGORIES),
+            **dataset.metadata,
         )
 
 
-def ensure_synthetic_dataset(root: str = None) -> bool:
-    """Generate the dataset under ``root`` if any split is missing; True if it generated."""
-    root = root or synthetic_root()
-    if all(os.path.isfile(_paths(split, root)[0]) for split in SYNTHETIC_DATASETS.values()):
+def register_synthetic_datasets(root: str = None) -> None:
+    """Register ``nonlocal_synthetic_{train,val}`` from ``root`` (default: under $DETECTRON2_DATASETS)."""
+    register_generated_dataset(SYNTHETIC, root)
+
+
+def register_long_range_datasets(root: str = None) -> None:
+    """Register ``nonlocal_longrange_{train,val}`` from ``root`` (default: under $DETECTRON2_DATASETS)."""
+    register_generated_dataset(LONG_RANGE, root)
+
+
+def generated_version(json_path: str):
+    """The generator VERSION recorded in an annotation file, or None (missing, unreadable, older)."""
+    try:
+        with open(json_path) as f:
+            return json.load(f).get("info", {}).get("version")
+    except (OSError, ValueError):
+        return None
+
+
+def _ensure(dataset: GeneratedDataset, root: str = None) -> bool:
+    root = root or dataset.root()
+    versions = [generated_version(_paths(split, root)[0]) for split in dataset.names().values()]
+    if all(v == dataset.generator.VERSION for v in versions):
         return False
-    synthetic.generate(root)
+    dataset.generator.generate(root)
     return True
+
+
+def ensure_synthetic_dataset(root: str = None) -> bool:
+    """
+    Generate the quickstart dataset under ``root`` if a split is missing or was generated by
+    another version of the generator; True if it generated.
+    """
+    return _ensure(SYNTHETIC, root)
+
+
+def ensure_generated_datasets(names: Iterable[str]) -> List[str]:
+    """Generate every generated dataset among the registered ``names`` that is missing or stale;
+    return the directories generated."""
+    generated = []
+    for dataset in GENERATED_DATASETS.values():
+        if any(name in dataset.names() for name in names) and _ensure(dataset):
+            generated.append(dataset.root())
+    return generated

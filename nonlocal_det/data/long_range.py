@@ -1,0 +1,134 @@
+"""
+A generated detection task whose labels need context from far away: "which team's lamp is lit".
+
+Each 128x512 image has a lamp at one end (a disc of radius 16 px, left or right end at random):
+red or green. At the other end lie 1-3 grey shapes (circles, squares, triangles with random
+size, rotation and grey level). Every shape's category is the lamp's colour: ``team_red`` or
+``team_green``. Nothing else depends on the lamp: a shape looks the same in both categories, so
+from the shape and its surroundings a detector can locate it but can only guess its category;
+it has to see the lamp, at least ``MIN_GAP`` = 256 px away from every shape's box, to name it.
+
+The gap exceeds the theoretical receptive field of every feature a ResNet-18-FPN Mask R-CNN
+reads for a box (res5 units see +-217 px, p2 through FPN's top-down path about +-240 px; see
+datasets/README.md), so a baseline of that size cannot reach the lamp through convolutions; a
+non-local block in res4 sees the whole image. Boxes and polygon masks in COCO format; train and
+val from separate random streams. Generation is deterministic for a seed.
+
+    python -m nonlocal_det.data --dataset long_range
+"""
+import json
+import math
+import os
+from typing import Dict
+
+import cv2
+import numpy as np
+
+from .synthetic import polygon_from_mask
+
+CATEGORIES = ["team_red", "team_green"]
+LAMP_COLORS_BGR = {"team_red": (40, 40, 220), "team_green": (40, 200, 40)}
+HEIGHT, WIDTH = 128, 512
+LAMP_RADIUS = 16
+LAMP_MARGIN = 8  # between the lamp and the image's end
+MIN_GAP = 256  # px between the lamp's box and every shape's box, horizontally
+SHAPES = ("circle", "square", "triangle")
+SPLITS = {"train": 0, "val": 1}  # split -> seed offset
+DEFAULT_SIZES = {"train": 400, "val": 100}
+VERSION = 1
+
+
+def _shape_mask(rng, kind: str, cx: float, cy: float, size: float) -> np.ndarray:
+    mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+    r = size / 2
+    if kind == "circle":
+        cv2.circle(mask, (int(round(cx)), int(round(cy))), int(round(r)), 1, -1, cv2.LINE_AA)
+        return mask.astype(bool)
+    corners = 4 if kind == "square" else 3
+    angle = rng.uniform(0, 2 * math.pi)
+    poly = [[cx + r * math.cos(angle + 2 * math.pi * i / corners), cy + r * math.sin(angle + 2 * math.pi * i / corners)]
+            for i in range(corners)]  # fmt: skip
+    cv2.fillPoly(mask, [np.round(poly).astype(np.int32)], 1, cv2.LINE_AA)
+    return mask.astype(bool)
+
+
+def generate_image(rng: np.random.RandomState):
+    """
+    One (HEIGHT, WIDTH, 3) uint8 BGR image, its objects [{"category", "mask"}] and the lamp's box
+    (x0, y0, x1, y1) and category.
+    """
+    team = CATEGORIES[rng.randint(len(CATEGORIES))]
+    lamp_left = bool(rng.randint(2))
+    background = rng.randint(60, 200)  # grey level; colour only in the lamp
+    canvas = np.clip(background + rng.normal(0, 12, size=(HEIGHT, WIDTH, 3)), 0, 255).astype(np.uint8)
+    canvas = cv2.GaussianBlur(canvas, (5, 5), 0)
+
+    lamp_x = LAMP_MARGIN + LAMP_RADIUS if lamp_left else WIDTH - LAMP_MARGIN - LAMP_RADIUS
+    lamp_y = rng.uniform(LAMP_RADIUS + 4, HEIGHT - LAMP_RADIUS - 4)
+    cv2.circle(canvas, (lamp_x, int(round(lamp_y))), LAMP_RADIUS, LAMP_COLORS_BGR[team], -1, cv2.LINE_AA)
+    lamp_box = (lamp_x - LAMP_RADIUS, lamp_y - LAMP_RADIUS, lamp_x + LAMP_RADIUS, lamp_y + LAMP_RADIUS)
+
+    # Shapes live in the far zone: their boxes start MIN_GAP px beyond the lamp's box.
+    zone = (lamp_box[2] + MIN_GAP, WIDTH - 4) if lamp_left else (4, lamp_box[0] - MIN_GAP)
+    objects = []
+    occupied = np.zeros((HEIGHT, WIDTH), bool)
+    for _ in range(rng.randint(1, 4)):
+        kind = SHAPES[rng.randint(len(SHAPES))]
+        for _attempt in range(5):
+            size = rng.uniform(32, 60)
+            cx = rng.uniform(zone[0] + size / 2, zone[1] - size / 2)
+            cy = rng.uniform(size / 2 + 2, HEIGHT - size / 2 - 2)
+            mask = _shape_mask(rng, kind, cx, cy, size)
+            xs = np.nonzero(mask.any(axis=0))[0]
+            if mask.sum() < 80 or xs.min() < zone[0] or xs.max() >= zone[1] or (mask & occupied).any():
+                continue
+            grey = int(np.clip(background + rng.choice([-1, 1]) * rng.uniform(45, 90), 0, 255))
+            canvas[mask] = grey
+            occupied |= mask
+            objects.append({"category": team, "mask": mask})
+            break
+    return canvas, objects, lamp_box, team
+
+
+def generate_split(out_dir: str, split: str, num_images: int, *, seed: int = 0) -> str:
+    """Write ``out_dir/<split>/*.png`` and ``out_dir/annotations/<split>.json``; return the json path."""
+    rng = np.random.RandomState(seed * 1000 + SPLITS[split])
+    image_dir = os.path.join(out_dir, split)
+    os.makedirs(image_dir, exist_ok=True)
+    os.makedirs(os.path.join(out_dir, "annotations"), exist_ok=True)
+    images, annotations = [], []
+    for image_id in range(1, num_images + 1):
+        canvas, objects, lamp_box, team = generate_image(rng)
+        file_name = f"{image_id:06d}.png"
+        cv2.imwrite(os.path.join(image_dir, file_name), canvas)
+        # lamp_box / lamp_team: not COCO fields; tools/attention_mass.py reads them.
+        images.append({"id": image_id, "file_name": file_name, "height": HEIGHT, "width": WIDTH,
+                       "lamp_box": [float(v) for v in lamp_box], "lamp_team": team})  # fmt: skip
+        for obj in objects:
+            ys, xs = np.nonzero(obj["mask"])
+            x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": CATEGORIES.index(obj["category"]) + 1,
+                    "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                    "area": float(obj["mask"].sum()),
+                    "segmentation": polygon_from_mask(obj["mask"]),
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CATEGORIES)]
+    info = {"description": "nonlocal_det long-range task", "version": VERSION, "seed": seed, "min_gap_px": MIN_GAP}
+    json_path = os.path.join(out_dir, "annotations", f"{split}.json")
+    tmp = json_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"info": info, "images": images, "annotations": annotations, "categories": categories}, f)
+    os.replace(tmp, json_path)
+    return json_path
+
+
+def generate(out_dir: str, sizes: Dict[str, int] = None, *, seed: int = 0) -> Dict[str, str]:
+    """Generate every split; {split: json path}."""
+    sizes = sizes or DEFAULT_SIZES
+    return {split: generate_split(out_dir, split, n, seed=seed) for split, n in sizes.items()}

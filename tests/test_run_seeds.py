@@ -1,0 +1,165 @@
+"""tools/run_seeds.py (multi-seed runner, ablation table, plot, paper comparison) and
+tools/attention_mass.py, on tiny runs of generated datasets."""
+import json
+import os
+import re
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.detectron2
+
+sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+
+TINY_RUN = [
+    "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "1",
+    "DATALOADER.NUM_WORKERS", "0", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+]  # fmt: skip
+
+
+def config(name):
+    return os.path.join(REPO_ROOT, "configs", name)
+
+
+@pytest.fixture(scope="module")
+def datasets_dir(tmp_path_factory):
+    """Both generated datasets, a few images each, under a DETECTRON2_DATASETS of their own."""
+    from nonlocal_det.data import long_range, synthetic
+    from nonlocal_det.data.datasets import register_long_range_datasets, register_synthetic_datasets
+
+    root = tmp_path_factory.mktemp("datasets")
+    synthetic.generate(str(root / "nonlocal_synthetic"), {"train": 4, "val": 2})
+    long_range.generate(str(root / "nonlocal_longrange"), {"train": 4, "val": 2})
+    previous = os.environ.get("DETECTRON2_DATASETS")
+    os.environ["DETECTRON2_DATASETS"] = str(root)
+    register_synthetic_datasets()
+    register_long_range_datasets()
+    yield root
+    if previous is None:
+        del os.environ["DETECTRON2_DATASETS"]
+    else:
+        os.environ["DETECTRON2_DATASETS"] = previous
+    register_synthetic_datasets()
+    register_long_range_datasets()
+
+
+def _table_rows(text, first_cell):
+    """The cells of markdown rows whose first cell is ``first_cell``."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first_cell:
+            rows.append(cells[1:])
+    return rows
+
+
+def test_two_seeds_are_trained_tabulated_and_not_retrained(datasets_dir, tmp_path, capsys):
+    import run_seeds
+
+    table = tmp_path / "seeds.md"
+    args = ["--config-files", config("quickstart.yaml"), "--seeds", "0", "1", "--output-dir", str(tmp_path / "runs"),
+            "--table", str(table), "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
+            "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128", *TINY_RUN]  # fmt: skip
+    assert run_seeds.main(args) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"\[1/2\] quickstart seed 0: box AP [\d.]+, mask AP [\d.]+, keypoint AP [\d.]+; \dm\d\ds; ETA", out)
+    text = table.read_text()
+    assert "keypoint AP" in text and "Machine:" in text
+    for seed in ("0", "1"):
+        (row,) = _table_rows(text, seed)
+        assert len(row) == 4 and all(re.fullmatch(r"-?[\d.]+", c) for c in row[:3]), row
+        run = json.loads((tmp_path / "runs" / "quickstart" / f"seed{seed}" / "run.json").read_text())
+        assert run["seed"] == int(seed) and run["wall_s"] > 0
+    (mean,) = _table_rows(text, "**mean ± std**")
+    aps = {s: [float(c) for c in _table_rows(text, s)[0][:3]] for s in ("0", "1")}
+    for column, cell in enumerate(mean[:3]):
+        m, std = (float(v) for v in cell.split(" ± "))
+        values = [aps["0"][column], aps["1"][column]]
+        assert m == pytest.approx(np.mean(values), abs=0.051) and std == pytest.approx(np.std(values), abs=0.051)
+
+    assert run_seeds.main(args) == 0  # resumed: nothing is trained again
+    out = capsys.readouterr().out
+    assert out.count("done before") == 2 and "training ..." not in out
+
+
+def test_ablation_of_two_configs_writes_table_and_plot(datasets_dir, tmp_path):
+    import cv2
+    import run_seeds
+
+    table, plot = tmp_path / "ablation.md", tmp_path / "ablation.png"
+    args = ["--config-files", config("longrange_baseline.yaml"), config("longrange_NL.yaml"), "--seeds", "0",
+            "--output-dir", str(tmp_path / "runs"), "--table", str(table), "--plot", str(plot), *TINY_RUN]  # fmt: skip
+    assert run_seeds.main(args) == 0
+    text = table.read_text()
+    assert "### Ablation" in text
+    base, nl = _table_rows(text, "`longrange_baseline`"), _table_rows(text, "`longrange_NL`")
+    assert len(base) == len(nl) == 1
+    # seeds | box mean | box per seed | mask mean | mask per seed | train | params | GFLOPs | overhead
+    assert float(nl[0][-3]) > float(base[0][-3]) and float(nl[0][-2]) > float(base[0][-2])
+    assert base[0][-1] == "+0.00%" and re.fullmatch(r"\+\d+\.\d\d%", nl[0][-1])
+    image = cv2.imread(str(plot))
+    assert image is not None and image.shape[0] > 200 and image.shape[1] > 400
+
+
+def test_paper_mode_prints_the_published_r50_rows_beside_ours(datasets_dir, tmp_path):
+    import run_seeds
+
+    table = tmp_path / "paper.md"
+    tiny_coco = ["MODEL.WEIGHTS", "", "DATASETS.TRAIN", "('nonlocal_synthetic_train',)", "DATASETS.TEST",
+                 "('nonlocal_synthetic_val',)", "MODEL.ROI_HEADS.NUM_CLASSES", "4", "MODEL.RESNETS.DEPTH", "18",
+                 "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.RESNETS.NORM", "GN", "MODEL.FPN.NORM", "GN",
+                 "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "96",
+                 "INPUT.MAX_SIZE_TEST", "128", *TINY_RUN]  # fmt: skip
+    args = ["--config-files", config("mask_rcnn_R50_baseline.yaml"), config("mask_rcnn_R50_NL.yaml"), "--seeds", "0",
+            "--output-dir", str(tmp_path / "runs"), "--table", str(table), "--no-costs", *tiny_coco]  # fmt: skip
+    assert run_seeds.main(args) == 0
+    text = table.read_text()
+    assert "### Paper comparison" in text and "Ours** are from the runs above, with overrides" in text
+    (base,) = _table_rows(text, "`mask_rcnn_R50_baseline.yaml`")
+    (nl,) = _table_rows(text, "`mask_rcnn_R50_NL.yaml`")
+    assert base[0] == "NL: R50 baseline" and nl[0] == "NL: R50 +1 NL"
+    # paper bbox AP, ours, paper AP50, ours, ...: the published values, and ours from the run
+    assert (base[1], base[3], base[5]) == ("38.0", "59.6", "41.0") and (nl[1], nl[7]) == ("39.0", "35.5")
+    ours = json.loads((tmp_path / "runs" / "mask_rcnn_R50_NL" / "seed0" / "final_metrics.json").read_text())
+    assert nl[2] == f"{ours['nonlocal_synthetic_val']['bbox']['AP']:.1f} ± 0.0"
+    assert "Non-local Neural Networks" in text
+
+
+def test_cue_cells_are_the_key_cells_under_the_lamp():
+    import attention_mass
+
+    # 4 x 8 grid of 16-px cells, 2x2 key cells of 32 px; lamp at x 8..40, y 0..32; a box over cells (1..2, 5..6)
+    queries, cue = attention_mass.cue_and_query_cells((8, 0, 40, 32), [(80, 16, 112, 48)], (4, 8), 16, 2)
+    assert sorted(map(tuple, queries)) == [(1, 5), (1, 6), (2, 5), (2, 6)]
+    expected = np.zeros((2, 4), bool)
+    expected[0, 0] = expected[0, 1] = True
+    assert np.array_equal(cue, expected)
+
+
+def test_uniform_attention_gives_a_ratio_of_one(datasets_dir, tmp_path):
+    """With theta = 0 every logit is 0: each query spreads its weight evenly, so the lamp gets
+    exactly its share of the keys."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    import attention_mass
+    from nonlocal_det.config import get_nonlocal_cfg
+    from nonlocal_det.layers import NonLocalBlock2d
+
+    cfg = get_nonlocal_cfg(config("longrange_NL.yaml"), ["MODEL.DEVICE", "cpu"])
+    model = build_model(cfg)
+    blocks = [m for m in model.backbone.modules() if isinstance(m, NonLocalBlock2d)]
+    assert len(blocks) == 1
+    with torch.no_grad():
+        blocks[0].theta.weight.zero_()
+        blocks[0].theta.bias.zero_()
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("uniform")
+    cfg.MODEL.WEIGHTS = str(tmp_path / "uniform.pth")
+    result = attention_mass.measure(cfg)
+    assert result["images"] >= 1 and result["queries"] > 0
+    assert result["ratio"] == pytest.approx(1.0, abs=1e-5)
+    assert 0 < result["uniform"] < 0.2
