@@ -4,7 +4,7 @@ Where the objects of the long-range task look: the share of a backbone non-local
 attention that falls on the lamp, against the share the lamp would get under uniform attention.
 
 For every image of a ``nonlocal_longrange`` split, the queries are the block's grid positions
-whose centres lie inside a ground-truth box; the cue keys are the key cells (2x2 pooled cells
+whose centres lie inside the ground-truth box of a shape (not the lamp's own box); the cue keys are the key cells (2x2 pooled cells
 with sub-sampling) that overlap the lamp's box. For each query, ``mass`` = the sum of its
 normalised weights on the cue keys (``NonLocalBlock2d.attention_for_queries``, which builds
 only the queries' rows), ``uniform`` = cue keys / all keys. Reported: mean mass, mean uniform
@@ -46,6 +46,10 @@ def cue_and_query_cells(lamp_box, gt_boxes, grid_hw, stride, key_cell):
     return np.argwhere(inside), cue
 
 
+def _overlaps(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
 def measure(cfg, block_name=None, max_images=None):
     """{"images", "queries", "mass", "uniform", "ratio", "block"} over the config's first test set."""
     from detectron2.checkpoint import DetectionCheckpointer
@@ -79,8 +83,11 @@ def measure(cfg, block_name=None, max_images=None):
     masses, uniforms, used = [], [], 0
     for record in DatasetCatalog.get(dataset)[:max_images]:
         lamp = lamps.get(os.path.basename(record["file_name"]))
+        if lamp is None:
+            continue
         boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in record.get("annotations", [])]
-        if lamp is None or not boxes:
+        boxes = [b for b in boxes if not _overlaps(b, lamp)]  # the shapes, not the lamp's own box
+        if not boxes:
             continue
         image = read_image(record["file_name"], format=cfg.INPUT.FORMAT)
         transform = aug.get_transform(image)

@@ -1,12 +1,14 @@
 """
 A generated detection task whose labels need context from far away: "which team's lamp is lit".
 
-Each 128x512 image has a lamp at one end (a disc of radius 16 px, left or right end at random):
-red or green. At the other end lie 1-3 grey shapes (circles, squares, triangles with random
-size, rotation and grey level). Every shape's category is the lamp's colour: ``team_red`` or
-``team_green``. Nothing else depends on the lamp: a shape looks the same in both categories, so
-from the shape and its surroundings a detector can locate it but can only guess its category;
-it has to see the lamp, at least ``MIN_GAP`` = 256 px away from every shape's box, to name it.
+Each 128x512 image has a lamp at one end (a disc of radius 20 px, left or right end at random):
+red or green, annotated as ``lamp_red`` / ``lamp_green``. At the other end lie 2-4 grey shapes
+(circles, squares, triangles with random size, rotation and grey level). Every shape's category
+is the lamp's colour: ``team_red`` or ``team_green``. Nothing else depends on the lamp: a shape
+looks the same in both categories, so from the shape and its surroundings a detector can locate
+it but can only guess its category; it has to relate it to the lamp, a distant instance at least
+``MIN_GAP`` = 256 px away from every shape's box, to name it. The lamps themselves are local
+evidence that any detector learns.
 
 The gap exceeds the theoretical receptive field of every feature a ResNet-18-FPN Mask R-CNN
 reads for a box (res5 units see +-217 px, p2 through FPN's top-down path about +-240 px; see
@@ -26,16 +28,18 @@ import numpy as np
 
 from .synthetic import polygon_from_mask
 
-CATEGORIES = ["team_red", "team_green"]
+TEAMS = ["team_red", "team_green"]
+LAMPS = {"team_red": "lamp_red", "team_green": "lamp_green"}
+CATEGORIES = [*TEAMS, *LAMPS.values()]
 LAMP_COLORS_BGR = {"team_red": (40, 40, 220), "team_green": (40, 200, 40)}
 HEIGHT, WIDTH = 128, 512
-LAMP_RADIUS = 16
+LAMP_RADIUS = 20
 LAMP_MARGIN = 8  # between the lamp and the image's end
 MIN_GAP = 256  # px between the lamp's box and every shape's box, horizontally
 SHAPES = ("circle", "square", "triangle")
 SPLITS = {"train": 0, "val": 1}  # split -> seed offset
 DEFAULT_SIZES = {"train": 400, "val": 100}
-VERSION = 1
+VERSION = 2
 
 
 def _shape_mask(rng, kind: str, cx: float, cy: float, size: float) -> np.ndarray:
@@ -54,10 +58,10 @@ def _shape_mask(rng, kind: str, cx: float, cy: float, size: float) -> np.ndarray
 
 def generate_image(rng: np.random.RandomState):
     """
-    One (HEIGHT, WIDTH, 3) uint8 BGR image, its objects [{"category", "mask"}] and the lamp's box
-    (x0, y0, x1, y1) and category.
+    One (HEIGHT, WIDTH, 3) uint8 BGR image, its objects [{"category", "mask"}] (shapes, then the
+    lamp), the lamp's box (x0, y0, x1, y1) and the team.
     """
-    team = CATEGORIES[rng.randint(len(CATEGORIES))]
+    team = TEAMS[rng.randint(len(TEAMS))]
     lamp_left = bool(rng.randint(2))
     background = rng.randint(60, 200)  # grey level; colour only in the lamp
     canvas = np.clip(background + rng.normal(0, 12, size=(HEIGHT, WIDTH, 3)), 0, 255).astype(np.uint8)
@@ -65,14 +69,16 @@ def generate_image(rng: np.random.RandomState):
 
     lamp_x = LAMP_MARGIN + LAMP_RADIUS if lamp_left else WIDTH - LAMP_MARGIN - LAMP_RADIUS
     lamp_y = rng.uniform(LAMP_RADIUS + 4, HEIGHT - LAMP_RADIUS - 4)
-    cv2.circle(canvas, (lamp_x, int(round(lamp_y))), LAMP_RADIUS, LAMP_COLORS_BGR[team], -1, cv2.LINE_AA)
+    lamp_mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+    cv2.circle(lamp_mask, (lamp_x, int(round(lamp_y))), LAMP_RADIUS, 1, -1, cv2.LINE_AA)
+    canvas[lamp_mask.astype(bool)] = LAMP_COLORS_BGR[team]
     lamp_box = (lamp_x - LAMP_RADIUS, lamp_y - LAMP_RADIUS, lamp_x + LAMP_RADIUS, lamp_y + LAMP_RADIUS)
 
     # Shapes live in the far zone: their boxes start MIN_GAP px beyond the lamp's box.
     zone = (lamp_box[2] + MIN_GAP, WIDTH - 4) if lamp_left else (4, lamp_box[0] - MIN_GAP)
     objects = []
     occupied = np.zeros((HEIGHT, WIDTH), bool)
-    for _ in range(rng.randint(1, 4)):
+    for _ in range(rng.randint(2, 5)):
         kind = SHAPES[rng.randint(len(SHAPES))]
         for _attempt in range(5):
             size = rng.uniform(32, 60)
@@ -87,6 +93,7 @@ def generate_image(rng: np.random.RandomState):
             occupied |= mask
             objects.append({"category": team, "mask": mask})
             break
+    objects.append({"category": LAMPS[team], "mask": lamp_mask.astype(bool)})
     return canvas, objects, lamp_box, team
 
 
@@ -118,7 +125,7 @@ def generate_split(out_dir: str, split: str, num_images: int, *, seed: int = 0) 
                     "iscrowd": 0,
                 }
             )
-    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CATEGORIES)]
+    categories = [{"id": i + 1, "name": name, "supercategory": name.split("_")[0]} for i, name in enumerate(CATEGORIES)]
     info = {"description": "nonlocal_det long-range task", "version": VERSION, "seed": seed, "min_gap_px": MIN_GAP}
     json_path = os.path.join(out_dir, "annotations", f"{split}.json")
     tmp = json_path + ".tmp"
