@@ -10,6 +10,11 @@ def add_nonlocal_config(cfg):
     every 2 of its 8 convs.
     """
     cfg.MODEL.NONLOCAL = CN()
+    # With MODEL.BACKBONE.NAME "build_nonlocal_backbone": the registered backbone that gets the
+    # blocks. Any builder whose backbone is, or has as bottom_up, a Detectron2 ResNet built from
+    # MODEL.RESNETS: "build_resnet_backbone" (C4 models), "build_resnet_fpn_backbone",
+    # "build_retinanet_resnet_fpn_backbone", ...
+    cfg.MODEL.NONLOCAL.BACKBONE_NAME = "build_resnet_fpn_backbone"
     # Block inserted into the backbone: "NL" (non-local) or "CGNL" (compact generalized NL).
     cfg.MODEL.NONLOCAL.BLOCK = "NL"
     # NL pairwise function: "gaussian", "embedded_gaussian", "dot_product", "concatenation".
