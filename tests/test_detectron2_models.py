@@ -479,3 +479,23 @@ def test_block_not_built_as_the_arguments_say_is_refused():
     rebuilt = with_nonlocal_block(block, torch.nn.Identity(), {**args, "stride_in_1x1": False}, where="res3.0", source="")
     x = torch.randn(1, 128, 8, 8)
     assert torch.equal(rebuilt(x), block(x))
+
+
+def test_one_factory_for_config_and_keywords():
+    """The same factory, and the same checks, from a config (errors name keys) and from keywords
+    (LazyConfig; errors name arguments)."""
+    from nonlocal_det.modeling import nonlocal_block_factory
+
+    from_cfg = nonlocal_block_factory(load_cfg("mask_rcnn_R50_CGNL.yaml"))(64)
+    from_kwargs = nonlocal_block_factory(block="CGNL", kernel="dot", groups=8, norm="GN")(64)
+    assert type(from_cfg) is type(from_kwargs) is CGNLBlock2d and from_cfg.extra_repr() == from_kwargs.extra_repr()
+    assert type(nonlocal_block_factory(block="NL", norm="naiveSyncBN_N")(64).norm).__name__ == "NaiveSyncBatchNorm"
+    for kwargs, words in [
+        ({"mode": "softmax"}, "mode='softmax' is not one of"),
+        ({"norm": "FrozenBN"}, "norm='FrozenBN' is not allowed"),
+        ({"kernel": "dot"}, r"block='NL': NonLocalBlock2d got an unexpected keyword argument 'kernel'"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            nonlocal_block_factory(block="NL", **kwargs)
+    with pytest.raises(ValueError, match="Cannot build a NL block for 63 channels from reduction: reduction=2 must divide"):
+        nonlocal_block_factory(block="NL", reduction=2)(63)
