@@ -99,11 +99,12 @@ def with_nonlocal_block(block: CNNBlockBase, nonlocal_block: nn.Module, block_ar
     if not any(p.requires_grad for p in block.parameters()):
         rebuilt.freeze()
     for name, layer in block.named_children():
-        if repr(getattr(rebuilt, name, None)) != repr(layer):
+        built, expected = (" ".join(repr(m).split()) for m in (getattr(rebuilt, name, None), layer))
+        if built != expected:
             raise ValueError(
-                f"{where}: rebuilt from {source}, its {name} is {getattr(rebuilt, name, None)!r}, but the "
-                f"backbone built {layer!r}. Non-local blocks attach to ResNets whose blocks are built "
-                f"from {source}, as Detectron2's build_resnet_backbone builds them."
+                f"{where}: rebuilt from {source}, its {name} is {built}, but the backbone built {expected}. "
+                f"Non-local blocks attach to ResNets whose blocks are built from {source}, as "
+                "Detectron2's build_resnet_backbone builds them."
             )
     incompatible = rebuilt.load_state_dict(block.state_dict(), strict=False)
     assert not incompatible.unexpected_keys and all(
