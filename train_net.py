@@ -1,64 +1,42 @@
 #!/usr/bin/env python
 """
-nonlocal_det training script: Detectron2's DefaultTrainer with the non-local config keys,
-COCO evaluation for every task the config turns on, and Detectron2's launcher.
+nonlocal_det training script: YAML configs through Detectron2's DefaultTrainer, LazyConfig
+``.py`` configs through its SimpleTrainer / AMPTrainer and hooks (as Detectron2's
+tools/lazyconfig_train_net.py), COCO evaluation of every task the model predicts, and
+Detectron2's launcher.
 
     python train_net.py            # quickstart: generated dataset, CPU, minutes (configs/quickstart.yaml)
     python train_net.py --config-file configs/mask_rcnn_R101_NL.yaml --num-gpus 8
     python train_net.py --config-file configs/mask_rcnn_R101_NL.yaml --eval-only MODEL.WEIGHTS model.pth
+    python train_net.py --config-file configs/mask_rcnn_R101_NL.py --num-gpus 8          # LazyConfig
+    python train_net.py --config-file configs/mask_rcnn_R101_NL.py --eval-only train.init_checkpoint=model.pth
     python train_net.py --config-file ... --resume          # continue from OUTPUT_DIR/last_checkpoint
 """
-import json
 import logging
-import math
 import os
-import sys
 
 import detectron2.utils.comm as comm
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import instantiate
 from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
-from detectron2.evaluation import COCOEvaluator, verify_results
-from detectron2.utils.file_io import PathManager
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_argument_parser, default_setup, default_writers, hooks
+from detectron2.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format, verify_results
 from detectron2.utils.logger import setup_logger
 
 from nonlocal_det.checkpoint import AtomicDetectionCheckpointer
-from nonlocal_det.checks import BadDataError, MissingInputError, UnsupportedSetupError, check_amp, check_weights
-from nonlocal_det.config import get_nonlocal_cfg
-from nonlocal_det.distributed import check_sync_bn_device, cpu_ddp_support
-from nonlocal_det.data.datasets import ensure_generated_datasets
-from nonlocal_det.data.validation import evaluation_dataset_dicts, training_dataset_dicts
+from nonlocal_det.checks import amp_settings, check_amp, check_weights
+from nonlocal_det.config import config_kind, get_nonlocal_cfg, get_nonlocal_lazy_config
+from nonlocal_det.data.validation import check_datasets, evaluation_dataset_dicts, training_dataset_dicts
+from nonlocal_det.distributed import check_sync_bn_device, create_ddp_model
+from nonlocal_det.engine import NonLocalDefaultTrainer, launch_reporting_errors, write_final_metrics
 
 logger = logging.getLogger("nonlocal_det")
 
 QUICKSTART_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "quickstart.yaml")
-FINAL_METRICS_FILE = "final_metrics.json"
-# Errors that explain themselves: printed without a traceback.
-EXPECTED_ERRORS = (BadDataError, MissingInputError, UnsupportedSetupError)
 
 
-class Trainer(DefaultTrainer):
-    def __init__(self, cfg):
-        with cpu_ddp_support():  # launch on a CPU machine: several gloo processes
-            super().__init__(cfg)
-        if cfg.SOLVER.AMP.ENABLED:  # DefaultTrainer leaves AMPTrainer at float16
-            self._trainer.precision = getattr(torch, cfg.SOLVER.AMP.PRECISION)
-
-    @classmethod
-    def build_model(cls, cfg):
-        model = super().build_model(cfg)
-        check_sync_bn_device(cfg, model)
-        return model
-
-    def build_hooks(self):
-        # DefaultTrainer creates its checkpointer just before calling build_hooks, whose
-        # PeriodicCheckpointer keeps a reference to it: swap in the atomic one here.
-        self.checkpointer = AtomicDetectionCheckpointer(
-            self.checkpointer.model, self.cfg.OUTPUT_DIR, **self.checkpointer.checkpointables
-        )
-        return super().build_hooks()
-
+class Trainer(NonLocalDefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         """Detectron2's loader over checked records: bad data stops here, before training."""
@@ -82,58 +60,90 @@ class Trainer(DefaultTrainer):
 
 
 def setup(args):
+    """The YAML config of ``args``, frozen, with Detectron2's and nonlocal_det's logging set up."""
     cfg = get_nonlocal_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="nonlocal_det", abbrev_name="nl")
-    if cfg.MODEL.DEVICE == "cpu":
-        logger.info("No CUDA device: running on the CPU (MODEL.DEVICE=cpu).")
+    _setup_logger(cfg.OUTPUT_DIR, cfg.MODEL.DEVICE)
     return cfg
 
 
-def check_datasets(cfg, eval_only: bool):
-    """Generate the synthetic dataset if used and missing; name what is missing or unusable otherwise."""
-    names = list(cfg.DATASETS.TEST) + ([] if eval_only else list(cfg.DATASETS.TRAIN))
-    if comm.is_main_process():
-        for directory in ensure_generated_datasets(names):
-            logger.info(f"Generated the dataset {directory}")
-    comm.synchronize()
-    for name in names:
-        meta = MetadataCatalog.get(name)
-        for attr in ("json_file", "image_root"):
-            path = meta.get(attr, None)
-            if path and not PathManager.exists(path):
-                raise MissingInputError(
-                    f"Dataset {name!r}: {attr} {path} does not exist. Detectron2 looks for datasets "
-                    f"under $DETECTRON2_DATASETS (now {os.environ.get('DETECTRON2_DATASETS', 'unset, so ./datasets')}); "
-                    "see datasets/README.md for the layout."
-                )
-    if not eval_only:  # the evaluation after training would otherwise find bad data only at the end
-        for name in cfg.DATASETS.TEST:
-            evaluation_dataset_dicts(cfg, name)
+def setup_lazy(args):
+    """The LazyConfig of ``args`` (overrides as key=value), with logging set up."""
+    cfg = get_nonlocal_lazy_config(args.config_file, args.opts)
+    default_setup(cfg, args)
+    _setup_logger(cfg.train.output_dir, cfg.train.device)
+    return cfg
 
 
-def write_final_metrics(cfg, results) -> None:
-    """Save evaluation results as OUTPUT_DIR/final_metrics.json: {dataset: {task: {metric: value}}}.
+def _setup_logger(output_dir, device):
+    setup_logger(output=output_dir, distributed_rank=comm.get_rank(), name="nonlocal_det", abbrev_name="nl")
+    if device == "cpu":
+        logger.info("No CUDA device: running on the CPU.")
 
-    Metrics COCO cannot compute (e.g. APl with no large objects) are NaN in Detectron2's results
-    and null in the file, so that it is strict JSON.
-    """
-    if not results or not comm.is_main_process():
-        return
-    if len(cfg.DATASETS.TEST) == 1:  # Detectron2 returns a single dataset's results unwrapped
-        results = {cfg.DATASETS.TEST[0]: results}
-    results = {
-        dataset: {task: {k: (None if math.isnan(v) else v) for k, v in metrics.items()} for task, metrics in tasks.items()}
-        for dataset, tasks in results.items()
-    }
-    path = os.path.join(cfg.OUTPUT_DIR, FINAL_METRICS_FILE)
-    with PathManager.open(path, "w") as f:
-        json.dump(results, f, indent=2, allow_nan=False)
-    logger.info(f"Final metrics written to {path}")
+
+def do_test(cfg, model):
+    """LazyConfig evaluation: ``dataloader.test`` through ``dataloader.evaluator``."""
+    if "evaluator" not in cfg.dataloader:
+        return None
+    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    print_csv_format(results)
+    names = cfg.dataloader.test.dataset.names
+    write_final_metrics(cfg.train.output_dir, [names if isinstance(names, str) else ",".join(names)], results)
+    return results
+
+
+def do_train(args, cfg):
+    """LazyConfig training: ``cfg.model``, ``optimizer``, ``dataloader.train``, ``lr_multiplier``, ``train.*``."""
+    model = instantiate(cfg.model)
+    logger.info(f"Model:\n{model}")
+    model.to(cfg.train.device)
+    check_sync_bn_device(cfg, model)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+
+    model = create_ddp_model(model, **cfg.train.ddp)
+    amp_enabled, precision, _, _ = amp_settings(cfg)
+    if amp_enabled:
+        trainer = AMPTrainer(model, train_loader, optimizer, precision=getattr(torch, precision))
+    else:
+        trainer = SimpleTrainer(model, train_loader, optimizer)
+    checkpointer = AtomicDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+            hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+            if comm.is_main_process()
+            else None,
+        ]
+    )
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    # the checkpoint holds the iteration that just finished
+    start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
+    trainer.train(start_iter, cfg.train.max_iter)
+
+
+def main_lazy(args):
+    cfg = setup_lazy(args)
+    check_datasets(cfg, args.eval_only)
+    check_weights(cfg, resume=args.resume)
+    if args.eval_only:
+        model = instantiate(cfg.model)
+        model.to(cfg.train.device)
+        model = create_ddp_model(model)
+        DetectionCheckpointer(model, save_dir=cfg.train.output_dir).resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+        return do_test(cfg, model)
+    check_amp(cfg)
+    do_train(args, cfg)
 
 
 def main(args):
+    if config_kind(args.config_file) == "lazy":
+        return main_lazy(args)
     cfg = setup(args)
     check_datasets(cfg, args.eval_only)
     if args.eval_only:
@@ -143,18 +153,13 @@ def main(args):
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
-        write_final_metrics(cfg, res)
         return res
 
     check_weights(cfg, resume=args.resume)
     check_amp(cfg)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    trainer.train()
-    # DefaultTrainer keeps the results of its last evaluation (TEST.EVAL_PERIOD, and always after the last iteration).
-    res = getattr(trainer, "_last_eval_results", None)
-    write_final_metrics(cfg, res)
-    return res
+    return trainer.train()
 
 
 def parse_args(argv=None):
@@ -166,29 +171,7 @@ def parse_args(argv=None):
     return args
 
 
-def invoke_main() -> None:
+if __name__ == "__main__":
     args = parse_args()
     print("Command Line Args:", args)
-    try:
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
-    except EXPECTED_ERRORS as e:
-        sys.exit(f"error: {e}")
-    except torch.multiprocessing.ProcessRaisedException as e:
-        # A worker of a multi-process run: its traceback arrives as text, ending in "module.Class: message".
-        last_line = str(e).strip().splitlines()[-1]
-        for error in EXPECTED_ERRORS:
-            prefix = f"{error.__module__}.{error.__qualname__}: "
-            if last_line.startswith(prefix):
-                sys.exit(f"error: {last_line[len(prefix):]}")
-        raise
-
-
-if __name__ == "__main__":
-    invoke_main()
+    launch_reporting_errors(main, args)

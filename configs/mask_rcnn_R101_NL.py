@@ -1,10 +1,10 @@
 # LazyConfig equivalent of mask_rcnn_R101_NL.yaml: Mask R-CNN R101-FPN, one embedded-Gaussian
 # non-local block in res4 right before its last residual block, 3x schedule.
-#   python <detectron2>/tools/lazyconfig_train_net.py --config-file configs/mask_rcnn_R101_NL.py
+#   python train_net.py --config-file configs/mask_rcnn_R101_NL.py [--num-gpus 8] [key=value ...]
 from detectron2.config import LazyCall as L
 from detectron2.model_zoo import get_config
 
-from nonlocal_det.modeling import make_nonlocal_stages, nonlocal_block_builder
+from nonlocal_det.modeling import make_nonlocal_stages, nonlocal_block_factory
 
 optimizer = get_config("common/optim.py").SGD
 lr_multiplier = get_config("common/coco_schedule.py").lr_multiplier_3x
@@ -18,7 +18,7 @@ model.backbone.bottom_up.stages = L(make_nonlocal_stages)(
     stride_in_1x1=True,
     norm="FrozenBN",
     nonlocal_positions={"res4": [-2]},
-    nonlocal_block=L(nonlocal_block_builder)(
+    nonlocal_block=L(nonlocal_block_factory)(
         block="NL", mode="embedded_gaussian", reduction=2, sub_sample=True, use_scale=True, norm="GN"
     ),
 )

@@ -15,11 +15,13 @@ __version__ = "0.1.0"
 # Detectron2-dependent public names -> the submodule that defines them.
 _DETECTRON2_EXPORTS = {
     "add_nonlocal_config": ".config",
+    "build_nonlocal_backbone": ".modeling",
     "build_resnet_nl_backbone": ".modeling",
     "build_resnet_nl_fpn_backbone": ".modeling",
     "KRCNNConvDeconvUpsampleNLHead": ".modeling",
     "make_nonlocal_stages": ".modeling",
     "insert_nonlocal_blocks": ".modeling",
+    "nonlocal_block_factory": ".modeling",
     "register_synthetic_datasets": ".data.datasets",
     "register_long_range_datasets": ".data.datasets",
 }
@@ -30,10 +32,12 @@ if detectron2_available():
     from .data.datasets import register_long_range_datasets, register_synthetic_datasets
     from .modeling import (
         KRCNNConvDeconvUpsampleNLHead,
+        build_nonlocal_backbone,
         build_resnet_nl_backbone,
         build_resnet_nl_fpn_backbone,
         insert_nonlocal_blocks,
         make_nonlocal_stages,
+        nonlocal_block_factory,
     )
 
     register_synthetic_datasets()

@@ -1,4 +1,4 @@
-"""Up-front checks of a config's inputs, so that a missing file gives a message, not a traceback."""
+"""Up-front checks of a config's inputs (YAML or LazyConfig), so that a missing file gives a message, not a traceback."""
 import os
 
 from detectron2.utils.file_io import PathManager
@@ -21,33 +21,57 @@ class UnsupportedSetupError(RuntimeError):
 AMP_PRECISIONS = ("float16", "bfloat16")
 
 
+def _is_yaml(cfg) -> bool:
+    """A YAML config (CfgNode), rather than a LazyConfig (DictConfig)."""
+    return "MODEL" in cfg
+
+
+def amp_settings(cfg):
+    """(enabled, precision, device, key prefix) of mixed precision: SOLVER.AMP.* / train.amp.*."""
+    if _is_yaml(cfg):
+        return cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.PRECISION, cfg.MODEL.DEVICE, "SOLVER.AMP."
+    amp = cfg.train.amp
+    return amp.enabled, amp.get("precision", "float16"), cfg.train.device, "train.amp."
+
+
 def check_amp(cfg) -> None:
     """Detectron2's AMPTrainer needs CUDA and a half-precision dtype: say so before training."""
-    if not cfg.SOLVER.AMP.ENABLED:
+    enabled, precision, device, prefix = amp_settings(cfg)
+    if not enabled:
         return
-    if cfg.SOLVER.AMP.PRECISION not in AMP_PRECISIONS:
+    yaml = _is_yaml(cfg)
+    if precision not in AMP_PRECISIONS:
         raise UnsupportedSetupError(
-            f"SOLVER.AMP.PRECISION={cfg.SOLVER.AMP.PRECISION!r} is not one of {AMP_PRECISIONS}."
+            f"{prefix}{'PRECISION' if yaml else 'precision'}={precision!r} is not one of {AMP_PRECISIONS}."
         )
-    if cfg.MODEL.DEVICE == "cpu":
+    if device == "cpu":
+        enabled_key, off = (f"{prefix}ENABLED", f"{prefix}ENABLED False") if yaml else (f"{prefix}enabled", f"{prefix}enabled=False")
         raise UnsupportedSetupError(
-            "SOLVER.AMP.ENABLED=True needs a CUDA device (Detectron2's AMPTrainer runs on CUDA only) and "
-            "this run is on the CPU. Pass `SOLVER.AMP.ENABLED False`, or run on a machine with a GPU."
+            f"{enabled_key}=True needs a CUDA device (Detectron2's AMPTrainer runs on CUDA only) and "
+            f"this run is on the CPU. Pass `{off}`, or run on a machine with a GPU."
         )
 
 
 def check_weights(cfg, resume: bool):
-    """Fetch MODEL.WEIGHTS now, so an offline machine gets a message rather than a traceback."""
-    weights = cfg.MODEL.WEIGHTS
-    if not weights or (resume and PathManager.exists(os.path.join(cfg.OUTPUT_DIR, LAST_CHECKPOINT_FILE))):
+    """
+    Fetch the initial weights (MODEL.WEIGHTS, or a LazyConfig's train.init_checkpoint) now, so
+    an offline machine gets a message rather than a traceback.
+    """
+    if _is_yaml(cfg):
+        weights, key, output_dir = cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS", cfg.OUTPUT_DIR
+    else:
+        weights, key, output_dir = cfg.train.init_checkpoint, "train.init_checkpoint", cfg.train.output_dir
+    if not weights or (resume and PathManager.exists(os.path.join(output_dir, LAST_CHECKPOINT_FILE))):
         return
     try:
         local = PathManager.get_local_path(weights)
     except Exception as e:  # any downloader failure: offline, DNS, HTTP, proxy
+        set_empty = "`MODEL.WEIGHTS ''`" if key == "MODEL.WEIGHTS" else "`train.init_checkpoint=''`"
+        set_path = "`MODEL.WEIGHTS /path/to/file.pkl`" if key == "MODEL.WEIGHTS" else "`train.init_checkpoint=/path/to/file.pkl`"
         raise MissingInputError(
-            f"MODEL.WEIGHTS={weights!r} could not be found or downloaded ({type(e).__name__}: {e}). "
-            "If this machine is offline, download the file elsewhere and pass its path: "
-            "`MODEL.WEIGHTS /path/to/file.pkl`, or `MODEL.WEIGHTS ''` to start from random weights."
+            f"{key}={weights!r} could not be found or downloaded ({type(e).__name__}: {e}). "
+            f"If this machine is offline, download the file elsewhere and pass its path: "
+            f"{set_path}, or {set_empty} to start from random weights."
         ) from None
     if not os.path.isfile(local):
-        raise MissingInputError(f"MODEL.WEIGHTS={weights!r}: {local} is not a file. Pass an existing checkpoint.")
+        raise MissingInputError(f"{key}={weights!r}: {local} is not a file. Pass an existing checkpoint.")

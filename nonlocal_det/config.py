@@ -1,4 +1,6 @@
-"""Config keys of nonlocal_det, in Detectron2's ``add_*_config`` style."""
+"""Config keys of nonlocal_det, in Detectron2's ``add_*_config`` style, and loading YAML and LazyConfig files."""
+import os
+
 from detectron2.config import CfgNode as CN
 
 
@@ -10,6 +12,11 @@ def add_nonlocal_config(cfg):
     every 2 of its 8 convs.
     """
     cfg.MODEL.NONLOCAL = CN()
+    # With MODEL.BACKBONE.NAME "build_nonlocal_backbone": the registered backbone that gets the
+    # blocks. Any builder whose backbone is, or has as bottom_up, a Detectron2 ResNet built from
+    # MODEL.RESNETS: "build_resnet_backbone" (C4 models), "build_resnet_fpn_backbone",
+    # "build_retinanet_resnet_fpn_backbone", ...
+    cfg.MODEL.NONLOCAL.BACKBONE_NAME = "build_resnet_fpn_backbone"
     # Block inserted into the backbone: "NL" (non-local) or "CGNL" (compact generalized NL).
     cfg.MODEL.NONLOCAL.BLOCK = "NL"
     # NL pairwise function: "gaussian", "embedded_gaussian", "dot_product", "concatenation".
@@ -69,4 +76,43 @@ def get_nonlocal_cfg(config_file: str, opts=()):
     cfg.merge_from_list(list(opts))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+# --config-file extensions -> the kind of config train_net.py reads.
+CONFIG_KINDS = {".yaml": "yaml", ".yml": "yaml", ".py": "lazy"}
+
+
+def config_kind(config_file: str) -> str:
+    """
+    "yaml" (a Detectron2 CfgNode file) or "lazy" (a LazyConfig Python file), from the file's
+    extension as Detectron2's model zoo does; UnsupportedSetupError for any other file.
+    """
+    from detectron2.utils.file_io import PathManager
+
+    from .checks import MissingInputError, UnsupportedSetupError
+
+    kind = CONFIG_KINDS.get(os.path.splitext(config_file)[1].lower())
+    if kind is None:
+        raise UnsupportedSetupError(
+            f"--config-file {config_file}: not a config kind train_net.py reads; it accepts YAML configs "
+            "(.yaml, .yml) and LazyConfig Python files (.py)."
+        )
+    if not PathManager.exists(config_file):
+        raise MissingInputError(f"--config-file {config_file} does not exist.")
+    return kind
+
+
+def get_nonlocal_lazy_config(config_file: str, overrides=()):
+    """
+    A LazyConfig loaded from ``config_file`` with ``overrides`` ("key=value" ...) applied, as
+    Detectron2's lazyconfig_train_net.py does. ``train.device`` falls back to "cpu" when it asks
+    for CUDA and none is available, as ``get_nonlocal_cfg`` does for YAML configs.
+    """
+    import torch
+    from detectron2.config import LazyConfig
+
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), list(overrides))
+    if str(cfg.train.device).startswith("cuda") and not torch.cuda.is_available():
+        cfg.train.device = "cpu"
     return cfg

@@ -1,4 +1,4 @@
-"""Multi-process training on CPUs (gloo) with Detectron2's DefaultTrainer and launch."""
+"""Multi-process training on CPUs (gloo) with Detectron2's trainers and launch."""
 import contextlib
 
 import detectron2.engine.defaults as d2_defaults
@@ -8,27 +8,42 @@ from torch import nn
 from .checks import UnsupportedSetupError
 
 
+def create_ddp_model(model: nn.Module, **kwargs) -> nn.Module:
+    """
+    Detectron2's ``create_ddp_model`` (DistributedDataParallel when there are several processes),
+    for a model on a GPU or on the CPU: it passes ``device_ids=[local rank]``, which
+    DistributedDataParallel accepts only for a model on that GPU; a CPU model gets
+    ``device_ids=None``.
+    """
+    if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
+        kwargs.setdefault("device_ids", None)
+    return _DETECTRON2_CREATE_DDP_MODEL(model, **kwargs)
+
+
+_DETECTRON2_CREATE_DDP_MODEL = d2_defaults.create_ddp_model
+
+
 @contextlib.contextmanager
 def cpu_ddp_support():
     """
-    Inside this context, Detectron2's ``create_ddp_model`` wraps CPU models correctly.
+    Inside this context, ``DefaultTrainer.__init__`` wraps CPU models correctly.
 
-    It passes ``device_ids=[local rank]``, which DistributedDataParallel accepts only for a
-    model on that GPU; a CPU model must get ``device_ids=None``. DefaultTrainer calls it in
-    its constructor, so build the trainer inside this context.
+    Detectron2-internal: ``DefaultTrainer.__init__`` calls the module-level
+    ``detectron2.engine.defaults.create_ddp_model(model, broadcast_buffers=False)`` and takes no
+    argument or override that reaches it, so this is the one place that replaces that global,
+    by ``create_ddp_model`` above, while a trainer is built. Guarded by
+    tests/test_detectron2_internals.py.
     """
-    original = d2_defaults.create_ddp_model
-
-    def create_ddp_model(model, **kwargs):
-        if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
-            kwargs.setdefault("device_ids", None)
-        return original(model, **kwargs)
-
+    if getattr(d2_defaults, "create_ddp_model", None) is not _DETECTRON2_CREATE_DDP_MODEL:
+        raise RuntimeError(
+            "detectron2.engine.defaults.create_ddp_model is not the function nonlocal_det knows; "
+            "this Detectron2 differs from the one nonlocal_det supports (see tests/test_detectron2_internals.py)."
+        )
     d2_defaults.create_ddp_model = create_ddp_model
     try:
         yield
     finally:
-        d2_defaults.create_ddp_model = original
+        d2_defaults.create_ddp_model = _DETECTRON2_CREATE_DDP_MODEL
 
 
 _NORM_KEYS = ("MODEL.NONLOCAL.NORM", "MODEL.RESNETS.NORM", "MODEL.FPN.NORM", "MODEL.ROI_BOX_HEAD.NORM",
@@ -38,19 +53,25 @@ _NORM_KEYS = ("MODEL.NONLOCAL.NORM", "MODEL.RESNETS.NORM", "MODEL.FPN.NORM", "MO
 def check_sync_bn_device(cfg, model: nn.Module) -> None:
     """
     torch's SyncBatchNorm ("SyncBN" / "nnSyncBN") synchronises only CUDA tensors: in a CPU run of
-    several processes its first forward fails. Say so at build time, with the keys to change.
+    several processes its first forward fails. Say so at build time, with the keys to change
+    (YAML configs) or the value to use (LazyConfig).
     """
-    if comm.get_world_size() == 1 or cfg.MODEL.DEVICE != "cpu":
+    device = _get(cfg, "MODEL.DEVICE") or _get(cfg, "train.device")
+    if comm.get_world_size() == 1 or device != "cpu":
         return
     if not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
         return
     keys = [k for k in _NORM_KEYS if _get(cfg, k) in ("SyncBN", "nnSyncBN")]
+    if keys:
+        problem = ", ".join(f"{k}={_get(cfg, k)!r}" for k in keys)
+        fix = " ".join(f"{k} naiveSyncBN_N" for k in keys)
+    else:
+        problem = "A norm of the model"
+        fix = "MODEL.NONLOCAL.NORM naiveSyncBN_N" if _get(cfg, "MODEL") else "norm='naiveSyncBN_N' where the config has 'SyncBN'"
     raise UnsupportedSetupError(
-        f"{', '.join(f'{k}={_get(cfg, k)!r}' for k in keys) or 'A norm'}: torch's SyncBatchNorm runs on CUDA "
-        "only, and this is a multi-process CPU run. Use Detectron2's all-reduce version, which works "
-        "with gloo: " + " ".join(f"{k} naiveSyncBN_N" for k in keys or ["MODEL.NONLOCAL.NORM"])
-        + " (the _N variant weights each process by its batch size, which differs between processes "
-        "in RoI heads)."
+        f"{problem}: torch's SyncBatchNorm runs on CUDA only, and this is a multi-process CPU run. Use "
+        f"Detectron2's all-reduce version, which works with gloo: {fix} (the _N variant weights each "
+        "process by its batch size, which differs between processes in RoI heads)."
     )
 
 

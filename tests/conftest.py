@@ -1,26 +1,13 @@
-import glob
+"""pytest hooks: Detectron2 tests are marked, skipped without it, and counted. Shared helpers
+are in helpers.py."""
 import os
 
 import pytest
 
-from nonlocal_det import detectron2_available
+from helpers import DETECTRON2_SKIP_REASON, HAS_DETECTRON2
 
-HAS_DETECTRON2 = detectron2_available()
-DETECTRON2_SKIP_REASON = (
-    "needs Detectron2 (not on PyPI): install it with `python3 tools/setup_env.py "
-    "[--detectron2-wheel PATH]`, see README"
-)
 # Set by CI: a Detectron2 test that would be skipped is a missing install step, not a pass.
 REQUIRE_DETECTRON2_ENV = "NONLOCAL_DET_REQUIRE_DETECTRON2"
-
-requires_detectron2 = pytest.mark.skipif(not HAS_DETECTRON2, reason=DETECTRON2_SKIP_REASON)
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The YAML configs a user runs (the Base-* files are only inherited from).
-SHIPPED_CONFIGS = sorted(
-    os.path.basename(p) for p in glob.glob(os.path.join(REPO_ROOT, "configs", "*.yaml"))
-    if not os.path.basename(p).startswith("Base-")
-)
 
 
 def pytest_configure(config):

@@ -8,7 +8,7 @@ machine with CUDA, train_net.py itself runs with SOLVER.AMP.ENABLED in both prec
 import pytest
 import torch
 
-from test_train_net import TINY, run_train_net, training_records
+from helpers import TINY, load_cfg, randomize_nonlocal_norms, run_train_net, training_input, training_records
 
 pytestmark = pytest.mark.detectron2
 
@@ -32,7 +32,6 @@ def _nonlocal_blocks(model):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 @pytest.mark.parametrize("model_name", sorted(MODELS))
 def test_autocast_training_steps_stay_finite(model_name, dtype):
-    from d2_helpers import load_cfg, randomize_nonlocal_norms, training_input
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 

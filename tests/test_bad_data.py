@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from test_train_net import TINY, run_train_net, training_records
+from helpers import TINY, load_cfg, run_train_net, training_records
 
 pytestmark = pytest.mark.detectron2
 
@@ -52,8 +52,6 @@ def _register(name, root, split="train"):
 
 
 def _cfg(name, *opts):
-    from d2_helpers import load_cfg
-
     return load_cfg("mask_rcnn_R50_NL.yaml", *DATASET_OPTS, "DATASETS.TRAIN", f"('{name}',)", *opts)
 
 

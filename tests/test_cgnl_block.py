@@ -8,7 +8,7 @@ from nonlocal_det.layers import CGNL_KERNELS, CGNLBlock2d
 from nonlocal_det.layers.cgnl_block import taylor_coefficients
 from nonlocal_det.layers.reference import reference_cgnl_op, reference_forward
 
-from test_nonlocal_block import randomize
+from helpers import randomize
 
 
 @pytest.mark.parametrize(

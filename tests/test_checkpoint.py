@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from test_train_net import REPO_ROOT, TINY, import_train_net, training_records
+from helpers import REPO_ROOT, TINY, import_train_net, training_records
 
 pytestmark = pytest.mark.detectron2
 

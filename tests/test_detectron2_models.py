@@ -1,4 +1,5 @@
 """Non-local backbones and keypoint head inside real Detectron2 models (skipped without Detectron2)."""
+import copy
 import logging
 import pickle
 import re
@@ -6,33 +7,41 @@ import re
 import pytest
 import torch
 
-from conftest import HAS_DETECTRON2, SHIPPED_CONFIGS
+from helpers import (
+    HAS_DETECTRON2,
+    SHIPPED_CONFIGS,
+    load_cfg,
+    load_checkpoint,
+    nonlocal_keys,
+    randomize_nonlocal_norms,
+    training_input,
+)
 
 pytestmark = pytest.mark.detectron2
 
 if HAS_DETECTRON2:
-    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2 import model_zoo
     from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
-    from detectron2.modeling import build_backbone, build_model
+    from detectron2.modeling import BACKBONE_REGISTRY, build_backbone, build_model
+    from detectron2.modeling.backbone.resnet import BottleneckBlock
     from detectron2.modeling.roi_heads import build_keypoint_head
     from detectron2.structures import Instances
     from detectron2.utils.events import EventStorage
+    from detectron2.utils.testing import assert_instances_allclose
 
-    from d2_helpers import load_cfg, randomize_nonlocal_norms, training_input
+    from nonlocal_det.config import get_nonlocal_cfg
     from nonlocal_det.layers import CGNLBlock2d, NonLocalBlock2d
     from nonlocal_det.modeling import has_nonlocal
+    from nonlocal_det.modeling.resnet_blocks import with_nonlocal_block
+
+    @BACKBONE_REGISTRY.register()
+    def build_test_backbone_without_resnet(cfg, input_shape):
+        """A registered backbone with no Detectron2 ResNet in it."""
+        return torch.nn.Identity()
 
 
-class RecordingCheckpointer(DetectionCheckpointer if HAS_DETECTRON2 else object):
-    """DetectionCheckpointer that keeps the incompatible keys of its last load."""
-
-    def _load_model(self, checkpoint):
-        self.incompatible = super()._load_model(checkpoint)
-        return self.incompatible
-
-
-def nonlocal_keys(model):
-    return {k for k in model.state_dict() if ".nonlocal_block." in k or ".nonlocal_fcn" in k}
+def uses_nonlocal_backbone(cfg):
+    return cfg.MODEL.BACKBONE.NAME in ("build_nonlocal_backbone", "build_resnet_nl_backbone", "build_resnet_nl_fpn_backbone")
 
 
 def test_all_table_rows_shipped():
@@ -50,7 +59,7 @@ def test_shipped_config_trains_and_infers_on_cpu(config):
     cfg = load_cfg(config, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200")
     torch.manual_seed(0)
     model = build_model(cfg)
-    expects_nl = "_nl_" in cfg.MODEL.BACKBONE.NAME or cfg.MODEL.ROI_KEYPOINT_HEAD.NAME.endswith("NLHead")
+    expects_nl = uses_nonlocal_backbone(cfg) or cfg.MODEL.ROI_KEYPOINT_HEAD.NAME.endswith("NLHead")
     assert expects_nl == ("NL" in config or config.startswith("quickstart"))
     assert bool(nonlocal_keys(model)) == expects_nl
     randomize_nonlocal_norms(model)
@@ -111,14 +120,28 @@ def test_r101_block_before_last_of_res4_keeps_stock_keys():
         (152, []),
     ],
 )
-@pytest.mark.parametrize("backbone", ["build_resnet_nl_backbone", "build_resnet_nl_fpn_backbone"])
+@pytest.mark.parametrize(
+    "backbone",
+    [
+        ["MODEL.NONLOCAL.BACKBONE_NAME", "build_resnet_backbone"],
+        ["MODEL.NONLOCAL.BACKBONE_NAME", "build_resnet_fpn_backbone"],
+        ["MODEL.BACKBONE.NAME", "build_resnet_nl_backbone"],  # names of older configs
+        ["MODEL.BACKBONE.NAME", "build_resnet_nl_fpn_backbone"],
+    ],
+    ids=lambda opts: opts[1],
+)
 def test_backbone_depths_and_block_types(depth, opts, backbone):
-    cfg = load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.RESNETS.DEPTH", str(depth), "MODEL.BACKBONE.NAME", backbone, *opts)
-    if backbone == "build_resnet_nl_backbone":
+    cfg = load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.RESNETS.DEPTH", str(depth), *backbone, *opts)
+    if backbone[1] in ("build_resnet_backbone", "build_resnet_nl_backbone"):
         cfg.MODEL.RESNETS.OUT_FEATURES = ["res4"]
     model = build_backbone(cfg)
     resnet = getattr(model, "bottom_up", model)
     block = resnet.res4[-2]
+    stock_class = BACKBONE_REGISTRY.get("build_resnet_backbone")(cfg, ShapeSpec(channels=3)).res4[-2].__class__
+    # the stock block's class, then the non-local block: a real, importable subclass
+    assert type(block).__name__ == f"NonLocal{stock_class.__name__}" and isinstance(block, stock_class)
+    module = __import__(type(block).__module__, fromlist=[type(block).__name__])
+    assert getattr(module, type(block).__name__) is type(block)
     assert has_nonlocal(block) and isinstance(block.nonlocal_block, NonLocalBlock2d)
     assert block.nonlocal_block.in_channels == block.out_channels
     x = torch.randn(1, 3, 64, 96)
@@ -225,14 +248,11 @@ def test_stock_checkpoints_load_with_only_nonlocal_keys_missing_and_same_outputs
     for kind, path in files.items():
         nl = build_model(load_cfg(nl_config)).eval()
         nl_init = {k: v.clone() for k, v in nl.state_dict().items() if k in nonlocal_keys(nl)}
-        reference = build_model(load_cfg(stock_config))
-        ref_ckpt = RecordingCheckpointer(reference)
-        ref_ckpt.load(path)
-        ckpt = RecordingCheckpointer(nl)
-        ckpt.load(path)
-        missing = set(ckpt.incompatible.missing_keys) - set(ref_ckpt.incompatible.missing_keys)
+        reference = load_checkpoint(build_model(load_cfg(stock_config)), path)
+        incompatible = load_checkpoint(nl, path)
+        missing = set(incompatible.missing_keys) - set(reference.missing_keys)
         assert missing == nonlocal_keys(nl), kind
-        assert ckpt.incompatible.unexpected_keys == ref_ckpt.incompatible.unexpected_keys == []
+        assert incompatible.unexpected_keys == reference.unexpected_keys == []
         for k, v in nl_init.items():
             assert torch.equal(nl.state_dict()[k], v), f"{kind}: {k} was overwritten"
         loaded = {k: v for k, v in nl.state_dict().items() if k not in nl_init}
@@ -242,12 +262,8 @@ def test_stock_checkpoints_load_with_only_nonlocal_keys_missing_and_same_outputs
             image = training_input(128, 160)["image"]
             with torch.no_grad():
                 (a,), (b,) = stock([{"image": image}]), nl([{"image": image}])
-            a, b = a["instances"], b["instances"]
-            assert len(a) > 0
-            for field in a.get_fields():
-                x, y = a.get(field), b.get(field)
-                x, y = (x.tensor, y.tensor) if hasattr(x, "tensor") else (x, y)
-                assert torch.equal(x, y), field
+            assert len(a["instances"]) > 0
+            assert_instances_allclose(a["instances"], b["instances"], rtol=0, msg=kind)
         else:
             for k, v in stock.state_dict().items():
                 if k.startswith("backbone.bottom_up.") and "running" not in k:
@@ -262,19 +278,33 @@ def _keypoint_head(pooler_resolution=14):
 def test_keypoint_head_layout_and_identity_at_init():
     from detectron2.modeling.roi_heads.keypoint_head import KRCNNConvDeconvUpsampleHead
 
+    torch.manual_seed(0)
     head = _keypoint_head()
     names = [n for n, _ in head.named_children()]
-    assert [n for n in names if n.startswith("nonlocal_fcn")] == ["nonlocal_fcn2", "nonlocal_fcn4", "nonlocal_fcn6", "nonlocal_fcn8"]
-    assert names.index("nonlocal_fcn2") == names.index("conv_fcn_relu2") + 1
+    convs = [[f"conv_fcn{k}", f"conv_fcn_relu{k}"] + ([f"nonlocal_fcn{k}"] if k % 2 == 0 else []) for k in range(1, 9)]
+    assert names == [n for group in convs for n in group] + ["score_lowres"]  # registered in the order they run
+    torch.manual_seed(0)
     cfg = load_cfg("keypoint_rcnn_R101_baseline.yaml")
     stock = KRCNNConvDeconvUpsampleHead(cfg, ShapeSpec(channels=256, height=14, width=14))
-    missing, unexpected = head.load_state_dict(stock.state_dict(), strict=False)
-    assert set(missing) == {k for k in head.state_dict() if k.startswith("nonlocal_fcn")} and not unexpected
+    # same seed, same stock layers: the head draws them as the stock head does, then the blocks
+    head_state = head.state_dict()
+    assert set(head_state) - set(stock.state_dict()) == {k for k in head_state if k.startswith("nonlocal_fcn")}
+    for k, v in stock.state_dict().items():
+        assert torch.equal(head_state[k], v), k
     # the blocks survived the head's MSRA init: zero norm weight, non-zero embeddings
     assert torch.all(head.nonlocal_fcn2.norm.weight == 0) and head.nonlocal_fcn2.theta.weight.abs().sum() > 0
     x = torch.randn(5, 256, 14, 14)
     head.eval(), stock.eval()
     assert torch.equal(head.layers(x), stock.layers(x))
+    # with the blocks switched on, each runs right after its conv's ReLU
+    randomize_nonlocal_norms(head)
+    expected = x
+    for k in range(1, 9):
+        expected = torch.relu(getattr(stock, f"conv_fcn{k}")(expected))
+        if k % 2 == 0:
+            expected = getattr(head, f"nonlocal_fcn{k}")(expected)
+    expected = torch.nn.functional.interpolate(stock.score_lowres(expected), scale_factor=2.0, mode="bilinear")
+    torch.testing.assert_close(head.layers(x), expected)
 
 
 @pytest.mark.parametrize("resolution", [14, 7, 9, 1])
@@ -310,3 +340,162 @@ def test_keypoint_head_bad_config(opts, words):
 def test_frozen_stage_converts_nonlocal_bn():
     resnet = build_backbone(load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.NONLOCAL.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT", "5")).bottom_up
     assert isinstance(resnet.res4[4].nonlocal_block.norm, FrozenBatchNorm2d)
+
+
+def _perturb(model):
+    """Move every parameter away from its initialisation, so that a wrong match would show."""
+    with torch.no_grad():
+        for p in model.parameters():
+            torch.nn.init.normal_(p, std=0.02) if p.dim() > 1 else torch.nn.init.uniform_(p, 0.5, 1.5)
+    return model
+
+
+def _same_outputs(a, b, msg=""):
+    """Two models' inference outputs (lists of dicts) are equal."""
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert set(x) == set(y), msg
+        for key in x:
+            if key == "instances":
+                assert_instances_allclose(x[key], y[key], rtol=0, msg=f"{msg} {key}")
+            elif key == "panoptic_seg":
+                assert torch.equal(x[key][0], y[key][0]) and x[key][1] == y[key][1], f"{msg} {key}"
+            else:
+                assert torch.equal(x[key], y[key]), f"{msg} {key}"
+
+
+@pytest.mark.parametrize(
+    "config,opts",
+    [
+        ("mask_rcnn_R50_NL.yaml", ["MODEL.RESNETS.DEPTH", "50"]),
+        ("keypoint_rcnn_R101_NL_head_backbone.yaml", ["MODEL.RESNETS.DEPTH", "50"]),
+    ],
+)
+def test_whole_model_pickles_and_deepcopies(config, opts, tmp_path):
+    """torch.save(model) + torch.load(weights_only=False), and copy.deepcopy, give the same model."""
+    cfg = load_cfg(config, *opts, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
+    torch.manual_seed(0)
+    model = _perturb(build_model(cfg)).eval()
+    randomize_nonlocal_norms(model)
+    inputs = [{"image": training_input(128, 160)["image"]}]
+    with torch.no_grad():
+        expected = model(inputs)
+    assert len(expected[0]["instances"]) > 0
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    for name, copied in (("torch.load", loaded), ("deepcopy", copy.deepcopy(model))):
+        assert type(copied.backbone.bottom_up.res4[-2]).__name__ == "NonLocalBottleneckBlock", name
+        assert nonlocal_keys(copied) == nonlocal_keys(model)
+        with torch.no_grad():
+            _same_outputs(expected, copied(inputs), name)
+
+
+# Detectron2's stock configs (shipped inside its package) and the stock backbone each builds.
+STOCK_FAMILIES = {
+    "retinanet": "COCO-Detection/retinanet_R_50_FPN_3x.yaml",
+    "faster_rcnn_c4": "COCO-Detection/faster_rcnn_R_50_C4_3x.yaml",
+    "mask_rcnn_fpn": "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml",
+    "panoptic_fpn": "COCO-PanopticSegmentation/panoptic_fpn_R_50_3x.yaml",
+    "cascade_mask_rcnn": "Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml",
+}
+SMALL_STOCK = [
+    "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200",
+    "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("family", sorted(STOCK_FAMILIES))
+def test_stock_detectron2_configs_gain_blocks_through_keys(family, tmp_path):
+    """
+    A stock model-zoo config plus two keys (MODEL.BACKBONE.NAME build_nonlocal_backbone,
+    MODEL.NONLOCAL.BACKBONE_NAME its own backbone) builds the stock model with one non-local
+    block in res4: stock checkpoints load with only its keys missing, the outputs are then the
+    stock model's, and it trains.
+    """
+    config = model_zoo.get_config_file(STOCK_FAMILIES[family])
+    stock_cfg = get_nonlocal_cfg(config, SMALL_STOCK)
+    keys = ["MODEL.BACKBONE.NAME", "build_nonlocal_backbone", "MODEL.NONLOCAL.BACKBONE_NAME", stock_cfg.MODEL.BACKBONE.NAME]
+    nl_cfg = get_nonlocal_cfg(config, [*SMALL_STOCK, *keys])
+    torch.manual_seed(0)
+    stock = _perturb(build_model(stock_cfg)).eval()
+    torch.save({"model": stock.state_dict()}, tmp_path / "stock.pth")
+    nl = build_model(nl_cfg).eval()
+
+    resnet = getattr(nl.backbone, "bottom_up", nl.backbone)
+    prefix = "backbone.bottom_up." if hasattr(nl.backbone, "bottom_up") else "backbone."
+    assert {k.split(".nonlocal_block.")[0] for k in nonlocal_keys(nl)} == {f"{prefix}res4.4"}  # R50: 6 blocks, -2
+    assert type(resnet.res4[4]).__name__ == "NonLocalBottleneckBlock"
+    incompatible = load_checkpoint(nl, str(tmp_path / "stock.pth"))
+    assert set(incompatible.missing_keys) == nonlocal_keys(nl) and incompatible.unexpected_keys == []
+
+    sample = training_input(128, 160, num_classes=2, keypoints=False)
+    sample["sem_seg"] = torch.randint(0, 54, (128, 160))  # panoptic FPN's stuff labels
+    with torch.no_grad():
+        expected, actual = stock([{"image": sample["image"]}]), nl([{"image": sample["image"]}])
+    assert len(expected[0]["instances"]) > 0
+    _same_outputs(expected, actual, family)
+
+    randomize_nonlocal_norms(nl)
+    nl.train()
+    optimizer = torch.optim.SGD(nl.parameters(), lr=1e-3)
+    before = resnet.res4[4].nonlocal_block.norm.weight.detach().clone()
+    with EventStorage():
+        losses = nl([sample])
+    total = sum(losses.values())
+    assert torch.isfinite(total), losses
+    total.backward()
+    optimizer.step()
+    assert not torch.equal(resnet.res4[4].nonlocal_block.norm.weight, before)
+    nl.eval()
+    with torch.no_grad():
+        (out,) = nl([{"image": sample["image"]}])
+    assert isinstance(out["instances"], Instances)
+
+
+@pytest.mark.parametrize(
+    "opts,words",
+    [
+        (["MODEL.NONLOCAL.BACKBONE_NAME", "build_nonlocal_backbone"], "is a non-local backbone itself"),
+        (["MODEL.NONLOCAL.BACKBONE_NAME", "build_resnet_fpn"], "'build_resnet_fpn' is not a registered backbone"),
+        (["MODEL.NONLOCAL.BACKBONE_NAME", "build_test_backbone_without_resnet"], "with no Detectron2 ResNet"),
+        (["MODEL.NONLOCAL.BACKBONE_NAME", "build_resnet_backbone", "MODEL.RESNETS.OUT_FEATURES", "['res4']",
+          "MODEL.NONLOCAL.RES5", "[0]"], r"places non-local blocks in res5, but this ResNet builds only \['res2', 'res3', 'res4'\]"),
+    ],
+)  # fmt: skip
+def test_bad_backbone_name_fails_at_build_naming_the_key(opts, words):
+    with pytest.raises(ValueError, match=words):
+        build_backbone(load_cfg("mask_rcnn_R50_NL.yaml", *opts))
+
+
+def test_block_not_built_as_the_arguments_say_is_refused():
+    """A block is replaced only by its exact non-local rebuild: another stride placement is caught."""
+    block = BottleneckBlock(128, 256, bottleneck_channels=64, stride=2, stride_in_1x1=False, norm="FrozenBN")
+    args = {"bottleneck_channels": 64, "num_groups": 1, "norm": "FrozenBN", "dilation": 1}
+    with pytest.raises(ValueError, match=r"res3.0: rebuilt from MODEL.RESNETS, its conv1 is"):
+        with_nonlocal_block(block, torch.nn.Identity(), {**args, "stride_in_1x1": True}, where="res3.0", source="MODEL.RESNETS")
+    with pytest.raises(ValueError, match="res3.0: cannot rebuild this BottleneckBlock from MODEL.RESNETS"):
+        with_nonlocal_block(block, torch.nn.Identity(), {**args, "deform_modulated": True}, where="res3.0", source="MODEL.RESNETS")
+    rebuilt = with_nonlocal_block(block, torch.nn.Identity(), {**args, "stride_in_1x1": False}, where="res3.0", source="")
+    x = torch.randn(1, 128, 8, 8)
+    assert torch.equal(rebuilt(x), block(x))
+
+
+def test_one_factory_for_config_and_keywords():
+    """The same factory, and the same checks, from a config (errors name keys) and from keywords
+    (LazyConfig; errors name arguments)."""
+    from nonlocal_det.modeling import nonlocal_block_factory
+
+    from_cfg = nonlocal_block_factory(load_cfg("mask_rcnn_R50_CGNL.yaml"))(64)
+    from_kwargs = nonlocal_block_factory(block="CGNL", kernel="dot", groups=8, norm="GN")(64)
+    assert type(from_cfg) is type(from_kwargs) is CGNLBlock2d and from_cfg.extra_repr() == from_kwargs.extra_repr()
+    assert type(nonlocal_block_factory(block="NL", norm="naiveSyncBN_N")(64).norm).__name__ == "NaiveSyncBatchNorm"
+    for kwargs, words in [
+        ({"mode": "softmax"}, "mode='softmax' is not one of"),
+        ({"norm": "FrozenBN"}, "norm='FrozenBN' is not allowed"),
+        ({"kernel": "dot"}, r"block='NL': NonLocalBlock2d got an unexpected keyword argument 'kernel'"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            nonlocal_block_factory(block="NL", **kwargs)
+    with pytest.raises(ValueError, match="Cannot build a NL block for 63 channels from reduction: reduction=2 must divide"):
+        nonlocal_block_factory(block="NL", reduction=2)(63)

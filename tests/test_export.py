@@ -11,7 +11,7 @@ import importlib.util
 import pytest
 import torch
 
-from conftest import HAS_DETECTRON2
+from helpers import HAS_DETECTRON2, load_cfg, randomize_nonlocal_norms
 from nonlocal_det.layers import CGNLBlock2d, NonLocalBlock2d
 from nonlocal_det.layers.aggregation import explicit_matrix_fits
 
@@ -29,8 +29,6 @@ if HAS_DETECTRON2:
     from detectron2.modeling import build_backbone, build_model
     from detectron2.modeling.roi_heads import build_keypoint_head
     from detectron2.structures import Boxes, Instances
-
-    from d2_helpers import load_cfg, randomize_nonlocal_norms
 
 # R18-FPN with GroupNorm (random weights keep activations in range), few classes and RoIs,
 # and every detection kept so that random models output some.

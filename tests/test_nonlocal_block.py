@@ -1,5 +1,4 @@
 import itertools
-import math
 
 import pytest
 import torch
@@ -9,15 +8,7 @@ from torch import nn
 from nonlocal_det.layers import NONLOCAL_MODES, NonLocalBlock2d
 from nonlocal_det.layers.reference import pairwise_matrix, reference_embed, reference_forward, reference_nonlocal_op
 
-
-def randomize(block: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights everywhere, including the zero-initialised norm/out, in float64."""
-    gen = torch.Generator().manual_seed(seed)
-    block = block.double()
-    with torch.no_grad():
-        for p in block.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) / math.sqrt(max(p[0].numel(), 1)))
-    return block.eval()
+from helpers import randomize
 
 
 SIZES = [(6, 8), (7, 5), (1, 1), (1, 6), (3, 1)]

@@ -6,7 +6,7 @@ import cv2
 import pytest
 import torch
 
-from conftest import REPO_ROOT, SHIPPED_CONFIGS
+from helpers import REPO_ROOT, SHIPPED_CONFIGS
 
 pytestmark = pytest.mark.detectron2
 

@@ -1,37 +1,13 @@
 """train_net.py end to end on the generated dataset: train, checkpoint, resume, --eval-only."""
-import importlib.util
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
+from helpers import TINY, last_iteration, run_train_net
 
 pytestmark = pytest.mark.detectron2
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-    "MODEL.WEIGHTS", "", "MODEL.MASK_ON", "True", "MODEL.KEYPOINT_ON", "True",
-    "MODEL.ROI_HEADS.NUM_CLASSES", "4", "MODEL.ROI_KEYPOINT_HEAD.NAME", "KRCNNConvDeconvUpsampleNLHead",
-    "MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE", "0",
-    "DATASETS.TRAIN", "('nonlocal_synthetic_train',)", "DATASETS.TEST", "('nonlocal_synthetic_val',)",
-    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.001", "SOLVER.STEPS", "()", "SOLVER.CHECKPOINT_PERIOD", "2",
-    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "192", "INPUT.MIN_SIZE_TEST", "128",
-    "INPUT.MAX_SIZE_TEST", "192", "DATALOADER.NUM_WORKERS", "0", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200",
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
-    # from random weights: normalise activations (FrozenBN with identity statistics explodes)
-    "MODEL.RESNETS.NORM", "GN", "MODEL.FPN.NORM", "GN", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-]  # fmt: skip
-
-
-def run_train_net(tmp_path, *args, config="mask_rcnn_R50_NL.yaml"):
-    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"))
-    config_args = ["--config-file", os.path.join(REPO_ROOT, "configs", config)] if config else []
-    cmd = [sys.executable, os.path.join(REPO_ROOT, "train_net.py"), *config_args, *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
-    return proc.returncode, proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -43,39 +19,19 @@ def small_dataset(tmp_path_factory):
     return root
 
 
-def import_train_net():
-    """train_net.py as a module, for tests that use its Trainer in this process."""
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO_ROOT, "train_net.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def training_records(output_dir):
-    """The training records of OUTPUT_DIR/metrics.json (evaluation results are logged there too, without losses)."""
-    with open(os.path.join(output_dir, "metrics.json")) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    return [r for r in records if "total_loss" in r]
-
-
-def _last_iteration(output_dir):
-    """The last training iteration logged."""
-    return max(r["iteration"] for r in training_records(output_dir))
-
-
 def test_train_resume_and_eval_only(small_dataset):
     out = small_dataset / "out"
     rc, log = run_train_net(small_dataset, *TINY, "SOLVER.MAX_ITER", "4", "OUTPUT_DIR", str(out))
     assert rc == 0, log[-3000:]
     assert (out / "model_final.pth").exists() and (out / "last_checkpoint").exists()
-    assert _last_iteration(out) == 3
+    assert last_iteration(out) == 3
     assert "Evaluation results for bbox" in log
 
     rc, log = run_train_net(small_dataset, "--resume", *TINY, "SOLVER.MAX_ITER", "6", "OUTPUT_DIR", str(out))
     assert rc == 0, log[-3000:]
     assert "Loading from " in log and "model_final.pth" in log
     assert "Starting training from iteration 4" in log
-    assert _last_iteration(out) == 5
+    assert last_iteration(out) == 5
 
     rc, log = run_train_net(
         small_dataset, "--eval-only", *TINY, "MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(out / "eval")

@@ -54,10 +54,16 @@ def load_cfg(config_file, opts=()):
 
 def fix_roi_workload(model) -> None:
     """
-    Zero the output layers of the RPN, the box predictor and the keypoint head: valid,
-    weight-independent proposals, detections and heatmaps (random weights can give
-    degenerate boxes and non-finite heatmaps). FLOP counts depend on shapes only.
+    Zero the output layers of the RPN, the box predictor and the keypoint head (of a one-stage
+    detector such as RetinaNet: its head's): valid, weight-independent proposals, detections and
+    heatmaps (random weights can give degenerate boxes and non-finite heatmaps). FLOP counts
+    depend on shapes only.
     """
+    if not hasattr(model, "proposal_generator"):  # one-stage: RetinaNet
+        for layer in (model.head.cls_score, model.head.bbox_pred):
+            torch.nn.init.zeros_(layer.weight)
+            torch.nn.init.zeros_(layer.bias)
+        return
     rpn_head = model.proposal_generator.rpn_head
     layers = [rpn_head.objectness_logits, rpn_head.anchor_deltas, *model.roi_heads.box_predictor.children()]
     keypoint_head = getattr(model.roi_heads, "keypoint_head", None)

@@ -17,6 +17,7 @@ import logging
 import os
 from typing import Dict, List
 
+import detectron2.utils.comm as comm
 import torch.utils.data as torchdata
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.build import (
@@ -26,8 +27,10 @@ from detectron2.data.build import (
     print_instances_class_histogram,
 )
 from detectron2.data.detection_utils import check_metadata_consistency
+from detectron2.utils.file_io import PathManager
 
-from ..checks import BadDataError
+from ..checks import BadDataError, MissingInputError
+from .datasets import ensure_generated_datasets
 
 logger = logging.getLogger(__name__)
 
@@ -165,3 +168,44 @@ def evaluation_dataset_dicts(cfg, name: str) -> List[Dict]:
     check_dataset_dicts(name, dicts, cfg)
     proposal_files = dict(zip(cfg.DATASETS.TEST, cfg.DATASETS.PROPOSAL_FILES_TEST))
     return _with_proposals([dicts], [name], proposal_files, cfg)[0]
+
+
+def _lazy_dataset_names(loader) -> List[str]:
+    """The dataset names of a LazyConfig data loader built as Detectron2's common/data configs do."""
+    names = loader.get("dataset", {}).get("names", []) if loader is not None else []
+    return [names] if isinstance(names, str) else list(names)
+
+
+def config_dataset_names(cfg, eval_only: bool) -> List[str]:
+    """The test datasets (and training datasets unless ``eval_only``) of a YAML or LazyConfig."""
+    if "DATASETS" in cfg:
+        return list(cfg.DATASETS.TEST) + ([] if eval_only else list(cfg.DATASETS.TRAIN))
+    dataloader = cfg.get("dataloader", {})
+    return _lazy_dataset_names(dataloader.get("test")) + ([] if eval_only else _lazy_dataset_names(dataloader.get("train")))
+
+
+def check_datasets(cfg, eval_only: bool) -> None:
+    """
+    Before training or evaluating: generate the datasets nonlocal_det generates itself if the config
+    uses them and they are missing or stale, and name missing dataset files (MissingInputError). For YAML configs, also check the
+    evaluation datasets' records now (the training ones are checked as the loader is built), so
+    that bad data does not stop a run only at its end.
+    """
+    names = config_dataset_names(cfg, eval_only)
+    if comm.is_main_process():
+        for directory in ensure_generated_datasets(names):
+            logger.info(f"Generated the dataset {directory}")
+    comm.synchronize()
+    for name in names:
+        meta = MetadataCatalog.get(name)
+        for attr in ("json_file", "image_root"):
+            path = meta.get(attr, None)
+            if path and not PathManager.exists(path):
+                raise MissingInputError(
+                    f"Dataset {name!r}: {attr} {path} does not exist. Detectron2 looks for datasets "
+                    f"under $DETECTRON2_DATASETS (now {os.environ.get('DETECTRON2_DATASETS', 'unset, so ./datasets')}); "
+                    "see datasets/README.md for the layout."
+                )
+    if "DATASETS" in cfg and not eval_only:
+        for name in cfg.DATASETS.TEST:
+            evaluation_dataset_dicts(cfg, name)

@@ -13,8 +13,8 @@ from .aggregation import (
     softmax_aggregate,
 )
 from .norm import NormSpec
-from .residual import ResidualBlock2d, conv1x1
-from .validation import check_feature_map, require_divisible
+from .residual import ResidualBlock2d, check_feature_map, conv1x1
+from .validation import require_divisible
 
 __all__ = ["NonLocalBlock2d", "NONLOCAL_MODES"]
 

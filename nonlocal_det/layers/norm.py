@@ -1,13 +1,44 @@
-"""Normalisation after W_z, and the zero initialisation that makes a block start as identity."""
+"""
+The norm after W_z, and the one rule for which norms a block may use.
+
+The rule: a block starts as the identity by zeroing its norm's affine weight (or, with no norm,
+W_z itself), so the norm must have an affine weight that trains. Frozen norms (FrozenBN, a
+weight with ``requires_grad=False``) and norms without one (``affine=False``, Identity) are
+refused. This module applies it to our own norm names, to callables, and to Detectron2's norm
+names (``detectron2_norm``), so every way of choosing a norm is checked the same way.
+"""
 import math
 from typing import Callable, Union
 
-import torch
 from torch import nn
 
 NormSpec = Union[str, None, Callable[[int], nn.Module]]
 
-_NORM_NAMES = ("", "BN", "SyncBN", "GN")
+NORM_NAMES = ("", "BN", "SyncBN", "GN")
+# Detectron2's names for a norm whose affine weight is frozen.
+FROZEN_NORM_NAMES = ("FrozenBN", "FrozenBatchNorm")
+
+
+def _frozen_name_error(norm: str, key: str) -> ValueError:
+    return ValueError(
+        f"{key}={norm!r} is not allowed: its affine weight is frozen, and a non-local block "
+        "starts as an identity by zeroing that weight, so it could never be trained away (the "
+        "block would stay an identity forever). Use 'GN' (trains with 1-2 images per GPU), "
+        "'SyncBN', 'BN' or '' (no norm)."
+    )
+
+
+def check_trainable_affine(module: nn.Module) -> nn.Module:
+    """Return ``module`` if it has a trainable affine ``weight``; raise ValueError otherwise."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, nn.Parameter) or not weight.requires_grad:
+        raise ValueError(
+            f"The norm {type(module).__name__} after W_z has no trainable affine weight "
+            "(frozen, or affine=False). A non-local block starts as an identity by zeroing "
+            "that weight, and a frozen zero weight would keep it an identity forever. Use a "
+            "norm with a learnable affine weight ('BN', 'SyncBN', 'GN') or norm=''."
+        )
+    return module
 
 
 def build_norm(norm: NormSpec, channels: int, *, gn_groups: int = 32) -> nn.Module:
@@ -16,7 +47,7 @@ def build_norm(norm: NormSpec, channels: int, *, gn_groups: int = 32) -> nn.Modu
 
     Args:
         norm: "" or None (no norm), "BN", "SyncBN", "GN", or a callable
-            ``channels -> nn.Module``.
+            ``channels -> nn.Module`` with a trainable affine ``weight``.
         channels: number of channels it normalises (the block's input channels).
         gn_groups: groups for "GN"; reduced to ``gcd(gn_groups, channels)`` so any channel
             count works.
@@ -33,7 +64,7 @@ def build_norm(norm: NormSpec, channels: int, *, gn_groups: int = 32) -> nn.Modu
                 f"norm callable must return an nn.Module for {channels} channels, "
                 f"got {type(module).__name__}"
             )
-        return module
+        return check_trainable_affine(module)
     if not isinstance(norm, str):
         raise TypeError(f"norm must be a str or a callable channels -> nn.Module, got {norm!r}")
     if norm == "BN":
@@ -42,52 +73,30 @@ def build_norm(norm: NormSpec, channels: int, *, gn_groups: int = 32) -> nn.Modu
         return nn.SyncBatchNorm(channels)
     if norm == "GN":
         return nn.GroupNorm(math.gcd(gn_groups, channels), channels)
-    if norm in ("FrozenBN", "FrozenBatchNorm"):
+    if norm in FROZEN_NORM_NAMES:
+        raise _frozen_name_error(norm, "norm")
+    raise ValueError(f"Unknown norm {norm!r}; expected one of {NORM_NAMES} or a callable.")
+
+
+def detectron2_norm(norm: str, key: str = "norm") -> NormSpec:
+    """
+    A norm spec for a norm name from a Detectron2 config: our own names (``NORM_NAMES``) as
+    they are; any other Detectron2 norm name ("naiveSyncBN_N", "nnSyncBN", "LN", ...) as
+    ``channels -> detectron2.layers.get_norm(norm, channels)``. Frozen and unknown names raise
+    ValueError naming ``key``, so a bad config fails before any block is built. Needs Detectron2
+    for names that are not ours.
+    """
+    if norm in FROZEN_NORM_NAMES:
+        raise _frozen_name_error(norm, key)
+    if norm in NORM_NAMES:
+        return norm
+    from detectron2.layers import get_norm
+
+    try:
+        check_trainable_affine(get_norm(norm, 32))
+    except (KeyError, ValueError) as e:
         raise ValueError(
-            f"norm={norm!r} cannot be used in a non-local block: its affine weight is frozen, "
-            "so the zero initialisation that makes the block an identity could never be "
-            f"trained away. Use one of {_NORM_NAMES[1:]} (or '' for none)."
-        )
-    raise ValueError(f"Unknown norm {norm!r}; expected one of {_NORM_NAMES} or a callable.")
-
-
-def zero_init_residual_branch(out: nn.Conv2d, norm: nn.Module) -> None:
-    """
-    Make ``norm(out(y)) == 0`` for every y, so ``x + norm(out(y))`` is exactly x.
-
-    Zeroes the norm's affine weight and bias when there is a norm, else ``out``'s weight and
-    bias. Raises ValueError when the norm has no trainable affine weight: zeroed, it would
-    keep the block an identity forever.
-    """
-    if norm is None:
-        nn.init.zeros_(out.weight)
-        if out.bias is not None:
-            nn.init.zeros_(out.bias)
-        return
-    weight = getattr(norm, "weight", None)
-    if not isinstance(weight, nn.Parameter) or not weight.requires_grad:
-        raise ValueError(
-            f"The norm {type(norm).__name__} after W_z has no trainable affine weight "
-            "(frozen, or affine=False). A non-local block starts as an identity by zeroing "
-            "that weight, and a frozen zero weight would keep it an identity forever. Use a "
-            "norm with a learnable affine weight ('BN', 'SyncBN', 'GN') or norm=''."
-        )
-    nn.init.zeros_(weight)
-    bias = getattr(norm, "bias", None)
-    if isinstance(bias, nn.Parameter):
-        nn.init.zeros_(bias)
-
-
-def residual_branch(out: nn.Conv2d, norm: nn.Module, y):
-    """
-    norm(out(y)) with autocast disabled, in the dtype of ``out``'s weight.
-
-    y from the dot-product, concatenation and CGNL operations is unbounded (it grows with
-    the activations cubed), so under mixed precision W_z and the norm stay in float32
-    rather than overflow float16.
-    """
-    with torch.autocast(device_type=y.device.type, enabled=False):
-        branch = out(y.to(out.weight.dtype))
-        if norm is not None:
-            branch = norm(branch)
-    return branch
+            f"{key}={norm!r} is not a known norm with a trainable affine weight ({e}); use one of "
+            f"{NORM_NAMES} or another Detectron2 norm name (e.g. 'naiveSyncBN_N')"
+        ) from e
+    return lambda channels: get_norm(norm, channels)

@@ -1,9 +1,14 @@
-"""What the non-local and CGNL blocks share: z = x + norm(W_z y(x)), an identity at init."""
+"""
+What the non-local and CGNL blocks share: z = x + norm(W_z y(x)), an identity at init.
+
+A block's forward pass reads in three files: ``ResidualBlock2d.forward`` here, the block's
+``transform`` (``nonlocal_block.py`` or ``cgnl_block.py``) and the pairwise sums it calls
+(``aggregation.py``).
+"""
 import torch
 from torch import nn
 
-from .norm import NormSpec, build_norm, residual_branch, zero_init_residual_branch
-from .validation import check_feature_map
+from .norm import NormSpec, build_norm
 
 
 def conv1x1(in_channels: int, out_channels: int, *, bias: bool, groups: int = 1) -> nn.Conv2d:
@@ -13,6 +18,56 @@ def conv1x1(in_channels: int, out_channels: int, *, bias: bool, groups: int = 1)
     if bias:
         nn.init.zeros_(conv.bias)
     return conv
+
+
+def check_feature_map(x, channels: int, owner: str) -> None:
+    """Raise TypeError/ValueError unless x is a (B, channels, H, W) floating tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{owner} expects a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(
+            f"{owner} expects a 4-D input (B, C, H, W), got {x.dim()}-D shape {tuple(x.shape)}"
+        )
+    if x.shape[1] != channels:
+        raise ValueError(
+            f"{owner} was built for {channels} input channels, got {x.shape[1]} "
+            f"(input shape {tuple(x.shape)})"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"{owner} expects a floating-point input, got {x.dtype}")
+
+
+def zero_init_residual_branch(out: nn.Conv2d, norm: nn.Module) -> None:
+    """
+    Make ``norm(out(y)) == 0`` for every y, so ``x + norm(out(y))`` is exactly x: zeroes the
+    norm's affine weight and bias when there is a norm (``build_norm`` has checked that the
+    weight trains), else ``out``'s weight and bias.
+    """
+    if norm is None:
+        nn.init.zeros_(out.weight)
+        if out.bias is not None:
+            nn.init.zeros_(out.bias)
+        return
+    nn.init.zeros_(norm.weight)
+    bias = getattr(norm, "bias", None)
+    if isinstance(bias, nn.Parameter):
+        nn.init.zeros_(bias)
+
+
+def residual_branch(out: nn.Conv2d, norm: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """
+    norm(out(y)) with autocast disabled, in the dtype of ``out``'s weight:
+    y (B, inner, H, W) -> (B, C, H, W).
+
+    y from the dot-product, concatenation and CGNL operations is unbounded (it grows with
+    the activations cubed), so under mixed precision W_z and the norm stay in float32
+    rather than overflow float16.
+    """
+    with torch.autocast(device_type=y.device.type, enabled=False):
+        branch = out(y.to(out.weight.dtype))
+        if norm is not None:
+            branch = norm(branch)
+    return branch
 
 
 class ResidualBlock2d(nn.Module):

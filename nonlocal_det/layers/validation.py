@@ -1,5 +1,4 @@
-"""Argument checks shared by the blocks, with errors that name what was expected."""
-import torch
+"""Construction-argument checks shared by the blocks, with errors that name what was expected."""
 
 
 def require_divisible(value: int, divisor: int, value_name: str, divisor_name: str) -> int:
@@ -15,20 +14,3 @@ def require_divisible(value: int, divisor: int, value_name: str, divisor_name: s
             f"{divisor_name} that divides {value}"
         )
     return value // divisor
-
-
-def check_feature_map(x, channels: int, owner: str) -> None:
-    """Raise TypeError/ValueError unless x is a (B, channels, H, W) floating tensor."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{owner} expects a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(
-            f"{owner} expects a 4-D input (B, C, H, W), got {x.dim()}-D shape {tuple(x.shape)}"
-        )
-    if x.shape[1] != channels:
-        raise ValueError(
-            f"{owner} was built for {channels} input channels, got {x.shape[1]} "
-            f"(input shape {tuple(x.shape)})"
-        )
-    if not x.is_floating_point():
-        raise TypeError(f"{owner} expects a floating-point input, got {x.dtype}")

@@ -1,27 +1,34 @@
-"""Non-local ResNet and ResNet-FPN backbones, registered in Detectron2's BACKBONE_REGISTRY."""
-import functools
-import logging
-from typing import Callable, Dict, List, Sequence
+"""
+Non-local blocks in any registered Detectron2 backbone built around Detectron2's ResNet.
 
-from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
-from detectron2.modeling import BACKBONE_REGISTRY
+``build_nonlocal_backbone`` builds the backbone ``MODEL.NONLOCAL.BACKBONE_NAME`` names (ResNet
+for C4 models, ResNet-FPN, RetinaNet's ResNet-FPN with P6/P7, ...), finds its ResNet (the
+backbone itself or its ``bottom_up``) and replaces the residual blocks ``MODEL.NONLOCAL.RES2``
+... ``RES5`` choose by their non-local variants (``resnet_blocks.py``), rebuilt from
+``MODEL.RESNETS`` with the same weights. ``make_nonlocal_stages`` does the same for a
+LazyConfig's ``ResNet(stages=...)``. Nothing else of the backbone changes, so its outputs,
+names and checkpoint keys are the stock ones plus ``<stage>.<index>.nonlocal_block.*``.
+"""
+import logging
+from typing import Callable, Dict, List, MutableSequence, Sequence
+
+from detectron2.layers import CNNBlockBase, ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone import ResNet
-from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
-from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from torch import nn
 
-
-from ..layers import CGNLBlock2d, NonLocalBlock2d
-from .attach import attach_nonlocal
 from .block_factory import nonlocal_block_factory
+from .resnet_blocks import RunsNonLocalAfter, with_nonlocal_block
 
 __all__ = [
-    "nonlocal_block_builder",
+    "build_nonlocal_backbone",
     "build_resnet_nl_backbone",
     "build_resnet_nl_fpn_backbone",
+    "find_resnet",
     "insert_nonlocal_blocks",
     "make_nonlocal_stages",
     "nonlocal_positions_from_cfg",
+    "resnet_block_args_from_cfg",
 ]
 
 logger = logging.getLogger(__name__)
@@ -38,6 +45,27 @@ def nonlocal_positions_from_cfg(cfg) -> Dict[str, List[int]]:
     return positions
 
 
+def resnet_block_args_from_cfg(cfg, stage: str) -> Dict:
+    """
+    The arguments besides in/out channels and stride that Detectron2's ``build_resnet_backbone``
+    gives the blocks of ``stage``, read from MODEL.RESNETS.
+    """
+    resnets = cfg.MODEL.RESNETS
+    if resnets.DEPTH in (18, 34):
+        return {"norm": resnets.NORM}
+    index = STAGE_NAMES.index(stage)
+    args = {
+        "norm": resnets.NORM,
+        "bottleneck_channels": resnets.NUM_GROUPS * resnets.WIDTH_PER_GROUP * 2**index,
+        "num_groups": resnets.NUM_GROUPS,
+        "stride_in_1x1": resnets.STRIDE_IN_1X1,
+        "dilation": resnets.RES5_DILATION if stage == "res5" else 1,
+    }
+    if resnets.DEFORM_ON_PER_STAGE[index]:
+        args.update(deform_modulated=resnets.DEFORM_MODULATED, deform_num_groups=resnets.DEFORM_NUM_GROUPS)
+    return args
+
+
 def _resolve_indices(stage: str, indices: Sequence[int], num_blocks: int, key: str) -> List[int]:
     resolved = []
     for index in indices:
@@ -52,96 +80,127 @@ def _resolve_indices(stage: str, indices: Sequence[int], num_blocks: int, key: s
     return sorted(resolved)
 
 
-def _freeze(module: nn.Module) -> None:
-    for p in module.parameters():
-        p.requires_grad = False
-    FrozenBatchNorm2d.convert_frozen_batchnorm(module)
-
-
 def insert_nonlocal_blocks(
-    resnet: ResNet,
+    stages: Dict[str, MutableSequence[CNNBlockBase]],
     positions: Dict[str, Sequence[int]],
-    make_block: Callable[[int], nn.Module],
+    nonlocal_block: Callable[[int], nn.Module],
+    block_args: Callable[[str], Dict],
     *,
-    freeze_at: int = 0,
-    key_prefix: str = "MODEL.NONLOCAL.",
-) -> ResNet:
+    key_of: Callable[[str], str],
+    source: str,
+) -> List[str]:
     """
-    Attach a non-local block after each chosen residual block of a built ResNet, in place.
+    Replace chosen residual blocks, in place, by their non-local variants (``with_nonlocal_block``).
 
     Args:
-        resnet: a Detectron2 ResNet (any depth, any block type).
-        positions: {"res4": [-2], ...}: indices of the blocks after which a non-local
-            block runs; negative indices count from the stage's end.
-        make_block: ``channels -> nn.Module``.
-        freeze_at: the ResNet's FREEZE_AT; blocks in frozen stages are frozen too.
-        key_prefix: prefix of the config keys named in errors.
+        stages: {"res2": blocks, ...}: a ResNet's stages (``nn.Sequential``) or the lists of
+            blocks it is built from.
+        positions: {"res4": [-2], ...}: indices of the blocks after which a non-local block
+            runs; negative indices count from the stage's end.
+        nonlocal_block: ``channels -> nn.Module``, e.g. ``nonlocal_block_factory(cfg)``.
+        block_args: ``stage -> arguments`` the stage's blocks were built with, besides in/out
+            channels and stride.
+        key_of: ``stage -> the name of its positions`` in errors (``"MODEL.NONLOCAL.RES4"``).
+        source: where ``block_args`` come from, for errors.
 
-    No existing parameter is renamed: the block after ``res4.21`` lives at
-    ``res4.21.nonlocal_block``.
+    Returns:
+        The names of the replaced blocks, e.g. ``["res4.21"]``.
     """
-    built = dict(zip(resnet.stage_names, resnet.stages))
     for stage, indices in positions.items():
-        key = f"{key_prefix}{stage.upper()}"
         if stage not in STAGE_NAMES:
             raise ValueError(f"Unknown stage {stage!r} in non-local positions; expected one of {STAGE_NAMES}")
-        if stage not in built:
+        if stage not in stages:
             raise ValueError(
-                f"{key} = {list(indices)} places non-local blocks in {stage}, but this ResNet "
-                f"builds only {list(built)} (MODEL.RESNETS.OUT_FEATURES = {resnet._out_features}). "
-                f"Clear {key} or output a later stage."
+                f"{key_of(stage)} = {list(indices)} places non-local blocks in {stage}, but this "
+                f"ResNet builds only {list(stages)} (in C4 models res5 is part of the RoI head). "
+                f"Clear {key_of(stage)} or output a later stage (MODEL.RESNETS.OUT_FEATURES)."
             )
+    replaced = []
     for stage, indices in positions.items():
-        blocks = built[stage]
-        stage_frozen = freeze_at >= STAGE_NAMES.index(stage) + 2
-        for index in _resolve_indices(stage, indices, len(blocks), f"{key_prefix}{stage.upper()}"):
-            block = blocks[index]
-            nonlocal_block = make_block(block.out_channels)
-            if stage_frozen:
-                _freeze(nonlocal_block)
-            attach_nonlocal(block, nonlocal_block)
-            logger.info(
-                f"Non-local block {type(nonlocal_block).__name__} ({block.out_channels} channels) "
-                f"after {stage}.{index}: {'FROZEN with its stage (FREEZE_AT=%d)' % freeze_at if stage_frozen else 'trainable'}"
+        blocks = stages[stage]
+        for index in _resolve_indices(stage, indices, len(blocks), key_of(stage)):
+            where = f"{stage}.{index}"
+            blocks[index] = with_nonlocal_block(
+                blocks[index],
+                nonlocal_block(blocks[index].out_channels),
+                block_args(stage),
+                where=where,
+                source=source,
             )
-    return resnet
+            replaced.append(where)
+    return replaced
+
+
+def find_resnet(backbone: nn.Module) -> ResNet:
+    """The Detectron2 ResNet of a backbone: the backbone itself or its ``bottom_up`` (FPN); else None."""
+    for module in (backbone, getattr(backbone, "bottom_up", None)):
+        if isinstance(module, ResNet):
+            return module
+    return None
+
+
+_NONLOCAL_BACKBONES = ("build_nonlocal_backbone", "build_resnet_nl_backbone", "build_resnet_nl_fpn_backbone")
+
+
+def _with_nonlocal_blocks(cfg, input_shape: ShapeSpec, backbone_name: str, name_key: str) -> Backbone:
+    if backbone_name in _NONLOCAL_BACKBONES:
+        raise ValueError(
+            f"{name_key}={backbone_name!r} is a non-local backbone itself; name the Detectron2 "
+            "backbone to add blocks to, e.g. 'build_resnet_fpn_backbone'."
+        )
+    if backbone_name not in BACKBONE_REGISTRY:
+        raise ValueError(
+            f"{name_key}={backbone_name!r} is not a registered backbone; registered: "
+            f"{sorted(name for name, _ in BACKBONE_REGISTRY)}"
+        )
+    nonlocal_block = nonlocal_block_factory(cfg)  # checks MODEL.NONLOCAL before anything is built
+    backbone = BACKBONE_REGISTRY.get(backbone_name)(cfg, input_shape)
+    resnet = find_resnet(backbone)
+    if resnet is None:
+        raise ValueError(
+            f"{name_key}={backbone_name!r} builds a {type(backbone).__name__} with no Detectron2 ResNet "
+            "(neither the backbone nor its bottom_up); non-local blocks attach to ResNet stages."
+        )
+    replaced = insert_nonlocal_blocks(
+        dict(zip(resnet.stage_names, resnet.stages)),
+        nonlocal_positions_from_cfg(cfg),
+        nonlocal_block,
+        lambda stage: resnet_block_args_from_cfg(cfg, stage),
+        key_of=lambda stage: f"MODEL.NONLOCAL.{stage.upper()}",
+        source="MODEL.RESNETS",
+    )
+    for where in replaced:
+        stage, index = where.split(".")
+        block = getattr(resnet, stage)[int(index)]
+        frozen = not any(p.requires_grad for p in block.parameters())
+        state = f"FROZEN with its stage (FREEZE_AT={cfg.MODEL.BACKBONE.FREEZE_AT})" if frozen else "trainable"
+        logger.info(
+            f"Non-local block {type(block.nonlocal_block).__name__} ({block.out_channels} channels) "
+            f"after {where}: {state}"
+        )
+    return backbone
 
 
 @BACKBONE_REGISTRY.register()
-def build_resnet_nl_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
-    """Detectron2's ResNet (``build_resnet_backbone``) with non-local blocks from MODEL.NONLOCAL."""
-    resnet = build_resnet_backbone(cfg, input_shape)
-    return insert_nonlocal_blocks(
-        resnet,
-        nonlocal_positions_from_cfg(cfg),
-        nonlocal_block_factory(cfg),
-        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
-    )
+def build_nonlocal_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
+    """
+    The backbone MODEL.NONLOCAL.BACKBONE_NAME builds (any registered builder whose backbone is,
+    or has as ``bottom_up``, a Detectron2 ResNet built from MODEL.RESNETS), with the non-local
+    blocks of MODEL.NONLOCAL after the residual blocks MODEL.NONLOCAL.RES2..RES5 name.
+    """
+    return _with_nonlocal_blocks(cfg, input_shape, cfg.MODEL.NONLOCAL.BACKBONE_NAME, "MODEL.NONLOCAL.BACKBONE_NAME")
 
 
 @BACKBONE_REGISTRY.register()
-def build_resnet_nl_fpn_backbone(cfg, input_shape: ShapeSpec):
-    """Detectron2's ResNet-FPN (``build_resnet_fpn_backbone``) with non-local blocks in its ResNet."""
-    fpn = build_resnet_fpn_backbone(cfg, input_shape)
-    insert_nonlocal_blocks(
-        fpn.bottom_up,
-        nonlocal_positions_from_cfg(cfg),
-        nonlocal_block_factory(cfg),
-        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
-    )
-    return fpn
+def build_resnet_nl_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
+    """``build_nonlocal_backbone`` around ``build_resnet_backbone``, whatever BACKBONE_NAME says."""
+    return _with_nonlocal_blocks(cfg, input_shape, "build_resnet_backbone", "build_resnet_nl_backbone wraps")
 
 
-def nonlocal_block_builder(block: str = "NL", **kwargs) -> Callable[[int], nn.Module]:
-    """
-    ``channels -> block`` with keyword arguments fixed, for LazyConfig (whose calls take
-    keywords only): ``L(nonlocal_block_builder)(block="NL", mode="embedded_gaussian", norm="GN")``.
-    ``block`` is "NL" (``NonLocalBlock2d``) or "CGNL" (``CGNLBlock2d``); kwargs go to it.
-    """
-    classes = {"NL": NonLocalBlock2d, "CGNL": CGNLBlock2d}
-    if block not in classes:
-        raise ValueError(f"block={block!r} is not one of {tuple(classes)}")
-    return functools.partial(classes[block], **kwargs)
+@BACKBONE_REGISTRY.register()
+def build_resnet_nl_fpn_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
+    """``build_nonlocal_backbone`` around ``build_resnet_fpn_backbone``, whatever BACKBONE_NAME says."""
+    return _with_nonlocal_blocks(cfg, input_shape, "build_resnet_fpn_backbone", "build_resnet_nl_fpn_backbone wraps")
 
 
 def make_nonlocal_stages(
@@ -151,25 +210,41 @@ def make_nonlocal_stages(
     nonlocal_block: Callable[[int], nn.Module],
     block_class=None,
     **kwargs,
-) -> List[List[nn.Module]]:
+) -> List[List[CNNBlockBase]]:
     """
-    Drop-in for ``ResNet.make_default_stages`` (LazyConfig) that attaches non-local blocks.
+    ``ResNet.make_default_stages`` with non-local blocks, for a LazyConfig's
+    ``L(ResNet)(stages=L(make_nonlocal_stages)(...))``.
 
     Args:
         depth, block_class, kwargs: as for ``ResNet.make_default_stages``.
         nonlocal_positions: {"res4": [-2], ...}, as in ``insert_nonlocal_blocks``.
         nonlocal_block: ``channels -> nn.Module``, e.g.
-            ``functools.partial(NonLocalBlock2d, mode="embedded_gaussian", norm="GN")``.
+            ``L(nonlocal_block_factory)(block="NL", mode="embedded_gaussian", norm="GN")``.
 
     Returns:
-        list of stages, for ``ResNet(stem, stages, ...)``. ``ResNet``'s ``freeze_at``
-        freezes a frozen stage's non-local blocks with it.
+        list of stages, for ``ResNet(stem, stages, ...)``, whose ``freeze_at`` freezes a frozen
+        stage's non-local blocks with it.
     """
     stages = ResNet.make_default_stages(depth, block_class=block_class, **kwargs)
-    for stage, indices in nonlocal_positions.items():
-        if stage not in STAGE_NAMES:
-            raise ValueError(f"Unknown stage {stage!r} in nonlocal_positions; expected one of {STAGE_NAMES}")
-        blocks = stages[STAGE_NAMES.index(stage)]
-        for index in _resolve_indices(stage, indices, len(blocks), f"nonlocal_positions[{stage!r}]"):
-            attach_nonlocal(blocks[index], nonlocal_block(blocks[index].out_channels))
+
+    def block_args(stage):
+        if depth < 50:
+            return kwargs
+        # make_default_stages' bottleneck width: a quarter of the stage's output channels
+        return {**kwargs, "bottleneck_channels": stages[STAGE_NAMES.index(stage)][0].out_channels // 4}
+
+    replaced = insert_nonlocal_blocks(
+        dict(zip(STAGE_NAMES, stages)),
+        nonlocal_positions,
+        nonlocal_block,
+        block_args,
+        key_of=lambda stage: f"nonlocal_positions[{stage!r}]",
+        source="make_nonlocal_stages' arguments",
+    )
+    logger.info(f"Non-local blocks after {', '.join(replaced)}")
     return stages
+
+
+def has_nonlocal(block: nn.Module) -> bool:
+    """Whether a residual block runs a non-local block after itself."""
+    return isinstance(block, RunsNonLocalAfter)

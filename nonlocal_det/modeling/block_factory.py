@@ -1,83 +1,82 @@
-"""Non-local blocks built from ``cfg.MODEL.NONLOCAL``, with errors that name the key."""
-from typing import Callable
+"""
+The one way to choose a non-local block: ``nonlocal_block_factory``, from a config or from
+keyword arguments (LazyConfig), with every value checked before any block is built.
+"""
+import inspect
+from typing import Callable, Dict, Optional
 
-from detectron2.layers import get_norm
+from detectron2.config import configurable
 from torch import nn
 
 from ..layers import CGNL_KERNELS, NONLOCAL_MODES, CGNLBlock2d, NonLocalBlock2d
+from ..layers.norm import detectron2_norm
 
-_OWN_NORMS = ("", "BN", "SyncBN", "GN")
-_FROZEN_NORMS = ("FrozenBN",)
+__all__ = ["BLOCK_CLASSES", "nonlocal_block_factory"]
 
-
-def _norm_spec(norm: str):
-    """Our own norm names as they are; other Detectron2 norm names through get_norm."""
-    if norm in _FROZEN_NORMS:
-        raise ValueError(
-            f"MODEL.NONLOCAL.NORM={norm!r} is not allowed: a non-local block starts as an "
-            "identity by zeroing its norm's affine weight, and a frozen norm could never "
-            "learn it back. Use 'GN' (default; trains with 1-2 images per GPU), 'SyncBN', "
-            "'BN' or ''."
-        )
-    if norm in _OWN_NORMS:
-        return norm
-    try:
-        get_norm(norm, 32)
-    except (KeyError, ValueError) as e:
-        raise ValueError(
-            f"MODEL.NONLOCAL.NORM={norm!r} is not a known norm; use one of {_OWN_NORMS} or "
-            "another Detectron2 norm name"
-        ) from e
-    return lambda channels: get_norm(norm, channels)
+BLOCK_CLASSES = {"NL": NonLocalBlock2d, "CGNL": CGNLBlock2d}
+_CHOICES = {"mode": NONLOCAL_MODES, "kernel": CGNL_KERNELS}
+# Arguments whose fit depends on the channel count, checked when a block is built.
+_SIZE_ARGS = ("reduction", "groups", "order", "gamma")
 
 
-def nonlocal_block_factory(cfg) -> Callable[[int], nn.Module]:
-    """
-    ``channels -> block`` for the block ``cfg.MODEL.NONLOCAL`` describes (NL or CGNL).
-    Checks every key up front, so a bad config fails when the model is built.
-    """
+def _factory_args_from_config(cfg) -> Dict:
+    """The factory's arguments from MODEL.NONLOCAL, with the config key of each for errors."""
     nl = cfg.MODEL.NONLOCAL
-    norm = _norm_spec(nl.NORM)
-    if nl.BLOCK == "NL":
-        if nl.MODE not in NONLOCAL_MODES:
-            raise ValueError(f"MODEL.NONLOCAL.MODE={nl.MODE!r} is not one of {NONLOCAL_MODES}")
-
-        def build(channels):
-            return NonLocalBlock2d(
-                channels,
-                mode=nl.MODE,
-                reduction=nl.REDUCTION,
-                sub_sample=nl.SUB_SAMPLE,
-                use_scale=nl.USE_SCALE,
-                norm=norm,
-            )
-
-    elif nl.BLOCK == "CGNL":
-        if nl.CGNL.KERNEL not in CGNL_KERNELS:
-            raise ValueError(f"MODEL.NONLOCAL.CGNL.KERNEL={nl.CGNL.KERNEL!r} is not one of {CGNL_KERNELS}")
-
-        def build(channels):
-            return CGNLBlock2d(
-                channels,
-                kernel=nl.CGNL.KERNEL,
-                groups=nl.CGNL.GROUPS,
-                order=nl.CGNL.ORDER,
-                reduction=nl.REDUCTION,
-                norm=norm,
-                use_scale=nl.CGNL.USE_SCALE,
-                gamma=nl.CGNL.GAMMA,
-            )
-
+    keys = {"block": "MODEL.NONLOCAL.BLOCK", "reduction": "MODEL.NONLOCAL.REDUCTION", "norm": "MODEL.NONLOCAL.NORM"}
+    if nl.BLOCK == "CGNL":
+        args = {name: nl.CGNL[name.upper()] for name in ("kernel", "groups", "order", "use_scale", "gamma")}
+        keys.update({name: f"MODEL.NONLOCAL.CGNL.{name.upper()}" for name in args})
     else:
-        raise ValueError(f"MODEL.NONLOCAL.BLOCK={nl.BLOCK!r} is not one of ('NL', 'CGNL')")
+        args = {name: nl[name.upper()] for name in ("mode", "sub_sample", "use_scale")}
+        keys.update({name: f"MODEL.NONLOCAL.{name.upper()}" for name in args})
+    return {"block": nl.BLOCK, "reduction": nl.REDUCTION, "norm": nl.NORM, **args, "config_keys": keys}
 
-    def build_checked(channels):
+
+@configurable(from_config=_factory_args_from_config)
+def nonlocal_block_factory(
+    block: str = "NL", *, config_keys: Optional[Dict[str, str]] = None, **kwargs
+) -> Callable[[int], nn.Module]:
+    """
+    ``channels -> nn.Module``: a function that builds the chosen block for a feature map of
+    that many channels.
+
+    Called as ``nonlocal_block_factory(cfg)`` it reads ``cfg.MODEL.NONLOCAL``; in a LazyConfig,
+    ``L(nonlocal_block_factory)(block="NL", mode="embedded_gaussian", norm="GN")``.
+
+    Args:
+        block: "NL" (``NonLocalBlock2d``) or "CGNL" (``CGNLBlock2d``).
+        config_keys: the config key of each argument, named in errors (set when built from a
+            config; otherwise errors name the arguments).
+        kwargs: keyword arguments of the block class. ``norm`` may also be any Detectron2 norm
+            name with a trainable affine weight (``layers.norm.detectron2_norm``).
+
+    Raises:
+        ValueError now for an unknown block, argument, mode, kernel or norm, and when a block
+        is built for a channel count that ``reduction`` / ``groups`` do not divide.
+    """
+    keys = config_keys or {}
+
+    def key(arg):
+        return keys.get(arg, arg)
+
+    if block not in BLOCK_CLASSES:
+        raise ValueError(f"{key('block')}={block!r} is not one of {tuple(BLOCK_CLASSES)}")
+    block_class = BLOCK_CLASSES[block]
+    try:
+        inspect.signature(block_class).bind(1, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"{key('block')}={block!r}: {block_class.__name__} {e}") from None
+    for arg, choices in _CHOICES.items():
+        if arg in kwargs and kwargs[arg] not in choices:
+            raise ValueError(f"{key(arg)}={kwargs[arg]!r} is not one of {choices}")
+    if isinstance(kwargs.get("norm"), str):
+        kwargs["norm"] = detectron2_norm(kwargs["norm"], key("norm"))
+
+    def build(channels: int) -> nn.Module:
         try:
-            return build(channels)
+            return block_class(channels, **kwargs)
         except (TypeError, ValueError) as e:
-            keys = "MODEL.NONLOCAL.REDUCTION" + (
-                ", MODEL.NONLOCAL.CGNL.GROUPS / ORDER / GAMMA" if nl.BLOCK == "CGNL" else ""
-            )
-            raise ValueError(f"Cannot build a {nl.BLOCK} block for {channels} channels from {keys}: {e}") from e
+            size_keys = ", ".join(key(arg) for arg in _SIZE_ARGS if arg in kwargs) or "its arguments"
+            raise ValueError(f"Cannot build a {block} block for {channels} channels from {size_keys}: {e}") from e
 
-    return build_checked
+    return build

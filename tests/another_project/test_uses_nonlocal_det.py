@@ -19,7 +19,8 @@ def test_builds_nonlocal_backbone_and_head_from_config_keys():
     cfg = get_cfg()
     nonlocal_det.add_nonlocal_config(cfg)
     cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.BACKBONE.NAME = "build_resnet_nl_fpn_backbone"
+    cfg.MODEL.BACKBONE.NAME = "build_nonlocal_backbone"
+    cfg.MODEL.NONLOCAL.BACKBONE_NAME = "build_resnet_fpn_backbone"
     cfg.MODEL.RESNETS.DEPTH = 50
     cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]

@@ -1,0 +1,69 @@
+"""
+``NonLocalDefaultTrainer``: Detectron2's DefaultTrainer with what nonlocal_det's YAML configs and
+CPU runs need.
+
+Three of those needs have no public route through ``DefaultTrainer.__init__``, which builds the
+DistributedDataParallel wrapper, the AMPTrainer and the checkpointer itself and takes no argument
+for any of them. They are kept here, each marked "Detectron2-internal", and
+tests/test_detectron2_internals.py fails if Detectron2 changes under them:
+
+1. DistributedDataParallel of a CPU model: ``distributed.cpu_ddp_support`` replaces the
+   module-level ``create_ddp_model`` while ``DefaultTrainer.__init__`` runs.
+2. SOLVER.AMP.PRECISION: ``DefaultTrainer`` builds its AMPTrainer with the default float16, and
+   keeps it as the private ``_trainer``; its public ``precision`` attribute is set after.
+3. Atomic checkpoints: ``DefaultTrainer.__init__`` creates ``self.checkpointer`` right before
+   calling ``build_hooks``, whose PeriodicCheckpointer keeps a reference to it; the override of
+   ``build_hooks`` replaces it first.
+
+A LazyConfig run (train_net.py) builds these objects itself, through their public constructors.
+"""
+import torch
+from detectron2.engine import AMPTrainer, DefaultTrainer
+
+from ..checkpoint import AtomicDetectionCheckpointer
+from ..distributed import check_sync_bn_device, cpu_ddp_support
+from .results import write_final_metrics
+
+__all__ = ["NonLocalDefaultTrainer"]
+
+
+class NonLocalDefaultTrainer(DefaultTrainer):
+    """
+    DefaultTrainer that also: trains several CPU processes (gloo), uses SOLVER.AMP.PRECISION
+    (float16 or bfloat16), writes checkpoints atomically (``AtomicDetectionCheckpointer``),
+    refuses torch's SyncBatchNorm on a multi-process CPU run at build time, and writes the
+    results of every evaluation to OUTPUT_DIR/final_metrics.json.
+    """
+
+    def __init__(self, cfg):
+        with cpu_ddp_support():  # Detectron2-internal (1)
+            super().__init__(cfg)
+        if cfg.SOLVER.AMP.ENABLED:  # Detectron2-internal (2)
+            amp_trainer = self._trainer
+            if not isinstance(amp_trainer, AMPTrainer):
+                raise RuntimeError(
+                    "DefaultTrainer no longer keeps its AMPTrainer as _trainer: this Detectron2 differs "
+                    "from the one nonlocal_det supports (see tests/test_detectron2_internals.py)."
+                )
+            amp_trainer.precision = getattr(torch, cfg.SOLVER.AMP.PRECISION)
+
+    def build_hooks(self):
+        # Detectron2-internal (3): DefaultTrainer.__init__ created self.checkpointer just before
+        # calling this; the PeriodicCheckpointer built below keeps the atomic one.
+        self.checkpointer = AtomicDetectionCheckpointer(
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, **self.checkpointer.checkpointables
+        )
+        return super().build_hooks()
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        check_sync_bn_device(cfg, model)
+        return model
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """DefaultTrainer's evaluation, its results also saved as OUTPUT_DIR/final_metrics.json."""
+        results = super().test(cfg, model, evaluators)
+        write_final_metrics(cfg.OUTPUT_DIR, list(cfg.DATASETS.TEST), results)
+        return results
