@@ -14,7 +14,7 @@ from helpers import randomize
 SIZES = [(6, 8), (7, 5), (1, 1), (1, 6), (3, 1)]
 
 
-@pytest.mark.parametrize("mode,sub_sample,size", itertools.product(NONLOCAL_MODES, (True, False), SIZES))
+@pytest.mark.parametrize("mode,sub_sample,size", list(itertools.product(NONLOCAL_MODES, (True, False), SIZES)))
 def test_matches_full_matrix_reference(mode, sub_sample, size):
     block = randomize(NonLocalBlock2d(8, mode=mode, sub_sample=sub_sample, norm="GN"))
     x = torch.randn(2, 8, *size, dtype=torch.float64)
