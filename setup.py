@@ -20,7 +20,8 @@ setup(
         "opencv-python-headless",
     ],
     extras_require={
-        "test": ["pytest"],
+        # ruff pinned: another version may format differently and fail `ruff format --check` in CI.
+        "test": ["pytest", "ruff==0.17.6"],
         # Only for tools/benchmark_blocks.py's comparison with mmcv's NonLocal2d.
         "bench": ["mmcv-lite", "mmengine"],
     },
