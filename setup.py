@@ -4,6 +4,7 @@
 Detectron2 itself is not on PyPI and is not declared here: install it from its official
 guide (see README.md). ``nonlocal_det.layers`` works without it.
 """
+
 from setuptools import find_packages, setup
 
 setup(

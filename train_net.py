@@ -12,6 +12,7 @@ Detectron2's launcher.
     python train_net.py --config-file configs/mask_rcnn_R101_NL.py --eval-only train.init_checkpoint=model.pth
     python train_net.py --config-file ... --resume          # continue from OUTPUT_DIR/last_checkpoint
 """
+
 import logging
 import os
 
@@ -19,21 +20,44 @@ import detectron2.utils.comm as comm
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
-from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_argument_parser, default_setup, default_writers, hooks
-from detectron2.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format, verify_results
+from detectron2.data import (
+    DatasetMapper,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
+from detectron2.engine import (
+    AMPTrainer,
+    SimpleTrainer,
+    default_argument_parser,
+    default_setup,
+    default_writers,
+    hooks,
+)
+from detectron2.evaluation import (
+    COCOEvaluator,
+    inference_on_dataset,
+    print_csv_format,
+    verify_results,
+)
 from detectron2.utils.logger import setup_logger
 
 from nonlocal_det.checkpoint import AtomicDetectionCheckpointer
 from nonlocal_det.checks import amp_settings, check_amp, check_weights
 from nonlocal_det.config import config_kind, get_nonlocal_cfg, get_nonlocal_lazy_config
-from nonlocal_det.data.validation import check_datasets, evaluation_dataset_dicts, training_dataset_dicts
+from nonlocal_det.data.validation import (
+    check_datasets,
+    evaluation_dataset_dicts,
+    training_dataset_dicts,
+)
 from nonlocal_det.distributed import check_sync_bn_device, create_ddp_model
 from nonlocal_det.engine import NonLocalDefaultTrainer, launch_reporting_errors, write_final_metrics
 
 logger = logging.getLogger("nonlocal_det")
 
-QUICKSTART_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "quickstart.yaml")
+QUICKSTART_CONFIG = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "configs", "quickstart.yaml"
+)
 
 
 class Trainer(NonLocalDefaultTrainer):
@@ -55,7 +79,9 @@ class Trainer(NonLocalDefaultTrainer):
         """COCO evaluation of every task the model predicts (bbox, segm, keypoints)."""
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         if MetadataCatalog.get(dataset_name).get("evaluator_type") != "coco":
-            raise NotImplementedError(f"No evaluator for {dataset_name!r}: train_net.py evaluates COCO-format datasets")
+            raise NotImplementedError(
+                f"No evaluator for {dataset_name!r}: train_net.py evaluates COCO-format datasets"
+            )
         return COCOEvaluator(dataset_name, output_dir=output_folder)
 
 
@@ -77,7 +103,9 @@ def setup_lazy(args):
 
 
 def _setup_logger(output_dir, device):
-    setup_logger(output=output_dir, distributed_rank=comm.get_rank(), name="nonlocal_det", abbrev_name="nl")
+    setup_logger(
+        output=output_dir, distributed_rank=comm.get_rank(), name="nonlocal_det", abbrev_name="nl"
+    )
     if device == "cpu":
         logger.info("No CUDA device: running on the CPU.")
 
@@ -86,10 +114,14 @@ def do_test(cfg, model):
     """LazyConfig evaluation: ``dataloader.test`` through ``dataloader.evaluator``."""
     if "evaluator" not in cfg.dataloader:
         return None
-    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    results = inference_on_dataset(
+        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+    )
     print_csv_format(results)
     names = cfg.dataloader.test.dataset.names
-    write_final_metrics(cfg.train.output_dir, [names if isinstance(names, str) else ",".join(names)], results)
+    write_final_metrics(
+        cfg.train.output_dir, [names if isinstance(names, str) else ",".join(names)], results
+    )
     return results
 
 
@@ -114,9 +146,14 @@ def do_train(args, cfg):
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+            if comm.is_main_process()
+            else None,
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
-            hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+            hooks.PeriodicWriter(
+                default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                period=cfg.train.log_period,
+            )
             if comm.is_main_process()
             else None,
         ]
@@ -135,7 +172,9 @@ def main_lazy(args):
         model = instantiate(cfg.model)
         model.to(cfg.train.device)
         model = create_ddp_model(model)
-        DetectionCheckpointer(model, save_dir=cfg.train.output_dir).resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+        DetectionCheckpointer(model, save_dir=cfg.train.output_dir).resume_or_load(
+            cfg.train.init_checkpoint, resume=args.resume
+        )
         return do_test(cfg, model)
     check_amp(cfg)
     do_train(args, cfg)
@@ -149,7 +188,9 @@ def main(args):
     if args.eval_only:
         model = Trainer.build_model(cfg)
         check_weights(cfg, resume=False)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
@@ -167,7 +208,9 @@ def parse_args(argv=None):
     if not args.config_file:
         args.config_file = QUICKSTART_CONFIG
         shown = os.path.relpath(QUICKSTART_CONFIG)
-        print(f"No --config-file given: running the quickstart ({QUICKSTART_CONFIG if shown.startswith('..') else shown}).")
+        print(
+            f"No --config-file given: running the quickstart ({QUICKSTART_CONFIG if shown.startswith('..') else shown})."
+        )
     return args
 
 

@@ -19,7 +19,12 @@ model.backbone.bottom_up.stages = L(make_nonlocal_stages)(
     norm="FrozenBN",
     nonlocal_positions={"res4": [-2]},
     nonlocal_block=L(nonlocal_block_factory)(
-        block="NL", mode="embedded_gaussian", reduction=2, sub_sample=True, use_scale=True, norm="GN"
+        block="NL",
+        mode="embedded_gaussian",
+        reduction=2,
+        sub_sample=True,
+        use_scale=True,
+        norm="GN",
     ),
 )
 train.init_checkpoint = "detectron2://ImageNetPretrained/MSRA/R-101.pkl"

@@ -5,6 +5,7 @@ al., NeurIPS 2018) blocks for Detectron2.
 ``nonlocal_det.layers`` needs only torch. Names that build Detectron2 models need Detectron2;
 without it, using them raises an ImportError that says how to install it.
 """
+
 import importlib
 
 from .detectron2_support import detectron2_available, require_detectron2

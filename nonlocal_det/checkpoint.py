@@ -1,4 +1,5 @@
 """A DetectionCheckpointer whose files are never left half-written by a crash."""
+
 import contextlib
 import os
 

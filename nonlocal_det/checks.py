@@ -1,4 +1,5 @@
 """Up-front checks of a config's inputs (YAML or LazyConfig), so that a missing file gives a message, not a traceback."""
+
 import os
 
 from detectron2.utils.file_io import PathManager
@@ -45,7 +46,11 @@ def check_amp(cfg) -> None:
             f"{prefix}{'PRECISION' if yaml else 'precision'}={precision!r} is not one of {AMP_PRECISIONS}."
         )
     if device == "cpu":
-        enabled_key, off = (f"{prefix}ENABLED", f"{prefix}ENABLED False") if yaml else (f"{prefix}enabled", f"{prefix}enabled=False")
+        enabled_key, off = (
+            (f"{prefix}ENABLED", f"{prefix}ENABLED False")
+            if yaml
+            else (f"{prefix}enabled", f"{prefix}enabled=False")
+        )
         raise UnsupportedSetupError(
             f"{enabled_key}=True needs a CUDA device (Detectron2's AMPTrainer runs on CUDA only) and "
             f"this run is on the CPU. Pass `{off}`, or run on a machine with a GPU."
@@ -60,18 +65,30 @@ def check_weights(cfg, resume: bool):
     if _is_yaml(cfg):
         weights, key, output_dir = cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS", cfg.OUTPUT_DIR
     else:
-        weights, key, output_dir = cfg.train.init_checkpoint, "train.init_checkpoint", cfg.train.output_dir
-    if not weights or (resume and PathManager.exists(os.path.join(output_dir, LAST_CHECKPOINT_FILE))):
+        weights, key, output_dir = (
+            cfg.train.init_checkpoint,
+            "train.init_checkpoint",
+            cfg.train.output_dir,
+        )
+    if not weights or (
+        resume and PathManager.exists(os.path.join(output_dir, LAST_CHECKPOINT_FILE))
+    ):
         return
     try:
         local = PathManager.get_local_path(weights)
     except Exception as e:  # any downloader failure: offline, DNS, HTTP, proxy
         set_empty = "`MODEL.WEIGHTS ''`" if key == "MODEL.WEIGHTS" else "`train.init_checkpoint=''`"
-        set_path = "`MODEL.WEIGHTS /path/to/file.pkl`" if key == "MODEL.WEIGHTS" else "`train.init_checkpoint=/path/to/file.pkl`"
+        set_path = (
+            "`MODEL.WEIGHTS /path/to/file.pkl`"
+            if key == "MODEL.WEIGHTS"
+            else "`train.init_checkpoint=/path/to/file.pkl`"
+        )
         raise MissingInputError(
             f"{key}={weights!r} could not be found or downloaded ({type(e).__name__}: {e}). "
             f"If this machine is offline, download the file elsewhere and pass its path: "
             f"{set_path}, or {set_empty} to start from random weights."
         ) from None
     if not os.path.isfile(local):
-        raise MissingInputError(f"{key}={weights!r}: {local} is not a file. Pass an existing checkpoint.")
+        raise MissingInputError(
+            f"{key}={weights!r}: {local} is not a file. Pass an existing checkpoint."
+        )

@@ -1,4 +1,5 @@
 """Config keys of nonlocal_det, in Detectron2's ``add_*_config`` style, and loading YAML and LazyConfig files."""
+
 import os
 
 from detectron2.config import CfgNode as CN

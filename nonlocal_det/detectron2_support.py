@@ -1,4 +1,5 @@
 """Whether Detectron2 is importable, and the error raised when it is needed but missing."""
+
 import importlib
 
 DETECTRON2_INSTALL_URL = "https://detectron2.readthedocs.io/en/latest/tutorials/install.html"

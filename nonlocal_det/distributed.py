@@ -1,4 +1,5 @@
 """Multi-process training on CPUs (gloo) with Detectron2's trainers and launch."""
+
 import contextlib
 
 import detectron2.engine.defaults as d2_defaults
@@ -67,7 +68,11 @@ def check_sync_bn_device(cfg, model: nn.Module) -> None:
         fix = " ".join(f"{k} naiveSyncBN_N" for k in keys)
     else:
         problem = "A norm of the model"
-        fix = "MODEL.NONLOCAL.NORM naiveSyncBN_N" if _get(cfg, "MODEL") else "norm='naiveSyncBN_N' where the config has 'SyncBN'"
+        fix = (
+            "MODEL.NONLOCAL.NORM naiveSyncBN_N"
+            if _get(cfg, "MODEL")
+            else "norm='naiveSyncBN_N' where the config has 'SyncBN'"
+        )
     raise UnsupportedSetupError(
         f"{problem}: torch's SyncBatchNorm runs on CUDA only, and this is a multi-process CPU run. Use "
         f"Detectron2's all-reduce version, which works with gloo: {fix} (the _N variant weights each "

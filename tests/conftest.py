@@ -1,5 +1,6 @@
 """pytest hooks: Detectron2 tests are marked, skipped without it, and counted. Shared helpers
 are in helpers.py."""
+
 import os
 
 import pytest

@@ -4,6 +4,7 @@ What the tests share: paths, shipped configs, small models and inputs, and runs 
 This is the one module tests import helpers from (never from another test file). It imports
 without Detectron2: functions that need it import it themselves.
 """
+
 import glob
 import importlib.util
 import json
@@ -29,7 +30,8 @@ DETECTRON2_SKIP_REASON = (
 
 # The YAML configs a user runs (the Base-* files are only inherited from).
 SHIPPED_CONFIGS = sorted(
-    os.path.basename(p) for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml"))
+    os.path.basename(p)
+    for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml"))
     if not os.path.basename(p).startswith("Base-")
 )
 
@@ -43,7 +45,9 @@ def randomize(block: nn.Module, seed: int = 0) -> nn.Module:
     block = block.double()
     with torch.no_grad():
         for p in block.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) / math.sqrt(max(p[0].numel(), 1)))
+            p.copy_(
+                torch.randn(p.shape, generator=gen, dtype=p.dtype) / math.sqrt(max(p[0].numel(), 1))
+            )
     return block.eval()
 
 
@@ -54,7 +58,9 @@ def load_cfg(config_name: str, *opts):
     """A config from configs/, on CPU, with no weights to download."""
     from nonlocal_det.config import get_nonlocal_cfg
 
-    return get_nonlocal_cfg(os.path.join(CONFIG_DIR, config_name), ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
+    return get_nonlocal_cfg(
+        os.path.join(CONFIG_DIR, config_name), ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts]
+    )
 
 
 def is_nonlocal_key(key: str) -> bool:
@@ -70,7 +76,11 @@ def randomize_nonlocal_norms(model, value=0.5):
     """Give every non-local block's norm a non-zero weight, so they stop being identities."""
     with torch.no_grad():
         for name, module in model.named_modules():
-            if name.endswith("nonlocal_block") or ".nonlocal_fcn" in name or name.startswith("nonlocal_fcn"):
+            if (
+                name.endswith("nonlocal_block")
+                or ".nonlocal_fcn" in name
+                or name.startswith("nonlocal_fcn")
+            ):
                 if getattr(module, "norm", None) is not None:
                     module.norm.weight.fill_(value)
 
@@ -140,7 +150,9 @@ def run_train_net(tmp_path, *args, config="mask_rcnn_R50_NL.yaml"):
 
 def import_train_net():
     """train_net.py as a module, for tests that use its Trainer in this process."""
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO_ROOT, "train_net.py"))
+    spec = importlib.util.spec_from_file_location(
+        "train_net", os.path.join(REPO_ROOT, "train_net.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

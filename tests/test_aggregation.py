@@ -41,9 +41,13 @@ def test_concatenation_all_negative_and_all_positive():
     v = torch.randn(1, 3, 6, dtype=torch.float64)
     b = torch.randn(1, 6, dtype=torch.float64)
     negative = torch.full((1, 4), -100.0, dtype=torch.float64)
-    torch.testing.assert_close(concatenation_aggregate(negative, b, v), torch.zeros(1, 3, 4, dtype=torch.float64))
+    torch.testing.assert_close(
+        concatenation_aggregate(negative, b, v), torch.zeros(1, 3, 4, dtype=torch.float64)
+    )
     positive = torch.full((1, 4), 100.0, dtype=torch.float64)
-    torch.testing.assert_close(concatenation_aggregate(positive, b, v), naive_concatenation(positive, b, v))
+    torch.testing.assert_close(
+        concatenation_aggregate(positive, b, v), naive_concatenation(positive, b, v)
+    )
 
 
 @pytest.mark.parametrize("n,m", [(30, 20), (300, 200)])

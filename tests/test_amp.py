@@ -8,7 +8,14 @@ machine with CUDA, train_net.py itself runs with SOLVER.AMP.ENABLED in both prec
 import pytest
 import torch
 
-from helpers import TINY, load_cfg, randomize_nonlocal_norms, run_train_net, training_input, training_records
+from helpers import (
+    TINY,
+    load_cfg,
+    randomize_nonlocal_norms,
+    run_train_net,
+    training_input,
+    training_records,
+)
 
 pytestmark = pytest.mark.detectron2
 
@@ -19,7 +26,10 @@ SMALL_MODEL = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "
                "MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS", "(64, 64, 64, 64, 64, 64, 64, 64)", "MODEL.ROI_BOX_HEAD.FC_DIM", "256"]  # fmt: skip
 MODELS = {
     "mask_rcnn": ("mask_rcnn_R50_NL.yaml", []),
-    "keypoint_rcnn": ("keypoint_rcnn_R101_NL_head_backbone.yaml", ["MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE", "0"]),
+    "keypoint_rcnn": (
+        "keypoint_rcnn_R101_NL_head_backbone.yaml",
+        ["MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE", "0"],
+    ),
 }
 
 
@@ -55,7 +65,10 @@ def test_autocast_training_steps_stay_finite(model_name, dtype):
             with torch.no_grad(), torch.autocast("cpu", enabled=False):
                 q, k = block.theta(x.float()).flatten(2), block.phi(x.float()).flatten(2)
                 if x.shape[0]:
-                    largest_logit[name] = max(largest_logit.get(name, 0.0), torch.einsum("bdn,bdm->bnm", q, k).abs().max().item())
+                    largest_logit[name] = max(
+                        largest_logit.get(name, 0.0),
+                        torch.einsum("bdn,bdm->bnm", q, k).abs().max().item(),
+                    )
             outputs[name] = output
 
         return hook
@@ -93,12 +106,16 @@ def test_autocast_training_steps_stay_finite(model_name, dtype):
         assert torch.isfinite(p).all(), name
     for name in blocks:
         key = f"{name}.norm.weight"
-        assert not torch.equal(before[key], dict(model.named_parameters())[key]), f"{key} did not train"
+        assert not torch.equal(before[key], dict(model.named_parameters())[key]), (
+            f"{key} did not train"
+        )
     # The attention logits are far outside float16's range: only a float32 softmax keeps them finite.
     assert max(largest_logit.values()) > FLOAT16_MAX, largest_logit
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="SOLVER.AMP.ENABLED needs CUDA (Detectron2's AMPTrainer)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="SOLVER.AMP.ENABLED needs CUDA (Detectron2's AMPTrainer)"
+)
 @pytest.mark.parametrize("precision", ["float16", "bfloat16"])
 def test_train_net_amp_on_cuda(tmp_path, precision):
     from nonlocal_det.data import synthetic

@@ -1,4 +1,5 @@
 """Bad and unusual data: each case trains correctly or stops with a message naming the file and the problem."""
+
 import json
 import os
 import shutil
@@ -11,7 +12,14 @@ from helpers import TINY, load_cfg, run_train_net, training_records
 
 pytestmark = pytest.mark.detectron2
 
-DATASET_OPTS = ["MODEL.ROI_HEADS.NUM_CLASSES", "4", "MODEL.KEYPOINT_ON", "True", "MODEL.MASK_ON", "True"]
+DATASET_OPTS = [
+    "MODEL.ROI_HEADS.NUM_CLASSES",
+    "4",
+    "MODEL.KEYPOINT_ON",
+    "True",
+    "MODEL.MASK_ON",
+    "True",
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +53,9 @@ def _register(name, root, split="train"):
     for catalog in (DatasetCatalog, MetadataCatalog):
         if name in catalog.list():
             catalog.remove(name)
-    register_coco_instances(name, {}, str(root / "annotations" / f"{split}.json"), str(root / split))
+    register_coco_instances(
+        name, {}, str(root / "annotations" / f"{split}.json"), str(root / split)
+    )
     from nonlocal_det.data import synthetic
 
     MetadataCatalog.get(name).keypoint_names = synthetic.KEYPOINT_NAMES
@@ -79,7 +89,11 @@ def test_truncated_annotation_json_is_named(dataset, cut):
     text = json_file.read_text()
     json_file.write_text(text[: int(len(text) * cut)])
     message = _training_error("bad_truncated_json", root)
-    assert str(json_file) in message and "not valid JSON" in message and "truncated or corrupt" in message
+    assert (
+        str(json_file) in message
+        and "not valid JSON" in message
+        and "truncated or corrupt" in message
+    )
 
 
 def test_category_id_missing_from_the_file_is_named(dataset):
@@ -97,7 +111,9 @@ def test_more_categories_than_the_model_predicts_is_an_error(dataset):
     data["annotations"][0]["category_id"] = 5
     _save(json_file, data)
     message = _training_error("bad_extra_category", root)
-    image = data["images"][[im["id"] for im in data["images"]].index(data["annotations"][0]["image_id"])]
+    image = data["images"][
+        [im["id"] for im in data["images"]].index(data["annotations"][0]["image_id"])
+    ]
     assert "MODEL.ROI_HEADS.NUM_CLASSES=4" in message and "hexagon" in message
     assert f"{image['file_name']} (category 4)" in message
 
@@ -125,8 +141,12 @@ def test_no_image_with_enough_keypoints_is_an_error(dataset):
         annotation["keypoints"][2::3] = [0] * 17
         annotation["num_keypoints"] = 0
     _save(json_file, data)
-    message = _training_error("bad_no_keypoints", root, "MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE", "1")
-    assert "fewer than MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE=1 visible keypoints" in message
+    message = _training_error(
+        "bad_no_keypoints", root, "MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE", "1"
+    )
+    assert (
+        "fewer than MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE=1 visible keypoints" in message
+    )
 
 
 def test_annotation_file_without_images_is_an_error(dataset):
@@ -147,7 +167,14 @@ def test_unregistered_dataset_is_named():
 def test_train_net_reports_bad_data_without_a_traceback(dataset):
     root, _, data = dataset
     os.remove(root / "train" / data["images"][0]["file_name"])
-    rc, log = run_train_net(root.parent.parent, *TINY, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(root.parent.parent / "o"))
+    rc, log = run_train_net(
+        root.parent.parent,
+        *TINY,
+        "SOLVER.MAX_ITER",
+        "2",
+        "OUTPUT_DIR",
+        str(root.parent.parent / "o"),
+    )
     assert rc != 0
     assert "error: Dataset 'nonlocal_synthetic_train': 1 of 6 image files" in log
     assert data["images"][0]["file_name"] in log
@@ -173,10 +200,19 @@ def _make_unusual(root, split, data):
     images[2].update(height=20, width=24)
     square = {"id": 10**6, "image_id": images[2]["id"], "category_id": 3, "iscrowd": 0, "bbox": [6, 5, 12, 10],
               "area": 120.0, "segmentation": [[6, 5, 18, 5, 18, 15, 6, 15]], "keypoints": [0] * 51, "num_keypoints": 0}  # fmt: skip
-    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != images[2]["id"]] + [square]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != images[2]["id"]] + [
+        square
+    ]
 
     # the first person with visible keypoints: move half of them out of its box
-    person = next((a for a in data["annotations"] if a["num_keypoints"] > 0 and a["image_id"] != images[2]["id"]), None)
+    person = next(
+        (
+            a
+            for a in data["annotations"]
+            if a["num_keypoints"] > 0 and a["image_id"] != images[2]["id"]
+        ),
+        None,
+    )
     if person is not None:
         x, y, w, h = person["bbox"]
         for k in range(0, 17, 2):
@@ -196,7 +232,9 @@ def test_unusual_but_valid_images_train_and_evaluate(dataset):
     with open(root / "annotations" / "val.json") as f:
         _make_unusual(root, "val", json.load(f))
     workdir = root.parent.parent
-    rc, log = run_train_net(workdir, *TINY, "SOLVER.MAX_ITER", "6", "OUTPUT_DIR", str(workdir / "o"))
+    rc, log = run_train_net(
+        workdir, *TINY, "SOLVER.MAX_ITER", "6", "OUTPUT_DIR", str(workdir / "o")
+    )
     assert rc == 0, log[-3000:]
     # only the unannotated training image is left out (Detectron2's FILTER_EMPTY_ANNOTATIONS)
     assert "Removed 1 images with no usable annotations. 5 images left." in log

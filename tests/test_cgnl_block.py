@@ -4,18 +4,19 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import randomize
 from nonlocal_det.layers import CGNL_KERNELS, CGNLBlock2d
 from nonlocal_det.layers.cgnl_block import taylor_coefficients
 from nonlocal_det.layers.reference import reference_cgnl_op, reference_forward
-
-from helpers import randomize
 
 
 @pytest.mark.parametrize(
     "kernel,order,groups,use_scale,size",
     [
         (k, o, g, s, hw)
-        for k, o, g, s, hw in itertools.product(CGNL_KERNELS, (0, 1, 3), (1, 4), (False, True), ((5, 7), (1, 1)))
+        for k, o, g, s, hw in itertools.product(
+            CGNL_KERNELS, (0, 1, 3), (1, 4), (False, True), ((5, 7), (1, 1))
+        )
         if not (k == "dot" and o != 3)
     ],
 )
@@ -24,7 +25,9 @@ def test_matches_full_matrix_reference(kernel, order, groups, use_scale, size):
         CGNLBlock2d(16, kernel=kernel, groups=groups, order=order, use_scale=use_scale, gamma=0.05)
     )
     x = torch.randn(2, 16, *size, dtype=torch.float64)
-    torch.testing.assert_close(block.generalized_op(x), reference_cgnl_op(block, x), rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(
+        block.generalized_op(x), reference_cgnl_op(block, x), rtol=1e-9, atol=1e-10
+    )
     torch.testing.assert_close(block(x), reference_forward(block, x), rtol=1e-9, atol=1e-10)
 
 
@@ -151,4 +154,6 @@ def test_memory_is_linear_in_elements(kernel):
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         block(x).sum().backward()
     largest = max(e.cpu_memory_usage for e in prof.events())
-    assert largest <= 4 * 16 * 64 * 64 * 4, f"largest allocation {largest / 1e6:.1f} MB vs {elements}^2 matrix"
+    assert largest <= 4 * 16 * 64 * 64 * 4, (
+        f"largest allocation {largest / 1e6:.1f} MB vs {elements}^2 matrix"
+    )

@@ -1,5 +1,6 @@
 """Checkpoints: atomic writes, weights_only loading, resume after SIGKILL with the optimizer and
 scheduler state of the last checkpoint."""
+
 import glob
 import os
 import signal
@@ -87,7 +88,9 @@ def test_resume_restores_optimizer_scheduler_and_iteration(synthetic_in):
     saved, resumed = first.optimizer.state_dict(), second.optimizer.state_dict()
     assert len(resumed["state"]) == len(saved["state"]) > 0
     for key, state in saved["state"].items():
-        torch.testing.assert_close(resumed["state"][key]["momentum_buffer"], state["momentum_buffer"], rtol=0, atol=0)
+        torch.testing.assert_close(
+            resumed["state"][key]["momentum_buffer"], state["momentum_buffer"], rtol=0, atol=0
+        )
     assert [g["lr"] for g in resumed["param_groups"]] == [g["lr"] for g in saved["param_groups"]]
     assert second.scheduler.state_dict() == first.scheduler.state_dict()
     assert second.scheduler.last_epoch == 4
@@ -113,7 +116,16 @@ def test_sigkill_then_resume_continues_from_the_last_checkpoint(tmp_path):
 
     synthetic.generate(str(tmp_path / "datasets" / "nonlocal_synthetic"), {"train": 6, "val": 2})
     out = tmp_path / "out"
-    schedule = ["SOLVER.STEPS", "(6,)", "SOLVER.WARMUP_ITERS", "20", "DATASETS.TEST", "()", "OUTPUT_DIR", str(out)]
+    schedule = [
+        "SOLVER.STEPS",
+        "(6,)",
+        "SOLVER.WARMUP_ITERS",
+        "20",
+        "DATASETS.TEST",
+        "()",
+        "OUTPUT_DIR",
+        str(out),
+    ]
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"))
     cmd = [sys.executable, os.path.join(REPO_ROOT, "train_net.py"),
            "--config-file", os.path.join(REPO_ROOT, "configs", "mask_rcnn_R50_NL.yaml")]  # fmt: skip
@@ -124,7 +136,11 @@ def test_sigkill_then_resume_continues_from_the_last_checkpoint(tmp_path):
         deadline = time.time() + 600
         while time.time() < deadline and proc.poll() is None:
             last = out / "last_checkpoint"
-            if last.exists() and last.read_text() >= "model_0000005.pth" and glob.glob(str(out / "*.tmp-*")):
+            if (
+                last.exists()
+                and last.read_text() >= "model_0000005.pth"
+                and glob.glob(str(out / "*.tmp-*"))
+            ):
                 break
             time.sleep(0.005)
         assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
@@ -147,8 +163,13 @@ def test_sigkill_then_resume_continues_from_the_last_checkpoint(tmp_path):
     assert f"Starting training from iteration {last_iter + 1}" in log
     record = training_records(out)[-1]
     assert record["iteration"] == max_iter - 1
-    cfg = get_nonlocal_cfg(os.path.join(REPO_ROOT, "configs", "mask_rcnn_R50_NL.yaml"), [*TINY, *schedule, "SOLVER.MAX_ITER", str(max_iter)])
+    cfg = get_nonlocal_cfg(
+        os.path.join(REPO_ROOT, "configs", "mask_rcnn_R50_NL.yaml"),
+        [*TINY, *schedule, "SOLVER.MAX_ITER", str(max_iter)],
+    )
     # Detectron2 rebuilds the schedule's shape from the config (here the new MAX_ITER); the
     # checkpoint supplies where on it training is.
     assert record["lr"] == pytest.approx(_expected_lr(cfg, max_iter - 1), rel=1e-9)
-    assert record["lr"] != pytest.approx(_expected_lr(cfg, 2), rel=1e-3)  # the schedule did not restart
+    assert record["lr"] != pytest.approx(
+        _expected_lr(cfg, 2), rel=1e-3
+    )  # the schedule did not restart

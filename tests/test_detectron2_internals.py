@@ -3,6 +3,7 @@ The three places where nonlocal_det relies on Detectron2's internals, because De
 no public route (nonlocal_det/engine/defaults.py lists them). Each test fails if Detectron2 changes
 under them, rather than letting the workaround silently stop working.
 """
+
 import pytest
 import torch
 
@@ -54,10 +55,14 @@ def test_trainer_sets_amp_precision_and_checkpoints_atomically(synthetic_in):
     opts = [*TINY, "MODEL.DEVICE", "cpu", "SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", "bfloat16",
             "OUTPUT_DIR", str(synthetic_in / "out")]  # fmt: skip
     cfg = get_nonlocal_cfg(os.path.join(CONFIG_DIR, "mask_rcnn_R50_NL.yaml"), opts)
-    with pytest.warns(UserWarning, match="CUDA is not available"):  # AMPTrainer's GradScaler on a CPU
+    with pytest.warns(
+        UserWarning, match="CUDA is not available"
+    ):  # AMPTrainer's GradScaler on a CPU
         trainer = NonLocalDefaultTrainer(cfg)
     assert isinstance(trainer._trainer, AMPTrainer) and trainer._trainer.precision is torch.bfloat16
     periodic = [h for h in trainer._hooks if isinstance(h, hooks.PeriodicCheckpointer)]
     assert len(periodic) == 1 and periodic[0].checkpointer is trainer.checkpointer
     assert isinstance(trainer.checkpointer, AtomicDetectionCheckpointer)
-    assert trainer.checkpointer.checkpointables["trainer"] is not None  # still saves the trainer's state
+    assert (
+        trainer.checkpointer.checkpointables["trainer"] is not None
+    )  # still saves the trainer's state

@@ -1,4 +1,5 @@
 """Non-local backbones and keypoint head inside real Detectron2 models (skipped without Detectron2)."""
+
 import copy
 import logging
 import pickle
@@ -41,7 +42,11 @@ if HAS_DETECTRON2:
 
 
 def uses_nonlocal_backbone(cfg):
-    return cfg.MODEL.BACKBONE.NAME in ("build_nonlocal_backbone", "build_resnet_nl_backbone", "build_resnet_nl_fpn_backbone")
+    return cfg.MODEL.BACKBONE.NAME in (
+        "build_nonlocal_backbone",
+        "build_resnet_nl_backbone",
+        "build_resnet_nl_fpn_backbone",
+    )
 
 
 def test_all_table_rows_shipped():
@@ -56,7 +61,9 @@ def test_all_table_rows_shipped():
 
 @pytest.mark.parametrize("config", SHIPPED_CONFIGS)
 def test_shipped_config_trains_and_infers_on_cpu(config):
-    cfg = load_cfg(config, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200")
+    cfg = load_cfg(
+        config, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200"
+    )
     torch.manual_seed(0)
     model = build_model(cfg)
     expects_nl = uses_nonlocal_backbone(cfg) or cfg.MODEL.ROI_KEYPOINT_HEAD.NAME.endswith("NLHead")
@@ -69,7 +76,9 @@ def test_shipped_config_trains_and_infers_on_cpu(config):
     total = sum(losses.values())
     assert torch.isfinite(total)
     total.backward()
-    nl_params = {n: p for n, p in model.named_parameters() if ".nonlocal_block." in n or ".nonlocal_fcn" in n}
+    nl_params = {
+        n: p for n, p in model.named_parameters() if ".nonlocal_block." in n or ".nonlocal_fcn" in n
+    }
     assert all(p.grad is not None for p in nl_params.values())
     # With random weights and identity FrozenBN statistics, activations reach ~1e5 deep in
     # the network and softmax saturates, so theta/phi gradients can be exactly 0 here
@@ -90,7 +99,9 @@ def test_paper_placements():
         ("[0, 1, 2, 3, 4, 5]", "[0, 1, 2, 3]"): {"res3": [0, 1, 2, 3], "res4": [0, 1, 2, 3, 4, 5]},
     }
     for (res4, res3), expected in cases.items():
-        cfg = load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.NONLOCAL.RES4", res4, "MODEL.NONLOCAL.RES3", res3)
+        cfg = load_cfg(
+            "mask_rcnn_R50_NL.yaml", "MODEL.NONLOCAL.RES4", res4, "MODEL.NONLOCAL.RES3", res3
+        )
         resnet = build_backbone(cfg).bottom_up
         found = {
             stage: [i for i, block in enumerate(getattr(resnet, stage)) if has_nonlocal(block)]
@@ -106,7 +117,9 @@ def test_r101_block_before_last_of_res4_keeps_stock_keys():
     assert "backbone.bottom_up.res4.22.conv1.weight" in nl_keys
     assert stock_keys <= nl_keys
     assert nl_keys - stock_keys == nonlocal_keys(nl)
-    assert all(k.startswith("backbone.bottom_up.res4.21.nonlocal_block.") for k in nl_keys - stock_keys)
+    assert all(
+        k.startswith("backbone.bottom_up.res4.21.nonlocal_block.") for k in nl_keys - stock_keys
+    )
 
 
 @pytest.mark.parametrize(
@@ -137,9 +150,15 @@ def test_backbone_depths_and_block_types(depth, opts, backbone):
     model = build_backbone(cfg)
     resnet = getattr(model, "bottom_up", model)
     block = resnet.res4[-2]
-    stock_class = BACKBONE_REGISTRY.get("build_resnet_backbone")(cfg, ShapeSpec(channels=3)).res4[-2].__class__
+    stock_class = (
+        BACKBONE_REGISTRY.get("build_resnet_backbone")(cfg, ShapeSpec(channels=3))
+        .res4[-2]
+        .__class__
+    )
     # the stock block's class, then the non-local block: a real, importable subclass
-    assert type(block).__name__ == f"NonLocal{stock_class.__name__}" and isinstance(block, stock_class)
+    assert type(block).__name__ == f"NonLocal{stock_class.__name__}" and isinstance(
+        block, stock_class
+    )
     module = __import__(type(block).__module__, fromlist=[type(block).__name__])
     assert getattr(module, type(block).__name__) is type(block)
     assert has_nonlocal(block) and isinstance(block.nonlocal_block, NonLocalBlock2d)
@@ -153,7 +172,9 @@ def test_backbone_depths_and_block_types(depth, opts, backbone):
 
 def test_freeze_at_leaves_nonlocal_trainable_unless_its_stage_is_frozen(caplog):
     with caplog.at_level(logging.INFO, logger="nonlocal_det"):
-        resnet = build_backbone(load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.BACKBONE.FREEZE_AT", "2")).bottom_up
+        resnet = build_backbone(
+            load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.BACKBONE.FREEZE_AT", "2")
+        ).bottom_up
     nl = resnet.res4[4].nonlocal_block
     assert all(p.requires_grad for p in nl.parameters())
     assert not any(p.requires_grad for p in resnet.res2.parameters())
@@ -161,15 +182,23 @@ def test_freeze_at_leaves_nonlocal_trainable_unless_its_stage_is_frozen(caplog):
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="nonlocal_det"):
-        resnet = build_backbone(load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.BACKBONE.FREEZE_AT", "4")).bottom_up
+        resnet = build_backbone(
+            load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.BACKBONE.FREEZE_AT", "4")
+        ).bottom_up
     nl = resnet.res4[4].nonlocal_block
     assert not any(p.requires_grad for p in nl.parameters())
     assert "after res4.4: FROZEN" in caplog.text
 
 
 def test_norm_choices():
-    for norm, cls in (("GN", torch.nn.GroupNorm), ("SyncBN", torch.nn.SyncBatchNorm), ("BN", torch.nn.BatchNorm2d)):
-        resnet = build_backbone(load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.NONLOCAL.NORM", norm)).bottom_up
+    for norm, cls in (
+        ("GN", torch.nn.GroupNorm),
+        ("SyncBN", torch.nn.SyncBatchNorm),
+        ("BN", torch.nn.BatchNorm2d),
+    ):
+        resnet = build_backbone(
+            load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.NONLOCAL.NORM", norm)
+        ).bottom_up
         assert type(resnet.res4[4].nonlocal_block.norm) is cls
     cfg = load_cfg("mask_rcnn_R50_NL.yaml")
     assert cfg.MODEL.NONLOCAL.NORM == "GN"  # trains with 1-2 images per GPU
@@ -188,13 +217,34 @@ def test_cgnl_config_builds_cgnl():
     [
         (["MODEL.NONLOCAL.MODE", "softmax"], "MODEL.NONLOCAL.MODE='softmax' is not one of"),
         (["MODEL.NONLOCAL.BLOCK", "GNL"], "MODEL.NONLOCAL.BLOCK='GNL'"),
-        (["MODEL.NONLOCAL.RES4", "[6]"], r"MODEL.NONLOCAL.RES4 = \[6\]: block index 6 does not exist; res4 has 6 blocks"),
-        (["MODEL.NONLOCAL.RES3", "[-5]"], r"MODEL.NONLOCAL.RES3 = \[-5\]: block index -5 does not exist"),
-        (["MODEL.NONLOCAL.RES5", "[0]", "MODEL.RESNETS.OUT_FEATURES", "['res2', 'res3', 'res4']",
-          "MODEL.FPN.IN_FEATURES", "['res2', 'res3', 'res4']"], "MODEL.NONLOCAL.RES5 = \\[0\\] places non-local blocks in res5, but"),
+        (
+            ["MODEL.NONLOCAL.RES4", "[6]"],
+            r"MODEL.NONLOCAL.RES4 = \[6\]: block index 6 does not exist; res4 has 6 blocks",
+        ),
+        (
+            ["MODEL.NONLOCAL.RES3", "[-5]"],
+            r"MODEL.NONLOCAL.RES3 = \[-5\]: block index -5 does not exist",
+        ),
+        (
+            [
+                "MODEL.NONLOCAL.RES5",
+                "[0]",
+                "MODEL.RESNETS.OUT_FEATURES",
+                "['res2', 'res3', 'res4']",
+                "MODEL.FPN.IN_FEATURES",
+                "['res2', 'res3', 'res4']",
+            ],
+            "MODEL.NONLOCAL.RES5 = \\[0\\] places non-local blocks in res5, but",
+        ),
         (["MODEL.NONLOCAL.REDUCTION", "3"], "MODEL.NONLOCAL.REDUCTION.*reduction=3 must divide"),
-        (["MODEL.NONLOCAL.BLOCK", "CGNL", "MODEL.NONLOCAL.CGNL.GROUPS", "7"], "CGNL.GROUPS.*groups=7 must divide"),
-        (["MODEL.NONLOCAL.NORM", "LayerNormX"], "MODEL.NONLOCAL.NORM='LayerNormX' is not a known norm"),
+        (
+            ["MODEL.NONLOCAL.BLOCK", "CGNL", "MODEL.NONLOCAL.CGNL.GROUPS", "7"],
+            "CGNL.GROUPS.*groups=7 must divide",
+        ),
+        (
+            ["MODEL.NONLOCAL.NORM", "LayerNormX"],
+            "MODEL.NONLOCAL.NORM='LayerNormX' is not a known norm",
+        ),
     ],
 )
 def test_bad_config_fails_at_build_naming_the_key(opts, words):
@@ -208,7 +258,12 @@ def _c2_name(d2_key):
     key = re.sub(r"\.norm\.bias$", ".bn.b", key)
     key = re.sub(r"^stem\.conv1\.bn\.", "res_conv1_bn.", key)
     key = re.sub(r"^stem\.conv1\.", "conv1.", key)
-    for ours, theirs in ((".shortcut.", ".branch1."), (".conv1.", ".branch2a."), (".conv2.", ".branch2b."), (".conv3.", ".branch2c.")):
+    for ours, theirs in (
+        (".shortcut.", ".branch1."),
+        (".conv1.", ".branch2a."),
+        (".conv2.", ".branch2b."),
+        (".conv3.", ".branch2c."),
+    ):
         key = key.replace(ours, theirs)
     key = re.sub(r"\.weight$", ".w", key)
     key = re.sub(r"\.bias$", ".b", key)
@@ -222,12 +277,20 @@ def _save_checkpoints(stock, tmp_path):
     torch.save({"model": state, "iteration": 7}, pth)
     zoo = tmp_path / "model_zoo.pkl"
     with open(zoo, "wb") as f:
-        pickle.dump({"model": {k: v.numpy() for k, v in state.items()}, "__author__": "Detectron2 Model Zoo"}, f)
+        pickle.dump(
+            {
+                "model": {k: v.numpy() for k, v in state.items()},
+                "__author__": "Detectron2 Model Zoo",
+            },
+            f,
+        )
     c2 = tmp_path / "R-101.pkl"
     blobs = {}
     for k, v in state.items():
-        if k.startswith("backbone.bottom_up.") and not k.endswith(("running_mean", "running_var", "num_batches_tracked")):
-            blobs[_c2_name(k[len("backbone.bottom_up."):])] = v.numpy()
+        if k.startswith("backbone.bottom_up.") and not k.endswith(
+            ("running_mean", "running_var", "num_batches_tracked")
+        ):
+            blobs[_c2_name(k[len("backbone.bottom_up.") :])] = v.numpy()
     assert "res4_22_branch2a_w" in blobs and "conv1_w" in blobs and "res_conv1_bn_s" in blobs
     with open(c2, "wb") as f:
         pickle.dump({"blobs": blobs}, f)
@@ -236,10 +299,14 @@ def _save_checkpoints(stock, tmp_path):
 
 @pytest.mark.parametrize(
     "stock_config,nl_config",
-    [("mask_rcnn_R101_baseline.yaml", "mask_rcnn_R101_NL.yaml"),
-     ("keypoint_rcnn_R101_baseline.yaml", "keypoint_rcnn_R101_NL_head_backbone.yaml")],
+    [
+        ("mask_rcnn_R101_baseline.yaml", "mask_rcnn_R101_NL.yaml"),
+        ("keypoint_rcnn_R101_baseline.yaml", "keypoint_rcnn_R101_NL_head_backbone.yaml"),
+    ],
 )
-def test_stock_checkpoints_load_with_only_nonlocal_keys_missing_and_same_outputs(stock_config, nl_config, tmp_path):
+def test_stock_checkpoints_load_with_only_nonlocal_keys_missing_and_same_outputs(
+    stock_config, nl_config, tmp_path
+):
     torch.manual_seed(0)
     stock = build_model(load_cfg(stock_config)).eval()
     for p in stock.parameters():  # away from init, so that a wrong match would show
@@ -272,7 +339,9 @@ def test_stock_checkpoints_load_with_only_nonlocal_keys_missing_and_same_outputs
 
 def _keypoint_head(pooler_resolution=14):
     cfg = load_cfg("keypoint_rcnn_R101_NL_head.yaml")
-    return build_keypoint_head(cfg, ShapeSpec(channels=256, height=pooler_resolution, width=pooler_resolution))
+    return build_keypoint_head(
+        cfg, ShapeSpec(channels=256, height=pooler_resolution, width=pooler_resolution)
+    )
 
 
 def test_keypoint_head_layout_and_identity_at_init():
@@ -281,18 +350,28 @@ def test_keypoint_head_layout_and_identity_at_init():
     torch.manual_seed(0)
     head = _keypoint_head()
     names = [n for n, _ in head.named_children()]
-    convs = [[f"conv_fcn{k}", f"conv_fcn_relu{k}"] + ([f"nonlocal_fcn{k}"] if k % 2 == 0 else []) for k in range(1, 9)]
-    assert names == [n for group in convs for n in group] + ["score_lowres"]  # registered in the order they run
+    convs = [
+        [f"conv_fcn{k}", f"conv_fcn_relu{k}"] + ([f"nonlocal_fcn{k}"] if k % 2 == 0 else [])
+        for k in range(1, 9)
+    ]
+    assert names == [n for group in convs for n in group] + [
+        "score_lowres"
+    ]  # registered in the order they run
     torch.manual_seed(0)
     cfg = load_cfg("keypoint_rcnn_R101_baseline.yaml")
     stock = KRCNNConvDeconvUpsampleHead(cfg, ShapeSpec(channels=256, height=14, width=14))
     # same seed, same stock layers: the head draws them as the stock head does, then the blocks
     head_state = head.state_dict()
-    assert set(head_state) - set(stock.state_dict()) == {k for k in head_state if k.startswith("nonlocal_fcn")}
+    assert set(head_state) - set(stock.state_dict()) == {
+        k for k in head_state if k.startswith("nonlocal_fcn")
+    }
     for k, v in stock.state_dict().items():
         assert torch.equal(head_state[k], v), k
     # the blocks survived the head's MSRA init: zero norm weight, non-zero embeddings
-    assert torch.all(head.nonlocal_fcn2.norm.weight == 0) and head.nonlocal_fcn2.theta.weight.abs().sum() > 0
+    assert (
+        torch.all(head.nonlocal_fcn2.norm.weight == 0)
+        and head.nonlocal_fcn2.theta.weight.abs().sum() > 0
+    )
     x = torch.randn(5, 256, 14, 14)
     head.eval(), stock.eval()
     assert torch.equal(head.layers(x), stock.layers(x))
@@ -303,7 +382,9 @@ def test_keypoint_head_layout_and_identity_at_init():
         expected = torch.relu(getattr(stock, f"conv_fcn{k}")(expected))
         if k % 2 == 0:
             expected = getattr(head, f"nonlocal_fcn{k}")(expected)
-    expected = torch.nn.functional.interpolate(stock.score_lowres(expected), scale_factor=2.0, mode="bilinear")
+    expected = torch.nn.functional.interpolate(
+        stock.score_lowres(expected), scale_factor=2.0, mode="bilinear"
+    )
     torch.testing.assert_close(head.layers(x), expected)
 
 
@@ -316,7 +397,9 @@ def test_keypoint_head_any_resolution_and_zero_rois(resolution):
         out = head.layers(x)
         assert out.shape[0] == num_rois and out.shape[1] == 17
         inst = Instances((64, 64))
-        inst.proposal_boxes = __import__("detectron2.structures", fromlist=["Boxes"]).Boxes(torch.zeros(0, 4))
+        inst.proposal_boxes = __import__("detectron2.structures", fromlist=["Boxes"]).Boxes(
+            torch.zeros(0, 4)
+        )
         if num_rois == 0:
             with EventStorage():
                 losses = head(x, [inst])
@@ -327,7 +410,10 @@ def test_keypoint_head_any_resolution_and_zero_rois(resolution):
 @pytest.mark.parametrize(
     "opts,words",
     [
-        (["MODEL.ROI_KEYPOINT_HEAD.NUM_NONLOCAL", "5"], "NUM_NONLOCAL=5 blocks, one every NONLOCAL_EVERY=2 convs, need 10"),
+        (
+            ["MODEL.ROI_KEYPOINT_HEAD.NUM_NONLOCAL", "5"],
+            "NUM_NONLOCAL=5 blocks, one every NONLOCAL_EVERY=2 convs, need 10",
+        ),
         (["MODEL.ROI_KEYPOINT_HEAD.NONLOCAL_EVERY", "0"], "NONLOCAL_EVERY >= 1"),
     ],
 )
@@ -338,7 +424,11 @@ def test_keypoint_head_bad_config(opts, words):
 
 
 def test_frozen_stage_converts_nonlocal_bn():
-    resnet = build_backbone(load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.NONLOCAL.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT", "5")).bottom_up
+    resnet = build_backbone(
+        load_cfg(
+            "mask_rcnn_R50_NL.yaml", "MODEL.NONLOCAL.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT", "5"
+        )
+    ).bottom_up
     assert isinstance(resnet.res4[4].nonlocal_block.norm, FrozenBatchNorm2d)
 
 
@@ -346,7 +436,9 @@ def _perturb(model):
     """Move every parameter away from its initialisation, so that a wrong match would show."""
     with torch.no_grad():
         for p in model.parameters():
-            torch.nn.init.normal_(p, std=0.02) if p.dim() > 1 else torch.nn.init.uniform_(p, 0.5, 1.5)
+            torch.nn.init.normal_(p, std=0.02) if p.dim() > 1 else torch.nn.init.uniform_(
+                p, 0.5, 1.5
+            )
     return model
 
 
@@ -415,7 +507,12 @@ def test_stock_detectron2_configs_gain_blocks_through_keys(family, tmp_path):
     """
     config = model_zoo.get_config_file(STOCK_FAMILIES[family])
     stock_cfg = get_nonlocal_cfg(config, SMALL_STOCK)
-    keys = ["MODEL.BACKBONE.NAME", "build_nonlocal_backbone", "MODEL.NONLOCAL.BACKBONE_NAME", stock_cfg.MODEL.BACKBONE.NAME]
+    keys = [
+        "MODEL.BACKBONE.NAME",
+        "build_nonlocal_backbone",
+        "MODEL.NONLOCAL.BACKBONE_NAME",
+        stock_cfg.MODEL.BACKBONE.NAME,
+    ]
     nl_cfg = get_nonlocal_cfg(config, [*SMALL_STOCK, *keys])
     torch.manual_seed(0)
     stock = _perturb(build_model(stock_cfg)).eval()
@@ -424,10 +521,14 @@ def test_stock_detectron2_configs_gain_blocks_through_keys(family, tmp_path):
 
     resnet = getattr(nl.backbone, "bottom_up", nl.backbone)
     prefix = "backbone.bottom_up." if hasattr(nl.backbone, "bottom_up") else "backbone."
-    assert {k.split(".nonlocal_block.")[0] for k in nonlocal_keys(nl)} == {f"{prefix}res4.4"}  # R50: 6 blocks, -2
+    assert {k.split(".nonlocal_block.")[0] for k in nonlocal_keys(nl)} == {
+        f"{prefix}res4.4"
+    }  # R50: 6 blocks, -2
     assert type(resnet.res4[4]).__name__ == "NonLocalBottleneckBlock"
     incompatible = load_checkpoint(nl, str(tmp_path / "stock.pth"))
-    assert set(incompatible.missing_keys) == nonlocal_keys(nl) and incompatible.unexpected_keys == []
+    assert (
+        set(incompatible.missing_keys) == nonlocal_keys(nl) and incompatible.unexpected_keys == []
+    )
 
     sample = training_input(128, 160, num_classes=2, keypoints=False)
     sample["sem_seg"] = torch.randint(0, 54, (128, 160))  # panoptic FPN's stuff labels
@@ -470,13 +571,31 @@ def test_bad_backbone_name_fails_at_build_naming_the_key(opts, words):
 
 def test_block_not_built_as_the_arguments_say_is_refused():
     """A block is replaced only by its exact non-local rebuild: another stride placement is caught."""
-    block = BottleneckBlock(128, 256, bottleneck_channels=64, stride=2, stride_in_1x1=False, norm="FrozenBN")
+    block = BottleneckBlock(
+        128, 256, bottleneck_channels=64, stride=2, stride_in_1x1=False, norm="FrozenBN"
+    )
     args = {"bottleneck_channels": 64, "num_groups": 1, "norm": "FrozenBN", "dilation": 1}
     with pytest.raises(ValueError, match=r"res3.0: rebuilt from MODEL.RESNETS, its conv1 is"):
-        with_nonlocal_block(block, torch.nn.Identity(), {**args, "stride_in_1x1": True}, where="res3.0", source="MODEL.RESNETS")
-    with pytest.raises(ValueError, match="res3.0: cannot rebuild this BottleneckBlock from MODEL.RESNETS"):
-        with_nonlocal_block(block, torch.nn.Identity(), {**args, "deform_modulated": True}, where="res3.0", source="MODEL.RESNETS")
-    rebuilt = with_nonlocal_block(block, torch.nn.Identity(), {**args, "stride_in_1x1": False}, where="res3.0", source="")
+        with_nonlocal_block(
+            block,
+            torch.nn.Identity(),
+            {**args, "stride_in_1x1": True},
+            where="res3.0",
+            source="MODEL.RESNETS",
+        )
+    with pytest.raises(
+        ValueError, match="res3.0: cannot rebuild this BottleneckBlock from MODEL.RESNETS"
+    ):
+        with_nonlocal_block(
+            block,
+            torch.nn.Identity(),
+            {**args, "deform_modulated": True},
+            where="res3.0",
+            source="MODEL.RESNETS",
+        )
+    rebuilt = with_nonlocal_block(
+        block, torch.nn.Identity(), {**args, "stride_in_1x1": False}, where="res3.0", source=""
+    )
     x = torch.randn(1, 128, 8, 8)
     assert torch.equal(rebuilt(x), block(x))
 
@@ -488,14 +607,26 @@ def test_one_factory_for_config_and_keywords():
 
     from_cfg = nonlocal_block_factory(load_cfg("mask_rcnn_R50_CGNL.yaml"))(64)
     from_kwargs = nonlocal_block_factory(block="CGNL", kernel="dot", groups=8, norm="GN")(64)
-    assert type(from_cfg) is type(from_kwargs) is CGNLBlock2d and from_cfg.extra_repr() == from_kwargs.extra_repr()
-    assert type(nonlocal_block_factory(block="NL", norm="naiveSyncBN_N")(64).norm).__name__ == "NaiveSyncBatchNorm"
+    assert (
+        type(from_cfg) is type(from_kwargs) is CGNLBlock2d
+        and from_cfg.extra_repr() == from_kwargs.extra_repr()
+    )
+    assert (
+        type(nonlocal_block_factory(block="NL", norm="naiveSyncBN_N")(64).norm).__name__
+        == "NaiveSyncBatchNorm"
+    )
     for kwargs, words in [
         ({"mode": "softmax"}, "mode='softmax' is not one of"),
         ({"norm": "FrozenBN"}, "norm='FrozenBN' is not allowed"),
-        ({"kernel": "dot"}, r"block='NL': NonLocalBlock2d got an unexpected keyword argument 'kernel'"),
+        (
+            {"kernel": "dot"},
+            r"block='NL': NonLocalBlock2d got an unexpected keyword argument 'kernel'",
+        ),
     ]:
         with pytest.raises(ValueError, match=words):
             nonlocal_block_factory(block="NL", **kwargs)
-    with pytest.raises(ValueError, match="Cannot build a NL block for 63 channels from reduction: reduction=2 must divide"):
+    with pytest.raises(
+        ValueError,
+        match="Cannot build a NL block for 63 channels from reduction: reduction=2 must divide",
+    ):
         nonlocal_block_factory(block="NL", reduction=2)(63)

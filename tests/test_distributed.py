@@ -1,5 +1,6 @@
 """Several processes on a CPU (gloo) through Detectron2's launch: synchronised norms in the blocks,
 and train_net.py trained on 2 processes against 1 process with the same seed and global batch."""
+
 import json
 import os
 
@@ -28,7 +29,9 @@ def _block(norm):
 
 def _inputs(total):
     gen = torch.Generator().manual_seed(1)
-    return torch.randn(total, CHANNELS, 6, 5, generator=gen), torch.randn(total, CHANNELS, 6, 5, generator=gen)
+    return torch.randn(total, CHANNELS, 6, 5, generator=gen), torch.randn(
+        total, CHANNELS, 6, 5, generator=gen
+    )
 
 
 def _sync_bn_worker(out_dir, split_name, norm_name):
@@ -66,9 +69,15 @@ def test_naive_sync_bn_n_in_a_block_equals_bn_on_the_whole_batch(tmp_path, split
     (y * weight).sum().backward()
     torch.testing.assert_close(torch.cat([r["y"] for r in ranks]), y.detach(), rtol=1e-4, atol=1e-5)
     for name, param in block.named_parameters():
-        torch.testing.assert_close(ranks[0]["grads"][name], param.grad, rtol=1e-4, atol=1e-4, msg=name)
-    torch.testing.assert_close(ranks[0]["running_mean"], block.norm.running_mean, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(ranks[1]["running_mean"], block.norm.running_mean, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            ranks[0]["grads"][name], param.grad, rtol=1e-4, atol=1e-4, msg=name
+        )
+    torch.testing.assert_close(
+        ranks[0]["running_mean"], block.norm.running_mean, rtol=1e-4, atol=1e-6
+    )
+    torch.testing.assert_close(
+        ranks[1]["running_mean"], block.norm.running_mean, rtol=1e-4, atol=1e-6
+    )
 
 
 def _sync_bn_check_worker(out_dir):
@@ -104,7 +113,9 @@ def test_train_net_two_processes_with_torch_sync_bn_on_cpu_says_what_to_do(datas
                             "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(dataset_root / "syncbn"))  # fmt: skip
     from nonlocal_det.engine import EXPECTED_ERROR_EXIT_CODE
 
-    assert rc == EXPECTED_ERROR_EXIT_CODE  # the worker's own exit, passed on by the launching process
+    assert (
+        rc == EXPECTED_ERROR_EXIT_CODE
+    )  # the worker's own exit, passed on by the launching process
     assert "error: MODEL.NONLOCAL.NORM='SyncBN': torch's SyncBatchNorm runs on CUDA only" in log
     assert "Traceback" not in log
 
@@ -117,7 +128,15 @@ DETERMINISTIC = [
     "SOLVER.IMS_PER_BATCH", "4", "SEED", "7", "SOLVER.CHECKPOINT_PERIOD", "1000",
 ]  # fmt: skip
 ITERATIONS = 20
-LOSS_KEYS = ("total_loss", "loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask", "loss_keypoint")
+LOSS_KEYS = (
+    "total_loss",
+    "loss_rpn_cls",
+    "loss_rpn_loc",
+    "loss_cls",
+    "loss_box_reg",
+    "loss_mask",
+    "loss_keypoint",
+)
 
 
 def _train_worker(dataset_root, output_dir, opts):
@@ -129,7 +148,9 @@ def _train_worker(dataset_root, output_dir, opts):
 
     register_synthetic_datasets(dataset_root)
     train_net = import_train_net()
-    cfg = train_net.setup(train_net.parse_args(["--config-file", CONFIG, *opts, "OUTPUT_DIR", output_dir]))
+    cfg = train_net.setup(
+        train_net.parse_args(["--config-file", CONFIG, *opts, "OUTPUT_DIR", output_dir])
+    )
     trainer = train_net.Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
@@ -186,16 +207,22 @@ def test_two_processes_match_one_process_with_the_same_global_batch(dataset_root
             losses[processes] = json.load(f)
     one, two = losses[1], losses[2]
     assert len(one["total_loss"]) == len(two["total_loss"]) == ITERATIONS
-    relative = {k: [abs(b - a) / max(abs(a), 1e-12) for a, b in zip(one[k], two[k])] for k in LOSS_KEYS}
+    relative = {
+        k: [abs(b - a) / max(abs(a), 1e-12) for a, b in zip(one[k], two[k])] for k in LOSS_KEYS
+    }
     with open(dataset_root / "loss_comparison.json", "w") as f:
-        json.dump({"one_process": one, "two_processes": two, "relative_difference": relative}, f, indent=1)
+        json.dump(
+            {"one_process": one, "two_processes": two, "relative_difference": relative}, f, indent=1
+        )
 
     for key in ("loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"):
         assert relative[key][0] < 1e-3, (key, relative[key])
     for key in ("loss_rpn_cls", "loss_rpn_loc"):
         assert max(relative[key]) < 1e-2, (key, relative[key])
     ratios = [b / a for a, b in zip(one["loss_keypoint"], two["loss_keypoint"]) if a > 0]
-    assert ratios and all(r == pytest.approx(1, abs=0.05) or r == pytest.approx(0.5, abs=0.05) for r in ratios), ratios
+    assert ratios and all(
+        r == pytest.approx(1, abs=0.05) or r == pytest.approx(0.5, abs=0.05) for r in ratios
+    ), ratios
     first = two["loss_keypoint"][0] / one["loss_keypoint"][0] if one["loss_keypoint"][0] else 1.0
     assert first == pytest.approx(1, abs=1e-3) or first == pytest.approx(0.5, abs=1e-3)
 
@@ -223,10 +250,32 @@ def test_two_machines_through_the_launcher_train_and_evaluate(dataset_root):
     train_net = os.path.join(REPO_ROOT, "train_net.py")
     procs = [
         subprocess.Popen(
-            [sys.executable, train_net, "--config-file", CONFIG, "--num-gpus", "1", "--num-machines", "2",
-             "--machine-rank", str(rank), "--dist-url", url, *TINY, "MODEL.NONLOCAL.NORM", "naiveSyncBN_N",
-             "SOLVER.MAX_ITER", "3", "OUTPUT_DIR", str(out)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=dataset_root,
+            [
+                sys.executable,
+                train_net,
+                "--config-file",
+                CONFIG,
+                "--num-gpus",
+                "1",
+                "--num-machines",
+                "2",
+                "--machine-rank",
+                str(rank),
+                "--dist-url",
+                url,
+                *TINY,
+                "MODEL.NONLOCAL.NORM",
+                "naiveSyncBN_N",
+                "SOLVER.MAX_ITER",
+                "3",
+                "OUTPUT_DIR",
+                str(out),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=dataset_root,
         )  # fmt: skip
         for rank in (0, 1)
     ]
@@ -235,7 +284,9 @@ def test_two_machines_through_the_launcher_train_and_evaluate(dataset_root):
         assert proc.returncode == 0, f"machine {rank}:\n{log[-3000:]}"
     assert "Starting training from iteration 0" in logs[0]
     assert "Rank of current process: 0. World size: 2" in logs[0]
-    assert "Rank of current process: 1. World size: 2" in (out / "log.txt.rank1").read_text()  # non-main ranks log to files
+    assert (
+        "Rank of current process: 1. World size: 2" in (out / "log.txt.rank1").read_text()
+    )  # non-main ranks log to files
     with open(out / "final_metrics.json") as f:
         metrics = json.load(f)["nonlocal_synthetic_val"]
     assert set(metrics) == {"bbox", "segm", "keypoints"}

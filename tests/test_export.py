@@ -5,6 +5,7 @@ tools/deploy/export_model.py does), the NL keypoint head with varying RoI counts
 ResNet-FPN backbone through ``torch.jit.trace``, ``torch.export`` and ONNX. Every exported
 model is compared with the eager one. docs/export.md says what cannot be exported and why.
 """
+
 import contextlib
 import importlib.util
 
@@ -92,18 +93,30 @@ def assert_same_instances(expected, actual, fields):
     for field in sorted(fields):
         a, b = expected.get(field), actual.get(field)
         a, b = getattr(a, "tensor", a), getattr(b, "tensor", b)
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-3, msg=lambda m, field=field: f"{field}: {m}")
+        torch.testing.assert_close(
+            b, a, rtol=1e-4, atol=1e-3, msg=lambda m, field=field: f"{field}: {m}"
+        )
 
 
 MASK_FIELDS = {"pred_boxes", "scores", "pred_classes", "pred_masks"}
-KEYPOINT_FIELDS = {"pred_boxes", "scores", "pred_classes", "pred_keypoints", "pred_keypoint_heatmaps"}
+KEYPOINT_FIELDS = {
+    "pred_boxes",
+    "scores",
+    "pred_classes",
+    "pred_keypoints",
+    "pred_keypoint_heatmaps",
+}
 
 
 @pytest.mark.parametrize(
     "config,fields,num_blocks",
     [
         ("mask_rcnn_R50_NL.yaml", MASK_FIELDS, 1),
-        ("keypoint_rcnn_R101_NL_head_backbone.yaml", KEYPOINT_FIELDS, 5),  # res4 + 4 in the keypoint head
+        (
+            "keypoint_rcnn_R101_NL_head_backbone.yaml",
+            KEYPOINT_FIELDS,
+            5,
+        ),  # res4 + 4 in the keypoint head
     ],
 )
 def test_traced_model_matches_eager_on_other_image_sizes(config, fields, num_blocks, tmp_path):
@@ -142,7 +155,9 @@ def test_traced_keypoint_head_takes_any_number_of_rois():
 
     cfg = load_cfg("keypoint_rcnn_R101_NL_head.yaml", *SMALL_MODEL)
     torch.manual_seed(0)
-    model = HeadOnBoxes(build_keypoint_head(cfg, ShapeSpec(channels=16, height=14, width=14))).eval()
+    model = HeadOnBoxes(
+        build_keypoint_head(cfg, ShapeSpec(channels=16, height=14, width=14))
+    ).eval()
     randomize_nonlocal_norms(model.head)
 
     def rois(n1, n2):
@@ -224,7 +239,10 @@ def test_backbone_trace_runs_at_sizes_where_eager_takes_the_other_attention_path
     (explicit_matrix_fits); at sizes where eager picks the other one, outputs still match.
     """
     small, large = torch.randn(SMALL), torch.randn(LARGE)
-    paths_small, paths_large = explicit_paths(nl_backbone, small), explicit_paths(nl_backbone, large)
+    paths_small, paths_large = (
+        explicit_paths(nl_backbone, small),
+        explicit_paths(nl_backbone, large),
+    )
     assert len(paths_small) == 2 and all(paths_small.values()) and not all(paths_large.values())
     with torch.no_grad():
         traced = torch.jit.trace(nl_backbone, (small,), check_trace=False)
@@ -234,14 +252,19 @@ def test_backbone_trace_runs_at_sizes_where_eager_takes_the_other_attention_path
 
 def dynamic_height_width():
     # Multiples of 32, as Detectron2 pads images for FPN; at least 96 so that p6 is wider than 1.
-    height, width = torch.export.Dim("height", min=3, max=64), torch.export.Dim("width", min=3, max=64)
+    height, width = (
+        torch.export.Dim("height", min=3, max=64),
+        torch.export.Dim("width", min=3, max=64),
+    )
     return {"x": {2: 32 * height, 3: 32 * width}}
 
 
 @pytest.fixture(scope="module")
 def exported_nl_backbone(nl_backbone):
     """torch.export of nl_backbone at SMALL, with dynamic height and width."""
-    return torch.export.export(nl_backbone, (torch.randn(SMALL),), dynamic_shapes=dynamic_height_width()).module()
+    return torch.export.export(
+        nl_backbone, (torch.randn(SMALL),), dynamic_shapes=dynamic_height_width()
+    ).module()
 
 
 def test_backbone_torch_export_with_dynamic_height_and_width(nl_backbone, exported_nl_backbone):
@@ -325,4 +348,6 @@ def test_mask_rcnn_onnx_matches_eager(tmp_path):
         with torch.no_grad():
             (expected,) = inference(model, [{"image": image}])
         outputs = [torch.from_numpy(o) for o in session.run(None, {"image": image.numpy()})]
-        assert_same_instances(expected["instances"], adapter.outputs_schema(outputs)[0]["instances"], MASK_FIELDS)
+        assert_same_instances(
+            expected["instances"], adapter.outputs_schema(outputs)[0]["instances"], MASK_FIELDS
+        )

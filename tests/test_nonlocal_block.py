@@ -5,20 +5,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nonlocal_det.layers import NONLOCAL_MODES, NonLocalBlock2d
-from nonlocal_det.layers.reference import pairwise_matrix, reference_embed, reference_forward, reference_nonlocal_op
-
 from helpers import randomize
-
+from nonlocal_det.layers import NONLOCAL_MODES, NonLocalBlock2d
+from nonlocal_det.layers.reference import (
+    pairwise_matrix,
+    reference_embed,
+    reference_forward,
+    reference_nonlocal_op,
+)
 
 SIZES = [(6, 8), (7, 5), (1, 1), (1, 6), (3, 1)]
 
 
-@pytest.mark.parametrize("mode,sub_sample,size", list(itertools.product(NONLOCAL_MODES, (True, False), SIZES)))
+@pytest.mark.parametrize(
+    "mode,sub_sample,size", list(itertools.product(NONLOCAL_MODES, (True, False), SIZES))
+)
 def test_matches_full_matrix_reference(mode, sub_sample, size):
     block = randomize(NonLocalBlock2d(8, mode=mode, sub_sample=sub_sample, norm="GN"))
     x = torch.randn(2, 8, *size, dtype=torch.float64)
-    torch.testing.assert_close(block.nonlocal_op(x), reference_nonlocal_op(block, x), rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(
+        block.nonlocal_op(x), reference_nonlocal_op(block, x), rtol=1e-9, atol=1e-10
+    )
     torch.testing.assert_close(block(x), reference_forward(block, x), rtol=1e-9, atol=1e-10)
 
 
@@ -117,9 +124,14 @@ def test_empty_batch(mode):
 
 
 def test_no_theta_phi_in_gaussian_mode_and_checkpoint_names():
-    names = {m: {k.split(".")[0] for k in NonLocalBlock2d(8, mode=m).state_dict()} for m in NONLOCAL_MODES}
+    names = {
+        m: {k.split(".")[0] for k in NonLocalBlock2d(8, mode=m).state_dict()}
+        for m in NONLOCAL_MODES
+    }
     assert names["gaussian"] == {"g", "out", "norm"}
-    assert names["embedded_gaussian"] == names["dot_product"] == {"theta", "phi", "g", "out", "norm"}
+    assert (
+        names["embedded_gaussian"] == names["dot_product"] == {"theta", "phi", "g", "out", "norm"}
+    )
     assert names["concatenation"] == {"theta", "phi", "g", "concat_project", "out", "norm"}
     assert "out.bias" not in NonLocalBlock2d(8).state_dict()
     assert "out.bias" in NonLocalBlock2d(8, norm="").state_dict()
@@ -149,7 +161,11 @@ def test_bad_inputs(kwargs, x, exc, words):
         ({"reduction": 2.0}, TypeError, "reduction must be an int"),
         ({"norm": "LN"}, ValueError, "Unknown norm 'LN'"),
         ({"norm": "FrozenBN"}, ValueError, "frozen"),
-        ({"norm": lambda c: nn.BatchNorm2d(c, affine=False)}, ValueError, "no trainable affine weight"),
+        (
+            {"norm": lambda c: nn.BatchNorm2d(c, affine=False)},
+            ValueError,
+            "no trainable affine weight",
+        ),
         ({"norm": lambda c: nn.Identity()}, ValueError, "no trainable affine weight"),
         ({"norm": lambda c: "BN"}, TypeError, "must return an nn.Module"),
         ({"norm": 3}, TypeError, "norm must be a str or a callable"),
@@ -213,7 +229,11 @@ def test_autocast_large_activations_stay_finite(mode, dtype):
     # Half-precision convs cost ~3 significant digits, nothing more.
     err = (y32 - reference).norm() / reference.norm()
     assert err < 3e-2, err
-    logits = torch.einsum("bdn,bdm->bnm", block.theta(x).flatten(2), block.phi(x).flatten(2)) if mode != "gaussian" else None
+    logits = (
+        torch.einsum("bdn,bdm->bnm", block.theta(x).flatten(2), block.phi(x).flatten(2))
+        if mode != "gaussian"
+        else None
+    )
     if logits is not None:
         assert logits.abs().max() > 65504
 

@@ -20,11 +20,13 @@ def test_layers_import_without_detectron2():
         "except ImportError as e:\n"
         "    print(e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert "nonlocal_det.something needs Detectron2" in out
     assert "detectron2.readthedocs.io" in out and "not on PyPI" in out
 
 
 def test_unknown_attribute():
     with pytest.raises(AttributeError, match="no attribute 'NoSuchThing'"):
-        nonlocal_det.NoSuchThing
+        _ = nonlocal_det.NoSuchThing

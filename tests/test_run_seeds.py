@@ -1,5 +1,6 @@
 """tools/run_seeds.py (multi-seed runner, ablation table, plot, paper comparison) and
 tools/attention_mass.py, on tiny runs of generated datasets."""
+
 import json
 import os
 import re
@@ -66,20 +67,27 @@ def test_two_seeds_are_trained_tabulated_and_not_retrained(datasets_dir, tmp_pat
             "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128", *TINY_RUN]  # fmt: skip
     assert run_seeds.main(args) == 0
     out = capsys.readouterr().out
-    assert re.search(r"\[1/2\] quickstart seed 0: box AP [\d.]+, mask AP [\d.]+, keypoint AP [\d.]+; \dm\d\ds; ETA", out)
+    assert re.search(
+        r"\[1/2\] quickstart seed 0: box AP [\d.]+, mask AP [\d.]+, keypoint AP [\d.]+; \dm\d\ds; ETA",
+        out,
+    )
     text = table.read_text()
     assert "keypoint AP" in text and "Machine:" in text
     for seed in ("0", "1"):
         (row,) = _table_rows(text, seed)
         assert len(row) == 4 and all(re.fullmatch(r"-?[\d.]+", c) for c in row[:3]), row
-        run = json.loads((tmp_path / "runs" / "quickstart" / f"seed{seed}" / "run.json").read_text())
+        run = json.loads(
+            (tmp_path / "runs" / "quickstart" / f"seed{seed}" / "run.json").read_text()
+        )
         assert run["seed"] == int(seed) and run["wall_s"] > 0
     (mean,) = _table_rows(text, "**mean ± std**")
     aps = {s: [float(c) for c in _table_rows(text, s)[0][:3]] for s in ("0", "1")}
     for column, cell in enumerate(mean[:3]):
         m, std = (float(v) for v in cell.split(" ± "))
         values = [aps["0"][column], aps["1"][column]]
-        assert m == pytest.approx(np.mean(values), abs=0.051) and std == pytest.approx(np.std(values), abs=0.051)
+        assert m == pytest.approx(np.mean(values), abs=0.051) and std == pytest.approx(
+            np.std(values), abs=0.051
+        )
 
     assert run_seeds.main(args) == 0  # resumed: nothing is trained again
     out = capsys.readouterr().out
@@ -88,6 +96,7 @@ def test_two_seeds_are_trained_tabulated_and_not_retrained(datasets_dir, tmp_pat
 
 def test_ablation_of_two_configs_writes_table_and_plot(datasets_dir, tmp_path):
     import cv2
+
     import run_seeds
 
     table, plot = tmp_path / "ablation.md", tmp_path / "ablation.png"
@@ -118,13 +127,20 @@ def test_paper_mode_prints_the_published_r50_rows_beside_ours(datasets_dir, tmp_
             "--output-dir", str(tmp_path / "runs"), "--table", str(table), "--no-costs", *tiny_coco]  # fmt: skip
     assert run_seeds.main(args) == 0
     text = table.read_text()
-    assert "### Paper comparison" in text and "Ours** are from the runs above, with overrides" in text
+    assert (
+        "### Paper comparison" in text and "Ours** are from the runs above, with overrides" in text
+    )
     (base,) = _table_rows(text, "`mask_rcnn_R50_baseline.yaml`")
     (nl,) = _table_rows(text, "`mask_rcnn_R50_NL.yaml`")
     assert base[0] == "NL: R50 baseline" and nl[0] == "NL: R50 +1 NL"
     # paper bbox AP, ours, paper AP50, ours, ...: the published values, and ours from the run
-    assert (base[1], base[3], base[5]) == ("38.0", "59.6", "41.0") and (nl[1], nl[7]) == ("39.0", "35.5")
-    ours = json.loads((tmp_path / "runs" / "mask_rcnn_R50_NL" / "seed0" / "final_metrics.json").read_text())
+    assert (base[1], base[3], base[5]) == ("38.0", "59.6", "41.0") and (nl[1], nl[7]) == (
+        "39.0",
+        "35.5",
+    )
+    ours = json.loads(
+        (tmp_path / "runs" / "mask_rcnn_R50_NL" / "seed0" / "final_metrics.json").read_text()
+    )
     assert nl[2] == f"{ours['nonlocal_synthetic_val']['bbox']['AP']:.1f} ± 0.0"
     assert "Non-local Neural Networks" in text
 
@@ -133,7 +149,9 @@ def test_cue_cells_are_the_key_cells_under_the_lamp():
     import attention_mass
 
     # 4 x 8 grid of 16-px cells, 2x2 key cells of 32 px; lamp at x 8..40, y 0..32; a box over cells (1..2, 5..6)
-    queries, cue = attention_mass.cue_and_query_cells((8, 0, 40, 32), [(80, 16, 112, 48)], (4, 8), 16, 2)
+    queries, cue = attention_mass.cue_and_query_cells(
+        (8, 0, 40, 32), [(80, 16, 112, 48)], (4, 8), 16, 2
+    )
     assert sorted(map(tuple, queries)) == [(1, 5), (1, 6), (2, 5), (2, 6)]
     expected = np.zeros((2, 4), bool)
     expected[0, 0] = expected[0, 1] = True

@@ -1,4 +1,5 @@
 """tools/setup_env.py: the checks that stop a setup before any download, with the fix in the message."""
+
 import os
 import sys
 
@@ -24,7 +25,9 @@ def test_a_wheel_folder_gives_the_wheel_for_this_python(tmp_path):
 
 def test_a_wheel_for_another_python_is_refused_with_the_fix(tmp_path):
     wheel = _touch(tmp_path / "detectron2-0.6-cp311-cp311-linux_x86_64.whl")
-    with pytest.raises(setup_env.SetupError, match=r"built for another Python than this environment's \(cp312\)"):
+    with pytest.raises(
+        setup_env.SetupError, match=r"built for another Python than this environment's \(cp312\)"
+    ):
         setup_env.find_wheel(str(wheel), "cp312")
     with pytest.raises(setup_env.SetupError, match=r"are not for this Python \(cp312\)"):
         setup_env.find_wheel(str(tmp_path), "cp312")
@@ -46,7 +49,9 @@ def test_bad_wheel_arguments_name_the_problem(tmp_path, name):
 
 def test_a_source_build_without_a_compiler_says_what_to_install(monkeypatch):
     monkeypatch.setattr(setup_env.shutil, "which", lambda tool: None)
-    with pytest.raises(setup_env.SetupError, match="needs git and a C\\+\\+ compiler.*--detectron2-wheel"):
+    with pytest.raises(
+        setup_env.SetupError, match="needs git and a C\\+\\+ compiler.*--detectron2-wheel"
+    ):
         setup_env.source_build_prerequisites()
 
 

@@ -1,4 +1,5 @@
 """The tools under tools/ on tiny inputs (skipped without Detectron2)."""
+
 import os
 import sys
 
@@ -49,7 +50,9 @@ def test_analyze_model_counts_one_block_as_its_formula():
     assert nl["backbone_flops"] - base["backbone_flops"] == expected
     assert nl["flops"] - base["flops"] == expected
     inner = channels // 2
-    expected_params = 4 * channels * inner + 3 * inner + 2 * channels  # 1x1 convs, theta/phi/g biases, GN affine (W_z has no bias before a norm)
+    expected_params = (
+        4 * channels * inner + 3 * inner + 2 * channels
+    )  # 1x1 convs, theta/phi/g biases, GN affine (W_z has no bias before a norm)
     assert nl["params"] - base["params"] == expected_params
 
 
@@ -74,14 +77,22 @@ def test_benchmark_model_writes_a_table(tmp_path):
     out = tmp_path / "bench.md"
     benchmark_model.main(["--pairs", "mask_rcnn_R50_baseline.yaml:mask_rcnn_R50_NL.yaml", "--size", "64", "96",
                           "--repeats", "1", "--cycles", "1", "--output", str(out)])  # fmt: skip
-    (row,) = [line for line in out.read_text().splitlines() if line.startswith("| `mask_rcnn_R50_NL.yaml`")]
+    (row,) = [
+        line
+        for line in out.read_text().splitlines()
+        if line.startswith("| `mask_rcnn_R50_NL.yaml`")
+    ]
     cells = [c.strip() for c in row.split("|")[2:-1]]
     assert "failed" not in row and len(cells) == 8
     base_train, nl_train, _, base_peak, nl_peak, base_infer, nl_infer, _ = cells
-    assert all(float(v) > 0 for v in (base_train, nl_train, base_peak, nl_peak, base_infer, nl_infer))
+    assert all(
+        float(v) > 0 for v in (base_train, nl_train, base_peak, nl_peak, base_infer, nl_infer)
+    )
 
 
-@pytest.mark.parametrize("config", ["quickstart.yaml", "mask_rcnn_R50_NL.yaml", "keypoint_rcnn_R101_NL_head.yaml"])
+@pytest.mark.parametrize(
+    "config", ["quickstart.yaml", "mask_rcnn_R50_NL.yaml", "keypoint_rcnn_R101_NL_head.yaml"]
+)
 def test_demo_draws_every_image(images, tmp_path, config, capsys):
     import demo
 
@@ -104,7 +115,6 @@ def test_demo_names_a_missing_input(tmp_path):
 def test_top_keys_are_the_largest_entries_of_the_full_matrix():
     """visualize_attention's top-20 keys = the 20 largest weights of the reference N x M matrix."""
     import visualize_attention
-
     from nonlocal_det.layers import NonLocalBlock2d
     from nonlocal_det.layers.reference import pairwise_matrix, reference_embed
 
@@ -113,21 +123,34 @@ def test_top_keys_are_the_largest_entries_of_the_full_matrix():
     x = torch.randn(1, 16, 9, 11, dtype=torch.float64)
     queries = torch.tensor([[0, 0], [4, 5], [8, 10]])
     q_xy, k_xy, weights = visualize_attention.top_keys(block, x, queries, lambda rc: rc.flip(-1))
-    full = pairwise_matrix(block, *reference_embed(block, x)[:2])[0]  # (N, M), M = 5 x 6 pooled keys
+    full = pairwise_matrix(block, *reference_embed(block, x)[:2])[
+        0
+    ]  # (N, M), M = 5 x 6 pooled keys
     for i, (r, c) in enumerate(queries.tolist()):
         expected, index = full[r * 11 + c].topk(visualize_attention.TOP_K)
         torch.testing.assert_close(weights[i], expected)
         # key (u, v) pools rows 2u..2u+1 and cols 2v..2v+1: drawn at the centre of that cell
-        torch.testing.assert_close(k_xy[i].double(), torch.stack([2 * (index % 6) + 0.5, 2 * (index // 6) + 0.5], -1).double())
+        torch.testing.assert_close(
+            k_xy[i].double(),
+            torch.stack([2 * (index % 6) + 0.5, 2 * (index // 6) + 0.5], -1).double(),
+        )
     torch.testing.assert_close(q_xy.double(), queries.flip(-1).double())
 
 
 # Random weights: GN keeps activations finite where FrozenBN with identity statistics would not.
 @pytest.mark.parametrize(
     "config,opts",
-    [("quickstart.yaml", []), ("keypoint_rcnn_R101_NL_head_backbone.yaml", ["MODEL.RESNETS.NORM", "GN", "MODEL.FPN.NORM", "GN"])],
+    [
+        ("quickstart.yaml", []),
+        (
+            "keypoint_rcnn_R101_NL_head_backbone.yaml",
+            ["MODEL.RESNETS.NORM", "GN", "MODEL.FPN.NORM", "GN"],
+        ),
+    ],
 )
-def test_visualize_attention_writes_backbone_and_keypoint_head_pictures(images, tmp_path, config, opts, capsys):
+def test_visualize_attention_writes_backbone_and_keypoint_head_pictures(
+    images, tmp_path, config, opts, capsys
+):
     import visualize_attention
 
     image = sorted(images.iterdir())[0]

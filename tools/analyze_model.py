@@ -14,6 +14,7 @@ TEST.DETECTIONS_PER_IMAGE (100) detections, in every model alike.
     python tools/analyze_model.py --config-file configs/mask_rcnn_R101_NL.yaml --size 800 1333
     python tools/analyze_model.py --overhead-table --output docs/overhead.md
 """
+
 import argparse
 import datetime
 import os
@@ -48,7 +49,16 @@ def sdpa_flop_jit(inputs, outputs):
 def load_cfg(config_file, opts=()):
     from nonlocal_det.config import get_nonlocal_cfg
 
-    fixed = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.RPN.NMS_THRESH", "1.0"]
+    fixed = [
+        "MODEL.DEVICE",
+        "cpu",
+        "MODEL.WEIGHTS",
+        "",
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+        "0.0",
+        "MODEL.RPN.NMS_THRESH",
+        "1.0",
+    ]
     return get_nonlocal_cfg(config_file, [*fixed, *opts])
 
 
@@ -65,7 +75,11 @@ def fix_roi_workload(model) -> None:
             torch.nn.init.zeros_(layer.bias)
         return
     rpn_head = model.proposal_generator.rpn_head
-    layers = [rpn_head.objectness_logits, rpn_head.anchor_deltas, *model.roi_heads.box_predictor.children()]
+    layers = [
+        rpn_head.objectness_logits,
+        rpn_head.anchor_deltas,
+        *model.roi_heads.box_predictor.children(),
+    ]
     keypoint_head = getattr(model.roi_heads, "keypoint_head", None)
     if keypoint_head is not None:
         layers.append(keypoint_head.score_lowres)
@@ -124,13 +138,19 @@ def overhead_table(height, width, pairs=OVERHEAD_PAIRS):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", help="a YAML config (with nonlocal_det keys)")
     parser.add_argument("--size", nargs=2, type=int, default=(800, 1333), metavar=("H", "W"))
-    parser.add_argument("--overhead-table", action="store_true", help="NL vs baseline for the shipped configs")
+    parser.add_argument(
+        "--overhead-table", action="store_true", help="NL vs baseline for the shipped configs"
+    )
     parser.add_argument("--output", help="write the overhead table (markdown) here")
     parser.add_argument(
-        "--pairs", nargs="+", help="baseline.yaml:nonlocal.yaml from configs/ for the table (default: the shipped ones)"
+        "--pairs",
+        nargs="+",
+        help="baseline.yaml:nonlocal.yaml from configs/ for the table (default: the shipped ones)",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
     args = parser.parse_args(argv)
@@ -147,7 +167,7 @@ def main(argv=None):
                 "the mask/keypoint heads (so both models of a row do the same RoI work), "
                 "fvcore counting (1 multiply-add = 1 flop).",
                 "",
-                "The paper (Wang et al. 2018, sec. 6): \"a single non-local block only adds <5% computation "
+                'The paper (Wang et al. 2018, sec. 6): "a single non-local block only adds <5% computation '
                 "to the baseline model\". A block's own cost is set by the feature map it sees, not by the "
                 "model: 2C²N (W_θ, W_φ, W_g, W_z) + N·M·C (the two pairwise products, M = N/4 after "
                 "sub-sampling) + 5CN (GroupNorm) multiply-adds for C channels and N positions; the "
@@ -174,8 +194,10 @@ def main(argv=None):
     r = analyze(args.config_file, height, width, args.opts)
     print(f"config: {args.config_file}, input {height}x{width}")
     print(f"parameters: {r['params'] / 1e6:.2f} M")
-    print(f"GFLOPs (fvcore, multiply-adds): total {r['flops'] / 1e9:.2f}, backbone {r['backbone_flops'] / 1e9:.2f}, "
-          f"roi_heads {r['roi_heads_flops'] / 1e9:.2f}")
+    print(
+        f"GFLOPs (fvcore, multiply-adds): total {r['flops'] / 1e9:.2f}, backbone {r['backbone_flops'] / 1e9:.2f}, "
+        f"roi_heads {r['roi_heads_flops'] / 1e9:.2f}"
+    )
     if r["unsupported"]:
         print("not counted:", ", ".join(f"{k} x{v}" for k, v in sorted(r["unsupported"].items())))
 

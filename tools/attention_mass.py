@@ -14,6 +14,7 @@ lamp gives much more), averaged over all queries of all images.
     python tools/attention_mass.py --config-file configs/longrange_NL.yaml \
         MODEL.WEIGHTS output/ablation/longrange_NL/seed0/model_final.pth
 """
+
 import argparse
 import json
 import os
@@ -66,7 +67,9 @@ def measure(cfg, block_name=None, max_images=None):
     with open(meta.json_file) as f:
         lamps = {im["file_name"]: im.get("lamp_box") for im in json.load(f)["images"]}
     if not any(lamps.values()):
-        raise ValueError(f"{dataset} has no lamp boxes: this tool measures the nonlocal_longrange task")
+        raise ValueError(
+            f"{dataset} has no lamp boxes: this tool measures the nonlocal_longrange task"
+        )
 
     model = build_model(cfg).eval()
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
@@ -74,7 +77,10 @@ def measure(cfg, block_name=None, max_images=None):
     if block_name:
         blocks = [(n, m) for n, m in blocks if n == block_name]
     if not blocks:
-        raise ValueError("the model's backbone has no NonLocalBlock2d" + (f" named {block_name!r}" if block_name else ""))
+        raise ValueError(
+            "the model's backbone has no NonLocalBlock2d"
+            + (f" named {block_name!r}" if block_name else "")
+        )
     name, block = blocks[0]
     store = {}
     block.register_forward_pre_hook(lambda mod, args: store.__setitem__("x", args[0]))
@@ -85,7 +91,10 @@ def measure(cfg, block_name=None, max_images=None):
         lamp = lamps.get(os.path.basename(record["file_name"]))
         if lamp is None:
             continue
-        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in record.get("annotations", [])]
+        boxes = [
+            BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+            for a in record.get("annotations", [])
+        ]
         boxes = [b for b in boxes if not _overlaps(b, lamp)]  # the shapes, not the lamp's own box
         if not boxes:
             continue
@@ -100,7 +109,11 @@ def measure(cfg, block_name=None, max_images=None):
             x = store["x"]
             stride = images.tensor.shape[-2] / x.shape[-2]
             queries, cue = cue_and_query_cells(
-                np.array(lamp) * scale, np.array(boxes) * scale, x.shape[-2:], stride, 2 if block.sub_sample else 1
+                np.array(lamp) * scale,
+                np.array(boxes) * scale,
+                x.shape[-2:],
+                stride,
+                2 if block.sub_sample else 1,
             )
             if len(queries) == 0:
                 continue
@@ -121,12 +134,18 @@ def measure(cfg, block_name=None, max_images=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", required=True)
-    parser.add_argument("--block", help="name of the backbone's non-local block (default: the first)")
+    parser.add_argument(
+        "--block", help="name of the backbone's non-local block (default: the first)"
+    )
     parser.add_argument("--max-images", type=int)
     parser.add_argument("--output", help="also write the result as JSON here")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS path")
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS path"
+    )
     args = parser.parse_args(argv)
 
     from nonlocal_det.checks import MissingInputError, check_weights

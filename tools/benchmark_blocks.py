@@ -14,6 +14,7 @@ during one forward+backward: the profiler's memory timeline on CPU,
     python tools/benchmark_blocks.py                      # CPU, writes docs/benchmarks.md
     python tools/benchmark_blocks.py --device cuda --output docs/benchmarks_gpu.md
 """
+
 import argparse
 import datetime
 import json
@@ -70,7 +71,9 @@ def _build(impl, mode, channels, device):
     if impl == "mmcv":
         from mmcv.cnn import NonLocal2d
 
-        return NonLocal2d(channels, mode=mode, sub_sample=True, use_scale=True, norm_cfg=dict(type="BN")).to(device)
+        return NonLocal2d(
+            channels, mode=mode, sub_sample=True, use_scale=True, norm_cfg=dict(type="BN")
+        ).to(device)
     block = NonLocalBlock2d(channels, mode=mode, norm="BN").to(device)
     if impl == "ours":
         return block
@@ -97,7 +100,9 @@ def _cpu_peak_bytes(step):
     from torch.profiler import ProfilerActivity, profile
     from torch.profiler._memory_profiler import Action
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+    with profile(
+        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+    ) as prof:
         step()
     current = peak = 0
     for _, action, _, size in prof._memory_profile().timeline:
@@ -116,7 +121,9 @@ def run_child(spec):
     device = torch.device(spec["device"])
     torch.manual_seed(0)
     fn = _build(spec["impl"], spec["mode"], spec["channels"], device)
-    x = torch.randn(1, spec["channels"], spec["height"], spec["width"], device=device, requires_grad=True)
+    x = torch.randn(
+        1, spec["channels"], spec["height"], spec["width"], device=device, requires_grad=True
+    )
 
     def step():
         fn(x).float().square().mean().backward()
@@ -156,7 +163,9 @@ def time_and_peak(step, device, repeats, *, with_memory=True):
 
 def measure(spec, timeout):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO_ROOT, os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([REPO_ROOT, os.environ.get("PYTHONPATH", "")])
+    )
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
@@ -202,12 +211,23 @@ def machine_description(device):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--sizes", default="res4,large", help=f"comma-separated, from {list(SIZES)}")
+    parser.add_argument(
+        "--sizes", default="res4,large", help=f"comma-separated, from {list(SIZES)}"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed fwd+bwd runs per process")
-    parser.add_argument("--cycles", type=int, default=2, help="processes per implementation, run in turn")
-    parser.add_argument("--memory-limit-gb", type=float, default=12.0, help="skip implementations estimated to need more")
+    parser.add_argument(
+        "--cycles", type=int, default=2, help="processes per implementation, run in turn"
+    )
+    parser.add_argument(
+        "--memory-limit-gb",
+        type=float,
+        default=12.0,
+        help="skip implementations estimated to need more",
+    )
     parser.add_argument("--timeout", type=int, default=900, help="seconds per process")
     parser.add_argument("--output", default=os.path.join(REPO_ROOT, "docs", "benchmarks.md"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -234,7 +254,14 @@ def main():
                 results[impl] = {"error": f"not run, needs ~{need / 2**30:.0f} GiB"}
             else:
                 results[impl], times[impl] = {}, []
-        spec = dict(mode=mode, channels=channels, height=h, width=w, device=args.device, repeats=args.repeats)
+        spec = dict(
+            mode=mode,
+            channels=channels,
+            height=h,
+            width=w,
+            device=args.device,
+            repeats=args.repeats,
+        )
         for _ in range(args.cycles):
             for impl in times:
                 if "error" in results[impl]:
@@ -244,7 +271,9 @@ def main():
                     results[impl] = r
                     continue
                 times[impl] += r["times"]
-                results[impl]["peak_bytes"] = min(r["peak_bytes"], results[impl].get("peak_bytes", r["peak_bytes"]))
+                results[impl]["peak_bytes"] = min(
+                    r["peak_bytes"], results[impl].get("peak_bytes", r["peak_bytes"])
+                )
         for impl, t in times.items():
             if t and "error" not in results[impl]:
                 results[impl]["ms"] = 1000 * statistics.median(t)
@@ -262,10 +291,10 @@ def main():
         "Batch 1, forward + backward (input and parameter gradients). Each implementation runs "
         f"in its own processes, {args.cycles} per row in turn (A B C A B C), each process a "
         f"warm-up then {args.repeats} timed runs; times are medians over all timed runs. "
-        "\"extra MiB\" is the peak memory of one forward + backward above what inputs and "
+        '"extra MiB" is the peak memory of one forward + backward above what inputs and '
         "parameters already hold, as torch's allocator sees it (CPU: the profiler's memory "
         "timeline; CUDA: `max_memory_allocated`). Ratios are the other implementation's time "
-        "over ours (>1: ours is faster). \"naive\" is `nonlocal_det.layers.reference`, which "
+        'over ours (>1: ours is faster). "naive" is `nonlocal_det.layers.reference`, which '
         "builds the full pairwise matrix. Non-local blocks: reduction 2, 2×2 max-pool "
         "sub-sampling, BN after W_z; mmcv's `NonLocal2d` with the same settings"
         + ("" if have_mmcv else " (mmcv not installed: not measured)")

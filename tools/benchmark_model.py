@@ -13,6 +13,7 @@ iteration (CPU: profiler memory timeline; CUDA: max_memory_allocated).
     python tools/benchmark_model.py --pairs mask_rcnn_R50_baseline.yaml:mask_rcnn_R50_NL.yaml \
         --size 800 1333 --output docs/model_benchmarks.md
 """
+
 import argparse
 import datetime
 import json
@@ -36,7 +37,9 @@ def _inputs(cfg, height, width, device):
 
     gen = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (3, height, width), generator=gen).float()
-    boxes = torch.tensor([[0.1, 0.1, 0.5, 0.7], [0.4, 0.2, 0.9, 0.8]]) * torch.tensor([width, height, width, height])
+    boxes = torch.tensor([[0.1, 0.1, 0.5, 0.7], [0.4, 0.2, 0.9, 0.8]]) * torch.tensor(
+        [width, height, width, height]
+    )
     inst = Instances((height, width))
     inst.gt_boxes = Boxes(boxes)
     inst.gt_classes = torch.zeros(2, dtype=torch.long)
@@ -59,7 +62,9 @@ def run_child(spec):
     from analyze_model import fix_roi_workload, load_cfg
     from benchmark_blocks import time_and_peak
 
-    cfg = load_cfg(os.path.join(REPO_ROOT, "configs", spec["config"]), ["MODEL.DEVICE", spec["device"]])
+    cfg = load_cfg(
+        os.path.join(REPO_ROOT, "configs", spec["config"]), ["MODEL.DEVICE", spec["device"]]
+    )
     torch.manual_seed(0)
     model = build_model(cfg)
     fix_roi_workload(model)
@@ -72,7 +77,9 @@ def run_child(spec):
 
     if spec["measure"] == "train":
         model.train()
-        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0, momentum=0.9)
+        optimizer = torch.optim.SGD(
+            [p for p in model.parameters() if p.requires_grad], lr=0.0, momentum=0.9
+        )
 
         def step():
             with EventStorage():
@@ -90,7 +97,11 @@ def run_child(spec):
                 model([{"image": data["image"], "height": data["height"], "width": data["width"]}])
             sync()
 
-    print(json.dumps(time_and_peak(step, device, spec["repeats"], with_memory=spec["measure"] == "train")))
+    print(
+        json.dumps(
+            time_and_peak(step, device, spec["repeats"], with_memory=spec["measure"] == "train")
+        )
+    )
 
 
 def measure(spec, timeout=1800):
@@ -103,12 +114,21 @@ def measure(spec, timeout=1800):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", nargs="+", default=DEFAULT_PAIRS, help="baseline.yaml:nonlocal.yaml from configs/")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--pairs",
+        nargs="+",
+        default=DEFAULT_PAIRS,
+        help="baseline.yaml:nonlocal.yaml from configs/",
+    )
     parser.add_argument("--size", nargs=2, type=int, default=(800, 1333), metavar=("H", "W"))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per process")
-    parser.add_argument("--cycles", type=int, default=2, help="processes per config and measurement, in turn")
+    parser.add_argument(
+        "--cycles", type=int, default=2, help="processes per config and measurement, in turn"
+    )
     parser.add_argument("--output", help="write the markdown table here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -122,11 +142,20 @@ def main(argv=None):
     rows = []
     for pair in args.pairs:
         base, nl = pair.split(":")
-        results = {name: {"train": [], "infer": [], "peak": None, "error": None} for name in (base, nl)}
+        results = {
+            name: {"train": [], "infer": [], "peak": None, "error": None} for name in (base, nl)
+        }
         for measurement in ("train", "infer"):
             for _ in range(args.cycles):
                 for name in (base, nl):
-                    spec = dict(config=name, measure=measurement, height=height, width=width, device=args.device, repeats=args.repeats)
+                    spec = dict(
+                        config=name,
+                        measure=measurement,
+                        height=height,
+                        width=width,
+                        device=args.device,
+                        repeats=args.repeats,
+                    )
                     r = measure(spec)
                     print(f"{name} {measurement}: {r}", flush=True)
                     if "error" in r:
@@ -145,7 +174,11 @@ def main(argv=None):
             f"| `{nl}` vs `{base}` | {bt:.2f} | {nt:.2f} | {100 * (nt / bt - 1):+.1f}% | "
             f"{b['peak'] / 2**30:.2f} | {n['peak'] / 2**30:.2f} | {bi:.2f} | {ni:.2f} | {100 * (ni / bi - 1):+.1f}% |"
         )
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    device = (
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    )
     text = "\n".join(
         [
             "# Model benchmark: baseline vs non-local",

@@ -6,6 +6,7 @@ masks, keypoints).
     python tools/demo.py --config-file configs/quickstart.yaml --input img1.png dir/ \
         --output out_dir MODEL.WEIGHTS output/quickstart/model_final.pth
 """
+
 import argparse
 import glob
 import os
@@ -20,7 +21,11 @@ def expand_inputs(inputs):
     paths = []
     for item in inputs:
         if os.path.isdir(item):
-            paths += sorted(p for p in glob.glob(os.path.join(item, "*")) if p.lower().endswith(IMAGE_EXTENSIONS))
+            paths += sorted(
+                p
+                for p in glob.glob(os.path.join(item, "*"))
+                if p.lower().endswith(IMAGE_EXTENSIONS)
+            )
         elif os.path.isfile(item):
             paths.append(item)
         else:
@@ -31,12 +36,16 @@ def expand_inputs(inputs):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
     parser.add_argument("--output", required=True, help="folder for the drawings")
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS path")
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS path"
+    )
     args = parser.parse_args(argv)
 
     from detectron2.data import MetadataCatalog
@@ -62,7 +71,9 @@ def main(argv=None):
         if image is None:
             sys.exit(f"error: {path} could not be read as an image")
         instances = predictor(image)["instances"].to("cpu")
-        drawing = Visualizer(image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE).draw_instance_predictions(instances)
+        drawing = Visualizer(
+            image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE
+        ).draw_instance_predictions(instances)
         out = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png")
         cv2.imwrite(out, drawing.get_image()[:, :, ::-1])
         print(f"{path}: {len(instances)} instances -> {out}")

@@ -22,6 +22,7 @@ resumes where it stopped. A progress line with an ETA follows every run. At the 
     python tools/run_seeds.py --config-files configs/mask_rcnn_R50_baseline.yaml configs/mask_rcnn_R50_NL.yaml \
         --seeds 0 --num-gpus 8 --output-dir output/coco_r50     # the paper's R50 rows, on COCO
 """
+
 import argparse
 import json
 import os
@@ -101,9 +102,13 @@ def train_one(config_file: str, seed: int, directory: str, num_gpus: int, opts: 
     with open(log_path) as f:
         log_text = f.read()
     if returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited with {returncode}; end of its log:\n{log_text[-2000:]}")
+        raise RuntimeError(
+            f"{' '.join(cmd)} exited with {returncode}; end of its log:\n{log_text[-2000:]}"
+        )
     run = {
-        "config": os.path.relpath(config_file, REPO_ROOT) if config_file.startswith(REPO_ROOT) else config_file,
+        "config": os.path.relpath(config_file, REPO_ROOT)
+        if config_file.startswith(REPO_ROOT)
+        else config_file,
         "seed": seed,
         "wall_s": round(wall, 1),
         "train_s": _training_seconds(log_text),
@@ -126,11 +131,15 @@ def format_duration(seconds: Optional[float]) -> str:
 
 
 def summary_line(run: dict) -> str:
-    aps = ", ".join(f"{label} {run['metrics'][task]:.1f}" for task, label in TASKS if task in run["metrics"])
+    aps = ", ".join(
+        f"{label} {run['metrics'][task]:.1f}" for task, label in TASKS if task in run["metrics"]
+    )
     return f"{aps}; {format_duration(run['wall_s'])}"
 
 
-def sweep(config_files: List[str], seeds: List[int], output_dir: str, num_gpus: int, opts: List[str]) -> Dict[str, List[dict]]:
+def sweep(
+    config_files: List[str], seeds: List[int], output_dir: str, num_gpus: int, opts: List[str]
+) -> Dict[str, List[dict]]:
     """Every (config, seed) run, trained unless already done; {config file: [runs in seed order]}."""
     jobs = [(c, s) for c in config_files for s in seeds]
     results: Dict[str, List[dict]] = {c: [] for c in config_files}
@@ -142,11 +151,18 @@ def sweep(config_files: List[str], seeds: List[int], output_dir: str, num_gpus: 
         if run is not None:
             print(f"{prefix}: done before ({summary_line(run)})", flush=True)
         else:
-            print(f"{prefix}: training ... (log: {os.path.join(directory, 'train_net.log')})", flush=True)
+            print(
+                f"{prefix}: training ... (log: {os.path.join(directory, 'train_net.log')})",
+                flush=True,
+            )
             run = train_one(config_file, seed, directory, num_gpus, opts)
             trained_walls.append(run["wall_s"])
             left = sum(load_run(run_dir(output_dir, c, s)) is None for c, s in jobs[number:])
-            eta = f"; ETA {format_duration(statistics.mean(trained_walls) * left)} for {left} more" if left else ""
+            eta = (
+                f"; ETA {format_duration(statistics.mean(trained_walls) * left)} for {left} more"
+                if left
+                else ""
+            )
             print(f"{prefix}: {summary_line(run)}{eta}", flush=True)
         results[config_file].append(run)
     return results
@@ -176,7 +192,9 @@ def seed_tables(results: Dict[str, List[dict]]) -> List[str]:
         for name, ap_stat, wall_stat in rows:
             cells = [ap_stat([r["metrics"][t] for r in config_runs]) for t, _ in tasks]
             cells = [c if isinstance(c, str) else f"{c:.1f}" for c in cells]
-            lines.append(f"| **{name}** | " + " | ".join(cells) + f" | {format_duration(wall_stat(walls))} |")
+            lines.append(
+                f"| **{name}** | " + " | ".join(cells) + f" | {format_duration(wall_stat(walls))} |"
+            )
         lines.append("")
     return lines
 
@@ -200,7 +218,9 @@ def ablation_table(results: Dict[str, List[dict]], costs: Dict[str, dict]) -> Li
     configs = list(results)
     tasks = _tasks_of([r for rs in results.values() for r in rs])
     base = costs.get(configs[0])
-    header = "| config | seeds | " + " | ".join(f"{label} (mean ± std) | {label} per seed" for _, label in tasks)
+    header = "| config | seeds | " + " | ".join(
+        f"{label} (mean ± std) | {label} per seed" for _, label in tasks
+    )
     header += " | train time (mean) | params (M) | GFLOPs | FLOPs vs first |"
     lines = [header, "|---" * (3 + 2 * len(tasks) + 3) + "|"]
     for config_file in configs:
@@ -217,11 +237,17 @@ def ablation_table(results: Dict[str, List[dict]], costs: Dict[str, dict]) -> Li
         else:
             cost_cells = ["—", "—", "—"]
         lines.append(
-            f"| `{config_name(config_file)}` | {', '.join(str(r['seed']) for r in runs)} | " + " | ".join(cells)
-            + f" | {format_duration(statistics.mean(train) if train else None)} | " + " | ".join(cost_cells) + " |"
+            f"| `{config_name(config_file)}` | {', '.join(str(r['seed']) for r in runs)} | "
+            + " | ".join(cells)
+            + f" | {format_duration(statistics.mean(train) if train else None)} | "
+            + " | ".join(cost_cells)
+            + " |"
         )
     if costs and base:
-        lines += ["", f"GFLOPs: fvcore, one multiply-add = one flop, inference on a {base['size'][0]}x{base['size'][1]} image."]
+        lines += [
+            "",
+            f"GFLOPs: fvcore, one multiply-add = one flop, inference on a {base['size'][0]}x{base['size'][1]} image.",
+        ]
     return lines
 
 
@@ -229,25 +255,44 @@ def paper_table(results: Dict[str, List[dict]], opts: List[str]) -> List[str]:
     """The published numbers of configs that are rows of the papers' tables, beside ours."""
     with open(PAPER_RESULTS) as f:
         paper = json.load(f)
-    rows = [(c, paper["rows"][os.path.basename(c)]) for c in results if os.path.basename(c) in paper["rows"]]
+    rows = [
+        (c, paper["rows"][os.path.basename(c)])
+        for c in results
+        if os.path.basename(c) in paper["rows"]
+    ]
     if not rows:
         return []
-    metrics = [(t, m) for t, _ in TASKS for m in ("AP", "AP50", "AP75") if any(t in row for _, row in rows)]
+    metrics = [
+        (t, m) for t, _ in TASKS for m in ("AP", "AP50", "AP75") if any(t in row for _, row in rows)
+    ]
     lines = [
         "Published numbers (papers, COCO val2017) beside ours. **Ours** are from the runs above"
         + (f", with overrides `{' '.join(opts)}`" if opts else "")
         + ": comparable to the paper only on COCO with the config's full schedule.",
         "",
-        "| config | paper row | " + " | ".join(f"{t} {m} paper | {t} {m} ours" for t, m in metrics) + " |",
+        "| config | paper row | "
+        + " | ".join(f"{t} {m} paper | {t} {m} ours" for t, m in metrics)
+        + " |",
         "|---" * (2 + 2 * len(metrics)) + "|",
     ]
     for config_file, row in rows:
         cells = []
         for task, metric in metrics:
-            ours = [r["all_metrics"][task][metric] for r in results[config_file] if task in r["all_metrics"]]
+            ours = [
+                r["all_metrics"][task][metric]
+                for r in results[config_file]
+                if task in r["all_metrics"]
+            ]
             ours = [v for v in ours if v is not None]
-            cells += [f"{row[task][metric]:.1f}" if task in row else "", _mean_std(ours) if ours else "—"]
-        lines.append(f"| `{os.path.basename(config_file)}` | {row['source']}: {row['row']} | " + " | ".join(cells) + " |")
+            cells += [
+                f"{row[task][metric]:.1f}" if task in row else "",
+                _mean_std(ours) if ours else "—",
+            ]
+        lines.append(
+            f"| `{os.path.basename(config_file)}` | {row['source']}: {row['row']} | "
+            + " | ".join(cells)
+            + " |"
+        )
     lines += ["", *(f"{key}: {text}" for key, text in paper["sources"].items())]
     return lines
 
@@ -285,7 +330,13 @@ def plot(results: Dict[str, List[dict]], path: str) -> None:
             offset = (j - (len(tasks) - 1) / 2) * 0.12
             ax_ap.scatter([i + offset] * len(values), values, color=color, marker=markers[task],
                           label=label if i == 0 else None, zorder=3)  # fmt: skip
-            ax_ap.hlines(statistics.mean(values), i + offset - 0.05, i + offset + 0.05, color="black", zorder=4)
+            ax_ap.hlines(
+                statistics.mean(values),
+                i + offset - 0.05,
+                i + offset + 0.05,
+                color="black",
+                zorder=4,
+            )
         for r in results[config_file]:
             its, losses = training_losses(r["directory"])
             ax_loss.plot(its, losses, color=color, alpha=0.7,
@@ -329,14 +380,22 @@ def report(results: Dict[str, List[dict]], command: str, opts: List[str], with_c
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config-files", nargs="+", default=[os.path.join(REPO_ROOT, "configs", "quickstart.yaml")])
+    parser.add_argument(
+        "--config-files", nargs="+", default=[os.path.join(REPO_ROOT, "configs", "quickstart.yaml")]
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--output-dir", default=os.path.join("output", "seeds"))
-    parser.add_argument("--num-gpus", type=int, default=1, help="processes per run (train_net.py --num-gpus)")
+    parser.add_argument(
+        "--num-gpus", type=int, default=1, help="processes per run (train_net.py --num-gpus)"
+    )
     parser.add_argument("--table", help="also write the markdown report to this file")
     parser.add_argument("--plot", help="write the AP-per-seed and training-loss plot to this PNG")
-    parser.add_argument("--no-costs", action="store_true", help="leave params/FLOPs out of the ablation table")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run: KEY VALUE ...")
+    parser.add_argument(
+        "--no-costs", action="store_true", help="leave params/FLOPs out of the ablation table"
+    )
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="config overrides for every run: KEY VALUE ..."
+    )
     return parser.parse_args(argv)
 
 

@@ -23,6 +23,7 @@ Steps, each done only when its result is missing, so a second run takes seconds:
 Only the standard library is used here; pip does all installing. A step that fails stops the
 script with the step's name and the fix.
 """
+
 import argparse
 import hashlib
 import json
@@ -59,7 +60,8 @@ def run(step: str, cmd, fix: str) -> None:
 def python_tag(python: str) -> str:
     """'cp311' for a CPython 3.11 interpreter."""
     out = subprocess.check_output(
-        [python, "-c", "import sys; print(sys.implementation.name, *sys.version_info[:2])"], text=True
+        [python, "-c", "import sys; print(sys.implementation.name, *sys.version_info[:2])"],
+        text=True,
     ).split()
     return ("cp" if out[0] == "cpython" else out[0]) + out[1] + out[2]
 
@@ -68,9 +70,13 @@ def find_wheel(spec: str, tag: str) -> str:
     """The Detectron2 wheel named by ``spec`` (a .whl file, or a folder holding one for ``tag``)."""
     path = os.path.abspath(os.path.expanduser(spec))
     if os.path.isdir(path):
-        wheels = sorted(f for f in os.listdir(path) if f.startswith("detectron2-") and f.endswith(".whl"))
+        wheels = sorted(
+            f for f in os.listdir(path) if f.startswith("detectron2-") and f.endswith(".whl")
+        )
         if not wheels:
-            raise SetupError(f"no detectron2-*.whl in {path} ({WHEEL_ENV} / --detectron2-wheel). Point it at the wheel file.")
+            raise SetupError(
+                f"no detectron2-*.whl in {path} ({WHEEL_ENV} / --detectron2-wheel). Point it at the wheel file."
+            )
         matching = [f for f in wheels if f"-{tag}-" in f]
         if not matching:
             raise SetupError(
@@ -82,7 +88,9 @@ def find_wheel(spec: str, tag: str) -> str:
         raise SetupError(f"{WHEEL_ENV} / --detectron2-wheel = {spec!r}: no such file or folder.")
     name = os.path.basename(path)
     if not (name.startswith("detectron2-") and name.endswith(".whl")):
-        raise SetupError(f"{path} is not a Detectron2 wheel (expected detectron2-<version>-<tags>.whl).")
+        raise SetupError(
+            f"{path} is not a Detectron2 wheel (expected detectron2-<version>-<tags>.whl)."
+        )
     if f"-{tag}-" not in name:
         raise SetupError(
             f"{name} is built for another Python than this environment's ({tag}). Use a wheel built "
@@ -126,7 +134,12 @@ def installed_ok(python: str) -> bool:
         "import torch, torchvision, detectron2, detectron2._C, nonlocal_det, os, sys\n"
         "sys.exit(os.path.dirname(os.path.dirname(os.path.abspath(nonlocal_det.__file__))) != sys.argv[1])"
     )
-    return subprocess.call([python, "-c", code, REPO_ROOT], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) == 0
+    return (
+        subprocess.call(
+            [python, "-c", code, REPO_ROOT], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        == 0
+    )
 
 
 def ensure_venv(venv: str, base_python: str) -> str:
@@ -149,7 +162,9 @@ def setup(venv: str, base_python: str, wheel_spec: str) -> str:
     # before minutes of downloads. A venv has its creator's Python, hence its tag.
     tag = python_tag(base_python)
     if tag != "cp311":
-        log(f"note: this Python is {tag}; the torch pins and the shared Detectron2 wheel are for cp311")
+        log(
+            f"note: this Python is {tag}; the torch pins and the shared Detectron2 wheel are for cp311"
+        )
     wheel = find_wheel(wheel_spec, tag) if wheel_spec else None
     detectron2_source = wheel or f"{DETECTRON2_REPO}@{DETECTRON2_COMMIT}"
     python = ensure_venv(venv, base_python) if venv else base_python
@@ -181,14 +196,15 @@ def setup(venv: str, base_python: str, wheel_spec: str) -> str:
     else:
         run(
             "detectron2 (build from source)",
-            pip + ["--no-build-isolation", f"detectron2 @ git+{DETECTRON2_REPO}@{DETECTRON2_COMMIT}"],
+            pip
+            + ["--no-build-isolation", f"detectron2 @ git+{DETECTRON2_REPO}@{DETECTRON2_COMMIT}"],
             "Building needs the Python headers (apt install python3-dev), a C++ compiler and git; "
             f"or pass a prebuilt wheel with --detectron2-wheel PATH / {WHEEL_ENV}=PATH.",
         )
     if not installed_ok(python):
         raise SetupError(
             f"step 'check': {python} cannot import torch, torchvision, detectron2 (with detectron2._C) "
-            f"and this checkout's nonlocal_det after installing. Run `{python} -c \"import detectron2._C\"` "
+            f'and this checkout\'s nonlocal_det after installing. Run `{python} -c "import detectron2._C"` '
             "to see why (a wheel built against another torch fails here)."
         )
     if stamp:
@@ -198,10 +214,16 @@ def setup(venv: str, base_python: str, wheel_spec: str) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--venv", default=os.path.join(REPO_ROOT, ".venv"),
                         help="virtual environment to create or update (default: .venv in the checkout); '' installs into --python")  # fmt: skip
-    parser.add_argument("--python", default=sys.executable, help="interpreter that creates the environment (default: this one)")
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        help="interpreter that creates the environment (default: this one)",
+    )
     parser.add_argument("--detectron2-wheel", default=os.environ.get(WHEEL_ENV, ""),
                         help=f"a Detectron2 wheel file, or a folder holding one (default: ${WHEEL_ENV}); without it Detectron2 is built from source")  # fmt: skip
     args = parser.parse_args(argv)

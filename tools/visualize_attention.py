@@ -9,6 +9,7 @@ first head block on the highest-scoring detected person. Weights come from the b
     python tools/visualize_attention.py --config-file configs/quickstart.yaml --input img.png \
         --output vis/ MODEL.WEIGHTS output/quickstart/model_final.pth
 """
+
 import argparse
 import os
 import sys
@@ -64,21 +65,33 @@ def first_nonlocal(module):
 
 def capture_input(block):
     store = {}
-    handle = block.register_forward_pre_hook(lambda mod, args: store.__setitem__("x", args[0].detach()))
+    handle = block.register_forward_pre_hook(
+        lambda mod, args: store.__setitem__("x", args[0].detach())
+    )
     return store, handle
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--input", required=True, help="an image")
     parser.add_argument("--output", required=True, help="folder for the PNGs")
-    parser.add_argument("--queries", nargs="*", default=None, help="query points x,y in image pixels (default: 3 points)")
     parser.add_argument(
-        "--person-box", help="x0,y0,x1,y1 in image pixels: the person box for the keypoint-head picture "
-        "(default: the highest-scoring detected person)"
+        "--queries",
+        nargs="*",
+        default=None,
+        help="query points x,y in image pixels (default: 3 points)",
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS path")
+    parser.add_argument(
+        "--person-box",
+        help="x0,y0,x1,y1 in image pixels: the person box for the keypoint-head picture "
+        "(default: the highest-scoring detected person)",
+    )
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS path"
+    )
     args = parser.parse_args(argv)
     if args.person_box is not None and len(args.person_box.split(",")) != 4:
         parser.error(f"--person-box takes x0,y0,x1,y1 (4 numbers), got {args.person_box!r}")
@@ -103,7 +116,9 @@ def main(argv=None):
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     backbone_name, backbone_block = first_nonlocal(model.backbone)
     if backbone_block is None:
-        sys.exit("error: the model has no NonLocalBlock2d in its backbone (is MODEL.BACKBONE.NAME a non-local backbone?)")
+        sys.exit(
+            "error: the model has no NonLocalBlock2d in its backbone (is MODEL.BACKBONE.NAME a non-local backbone?)"
+        )
     head = getattr(model.roi_heads, "keypoint_head", None) if cfg.MODEL.KEYPOINT_ON else None
     head_name, head_block = first_nonlocal(head) if head is not None else (None, None)
 
@@ -114,7 +129,9 @@ def main(argv=None):
     tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
     store, handle = capture_input(backbone_block)
     # The keypoint-head picture reuses this pass's FPN features instead of running the backbone again.
-    features_handle = model.backbone.register_forward_hook(lambda mod, args, out: store.__setitem__("features", out))
+    features_handle = model.backbone.register_forward_hook(
+        lambda mod, args, out: store.__setitem__("features", out)
+    )
     with torch.no_grad():
         (outputs,) = model([{"image": tensor, "height": height, "width": width}])
     handle.remove()
@@ -124,13 +141,17 @@ def main(argv=None):
     if args.queries:
         points = np.array([[float(v) for v in q.split(",")] for q in args.queries])
     else:
-        points = np.array([[width * 0.3, height * 0.4], [width * 0.5, height * 0.5], [width * 0.7, height * 0.6]])
+        points = np.array(
+            [[width * 0.3, height * 0.4], [width * 0.5, height * 0.5], [width * 0.7, height * 0.6]]
+        )
     rows = np.clip((points[:, 1] * scale_y / stride).astype(int), 0, x.shape[-2] - 1)
     cols = np.clip((points[:, 0] * scale_x / stride).astype(int), 0, x.shape[-1] - 1)
     queries = torch.as_tensor(np.stack([rows, cols], 1))
 
     def backbone_to_image(rc):
-        return torch.stack([(rc[:, 1] + 0.5) * stride / scale_x, (rc[:, 0] + 0.5) * stride / scale_y], -1)
+        return torch.stack(
+            [(rc[:, 1] + 0.5) * stride / scale_x, (rc[:, 0] + 0.5) * stride / scale_y], -1
+        )
 
     os.makedirs(args.output, exist_ok=True)
     stem = os.path.splitext(os.path.basename(args.input))[0]
@@ -153,18 +174,27 @@ def main(argv=None):
     scaled = box * torch.tensor([scale_x, scale_y, scale_x, scale_y])
     with torch.no_grad():
         roi_features = model.roi_heads.keypoint_pooler(
-            [features[f] for f in model.roi_heads.keypoint_in_features], [Boxes(scaled[None].to(model.device))]
+            [features[f] for f in model.roi_heads.keypoint_in_features],
+            [Boxes(scaled[None].to(model.device))],
         )
         store, handle = capture_input(head_block)
         head.layers(roi_features)
         handle.remove()
     hx = store["x"]
     side = hx.shape[-1]
-    grid = torch.tensor([[side // 4, side // 2], [side // 2, side // 2], [3 * side // 4, side // 2]])
+    grid = torch.tensor(
+        [[side // 4, side // 2], [side // 2, side // 2], [3 * side // 4, side // 2]]
+    )
     x0, y0, x1, y1 = box.tolist()
 
     def roi_to_image(rc):
-        return torch.stack([x0 + (rc[:, 1] + 0.5) / side * (x1 - x0), y0 + (rc[:, 0] + 0.5) / hx.shape[-2] * (y1 - y0)], -1)
+        return torch.stack(
+            [
+                x0 + (rc[:, 1] + 0.5) / side * (x1 - x0),
+                y0 + (rc[:, 0] + 0.5) / hx.shape[-2] * (y1 - y0),
+            ],
+            -1,
+        )
 
     q_xy, k_xy, w = top_keys(head_block, hx, grid, roi_to_image)
     drawing = draw_arrows(image, q_xy.numpy(), k_xy.numpy(), w.numpy(), (255, 120, 0))

@@ -9,6 +9,7 @@ Detectron2 registration of the datasets nonlocal_det generates itself:
 Each lives under ``$DETECTRON2_DATASETS/<directory>`` and is generated on first use (and again
 when the generator's ``VERSION`` changed) by ``ensure_generated_datasets``.
 """
+
 import json
 import os
 from dataclasses import dataclass, field
@@ -35,14 +36,19 @@ class GeneratedDataset:
 
     def root(self) -> str:
         """``$DETECTRON2_DATASETS/<directory>`` (Detectron2's default: ./datasets)."""
-        return os.path.join(os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets")), self.directory)
+        return os.path.join(
+            os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets")), self.directory
+        )
 
 
 _KEYPOINT_METADATA = dict(
     keypoint_names=synthetic.KEYPOINT_NAMES,
-    keypoint_flip_map=tuple((n, n.replace("left_", "right_")) for n in synthetic.KEYPOINT_NAMES if n.startswith("left_")),
+    keypoint_flip_map=tuple(
+        (n, n.replace("left_", "right_")) for n in synthetic.KEYPOINT_NAMES if n.startswith("left_")
+    ),
     keypoint_connection_rules=[
-        (synthetic.KEYPOINT_NAMES[a - 1], synthetic.KEYPOINT_NAMES[b - 1], (102, 204, 255)) for a, b in synthetic.SKELETON
+        (synthetic.KEYPOINT_NAMES[a - 1], synthetic.KEYPOINT_NAMES[b - 1], (102, 204, 255))
+        for a, b in synthetic.SKELETON
     ],
 )
 SYNTHETIC = GeneratedDataset("nonlocal_synthetic", synthetic, _KEYPOINT_METADATA)

@@ -18,6 +18,7 @@ val from separate random streams. Generation is deterministic for a seed.
 
     python -m nonlocal_det.data --dataset long_range
 """
+
 import json
 import math
 import os
@@ -64,7 +65,9 @@ def generate_image(rng: np.random.RandomState):
     team = TEAMS[rng.randint(len(TEAMS))]
     lamp_left = bool(rng.randint(2))
     background = rng.randint(60, 200)  # grey level; colour only in the lamp
-    canvas = np.clip(background + rng.normal(0, 12, size=(HEIGHT, WIDTH, 3)), 0, 255).astype(np.uint8)
+    canvas = np.clip(background + rng.normal(0, 12, size=(HEIGHT, WIDTH, 3)), 0, 255).astype(
+        np.uint8
+    )
     canvas = cv2.GaussianBlur(canvas, (5, 5), 0)
 
     lamp_x = LAMP_MARGIN + LAMP_RADIUS if lamp_left else WIDTH - LAMP_MARGIN - LAMP_RADIUS
@@ -72,7 +75,12 @@ def generate_image(rng: np.random.RandomState):
     lamp_mask = np.zeros((HEIGHT, WIDTH), np.uint8)
     cv2.circle(lamp_mask, (lamp_x, int(round(lamp_y))), LAMP_RADIUS, 1, -1, cv2.LINE_AA)
     canvas[lamp_mask.astype(bool)] = LAMP_COLORS_BGR[team]
-    lamp_box = (lamp_x - LAMP_RADIUS, lamp_y - LAMP_RADIUS, lamp_x + LAMP_RADIUS, lamp_y + LAMP_RADIUS)
+    lamp_box = (
+        lamp_x - LAMP_RADIUS,
+        lamp_y - LAMP_RADIUS,
+        lamp_x + LAMP_RADIUS,
+        lamp_y + LAMP_RADIUS,
+    )
 
     # Shapes live in the far zone: their boxes start MIN_GAP px beyond the lamp's box.
     zone = (lamp_box[2] + MIN_GAP, WIDTH - 4) if lamp_left else (4, lamp_box[0] - MIN_GAP)
@@ -86,7 +94,12 @@ def generate_image(rng: np.random.RandomState):
             cy = rng.uniform(size / 2 + 2, HEIGHT - size / 2 - 2)
             mask = _shape_mask(rng, kind, cx, cy, size)
             xs = np.nonzero(mask.any(axis=0))[0]
-            if mask.sum() < 80 or xs.min() < zone[0] or xs.max() >= zone[1] or (mask & occupied).any():
+            if (
+                mask.sum() < 80
+                or xs.min() < zone[0]
+                or xs.max() >= zone[1]
+                or (mask & occupied).any()
+            ):
                 continue
             grey = int(np.clip(background + rng.choice([-1, 1]) * rng.uniform(45, 90), 0, 255))
             canvas[mask] = grey
@@ -125,12 +138,23 @@ def generate_split(out_dir: str, split: str, num_images: int, *, seed: int = 0) 
                     "iscrowd": 0,
                 }
             )
-    categories = [{"id": i + 1, "name": name, "supercategory": name.split("_")[0]} for i, name in enumerate(CATEGORIES)]
-    info = {"description": "nonlocal_det long-range task", "version": VERSION, "seed": seed, "min_gap_px": MIN_GAP}
+    categories = [
+        {"id": i + 1, "name": name, "supercategory": name.split("_")[0]}
+        for i, name in enumerate(CATEGORIES)
+    ]
+    info = {
+        "description": "nonlocal_det long-range task",
+        "version": VERSION,
+        "seed": seed,
+        "min_gap_px": MIN_GAP,
+    }
     json_path = os.path.join(out_dir, "annotations", f"{split}.json")
     tmp = json_path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump({"info": info, "images": images, "annotations": annotations, "categories": categories}, f)
+        json.dump(
+            {"info": info, "images": images, "annotations": annotations, "categories": categories},
+            f,
+        )
     os.replace(tmp, json_path)
     return json_path
 

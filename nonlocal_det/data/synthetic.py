@@ -9,6 +9,7 @@ numpy and OpenCV; registering it needs Detectron2.
 
     python -m nonlocal_det.data --out datasets/nonlocal_synthetic
 """
+
 import json
 import math
 import os
@@ -36,7 +37,9 @@ VERSION = 2
 
 
 def polygon_from_mask(mask: np.ndarray) -> List[List[float]]:
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    contours, _ = cv2.findContours(
+        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
     return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
 
 
@@ -70,11 +73,11 @@ def _person(rng, canvas, cx, cy, scale, color):
         elbow = shoulder + [sign * 0.12 * s, 0.25 * s + a * 0.1 * s]
         pts[f"{side}_elbow"] = elbow
         pts[f"{side}_wrist"] = elbow + [sign * (0.1 + 0.15 * abs(a)) * s, (0.2 - 0.3 * a) * s]
-    for side, sign, l in (("left", 1, leg[0]), ("right", -1, leg[1])):
+    for side, sign, swing in (("left", 1, leg[0]), ("right", -1, leg[1])):
         hip = pts[f"{side}_hip"]
-        knee = hip + [sign * 0.05 * s + l * 0.2 * s, 0.33 * s]
+        knee = hip + [sign * 0.05 * s + swing * 0.2 * s, 0.33 * s]
         pts[f"{side}_knee"] = knee
-        pts[f"{side}_ankle"] = knee + [l * 0.15 * s, 0.33 * s]
+        pts[f"{side}_ankle"] = knee + [swing * 0.15 * s, 0.33 * s]
     mask = np.zeros((h, w), np.uint8)
 
     def draw(fn, *args):
@@ -82,9 +85,15 @@ def _person(rng, canvas, cx, cy, scale, color):
             fn(img, *args, c)
 
     def limb(a, b, width):
-        draw(lambda img, c: cv2.line(img, _xy(pts[a]), _xy(pts[b]), c, max(2, int(width * s)), cv2.LINE_AA))
+        draw(
+            lambda img, c: cv2.line(
+                img, _xy(pts[a]), _xy(pts[b]), c, max(2, int(width * s)), cv2.LINE_AA
+            )
+        )
 
-    torso = np.array([pts["left_shoulder"], pts["right_shoulder"], pts["right_hip"], pts["left_hip"]], np.int32)
+    torso = np.array(
+        [pts["left_shoulder"], pts["right_shoulder"], pts["right_hip"], pts["left_hip"]], np.int32
+    )
     draw(lambda img, c: cv2.fillPoly(img, [torso], c, cv2.LINE_AA))
     draw(lambda img, c: cv2.line(img, _xy(head), _xy(neck), c, max(2, int(0.1 * s)), cv2.LINE_AA))
     for a, b in (("left_shoulder", "left_elbow"), ("left_elbow", "left_wrist"),
@@ -117,7 +126,13 @@ def _shape(rng, canvas, kind, cx, cy, scale, color):
         angle = rng.uniform(0, 2 * math.pi)
         corners = 4 if kind == "square" else 3
         poly = np.array(
-            [[cx + r * math.cos(angle + 2 * math.pi * i / corners), cy + r * math.sin(angle + 2 * math.pi * i / corners)] for i in range(corners)],
+            [
+                [
+                    cx + r * math.cos(angle + 2 * math.pi * i / corners),
+                    cy + r * math.sin(angle + 2 * math.pi * i / corners),
+                ]
+                for i in range(corners)
+            ],
             np.int32,
         )
         for img, c in ((canvas, color), (mask, 1)):
@@ -145,7 +160,9 @@ def generate_image(rng: np.random.RandomState, height: int, width: int):
     base = rng.randint(0, 256, size=3)
     canvas = np.clip(base + rng.normal(0, 18, size=(height, width, 3)), 0, 255).astype(np.uint8)
     canvas = cv2.GaussianBlur(canvas, (5, 5), 0)
-    kinds = ["person"] * rng.randint(1, 3) + [CATEGORIES[rng.randint(1, len(CATEGORIES))] for _ in range(rng.randint(1, 4))]
+    kinds = ["person"] * rng.randint(1, 3) + [
+        CATEGORIES[rng.randint(1, len(CATEGORIES))] for _ in range(rng.randint(1, 4))
+    ]
     rng.shuffle(kinds)
     objects = []
     occupied = np.zeros((height, width), bool)
@@ -166,7 +183,9 @@ def generate_image(rng: np.random.RandomState, height: int, width: int):
     return canvas, objects
 
 
-def generate_split(out_dir: str, split: str, num_images: int, *, seed: int = 0, height: int = 192, width: int = 256) -> str:
+def generate_split(
+    out_dir: str, split: str, num_images: int, *, seed: int = 0, height: int = 192, width: int = 256
+) -> str:
     """Write ``out_dir/<split>/*.png`` and ``out_dir/annotations/<split>.json``; return the json path."""
     rng = np.random.RandomState(seed * 1000 + SPLITS[split])
     image_dir = os.path.join(out_dir, split)
@@ -195,13 +214,18 @@ def generate_split(out_dir: str, split: str, num_images: int, *, seed: int = 0, 
                     "num_keypoints": int(sum(1 for v in keypoints[2::3] if v > 0)),
                 }
             )
-    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CATEGORIES)]
+    categories = [
+        {"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CATEGORIES)
+    ]
     categories[0].update(supercategory="person", keypoints=list(KEYPOINT_NAMES), skeleton=SKELETON)
     json_path = os.path.join(out_dir, "annotations", f"{split}.json")
     tmp = json_path + ".tmp"
     with open(tmp, "w") as f:
         info = {"description": "nonlocal_det generated dataset", "version": VERSION, "seed": seed}
-        json.dump({"info": info, "images": images, "annotations": annotations, "categories": categories}, f)
+        json.dump(
+            {"info": info, "images": images, "annotations": annotations, "categories": categories},
+            f,
+        )
     os.replace(tmp, json_path)
     return json_path
 

@@ -11,6 +11,7 @@ without annotations (skipped in training as Detectron2 does, evaluated), graysca
 images (read as RGB), images of any size (resized), keypoints outside their box (not used as
 targets).
 """
+
 import itertools
 import json
 import logging
@@ -129,23 +130,31 @@ def training_dataset_dicts(cfg) -> List[Dict]:
     """
     names = list(cfg.DATASETS.TRAIN)
     per_dataset = [load_dataset(name) for name in names]
-    if not all(isinstance(dicts, list) for dicts in per_dataset):  # torch Datasets: used as they are
+    if not all(
+        isinstance(dicts, list) for dicts in per_dataset
+    ):  # torch Datasets: used as they are
         return per_dataset[0] if len(per_dataset) == 1 else torchdata.ConcatDataset(per_dataset)
     for name, dicts in zip(names, per_dataset):
         check_dataset_dicts(name, dicts, cfg)
-    per_dataset = _with_proposals(per_dataset, names, dict(zip(names, cfg.DATASETS.PROPOSAL_FILES_TRAIN)), cfg)
+    per_dataset = _with_proposals(
+        per_dataset, names, dict(zip(names, cfg.DATASETS.PROPOSAL_FILES_TRAIN)), cfg
+    )
     dicts = list(itertools.chain.from_iterable(per_dataset))
     total = len(dicts)
     if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
         dicts = filter_images_with_only_crowd_annotations(dicts)
     with_annotations = len(dicts)
-    min_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0
+    min_keypoints = (
+        cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0
+    )
     if min_keypoints > 0:
         dicts = filter_images_with_few_keypoints(dicts, min_keypoints)
     if not dicts:
         reasons = []
         if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
-            reasons.append(f"{total - with_annotations} have no non-crowd annotation (DATALOADER.FILTER_EMPTY_ANNOTATIONS=True)")
+            reasons.append(
+                f"{total - with_annotations} have no non-crowd annotation (DATALOADER.FILTER_EMPTY_ANNOTATIONS=True)"
+            )
         if min_keypoints > 0:
             reasons.append(
                 f"{with_annotations} have fewer than MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE={min_keypoints} "
@@ -181,7 +190,9 @@ def config_dataset_names(cfg, eval_only: bool) -> List[str]:
     if "DATASETS" in cfg:
         return list(cfg.DATASETS.TEST) + ([] if eval_only else list(cfg.DATASETS.TRAIN))
     dataloader = cfg.get("dataloader", {})
-    return _lazy_dataset_names(dataloader.get("test")) + ([] if eval_only else _lazy_dataset_names(dataloader.get("train")))
+    return _lazy_dataset_names(dataloader.get("test")) + (
+        [] if eval_only else _lazy_dataset_names(dataloader.get("train"))
+    )
 
 
 def check_datasets(cfg, eval_only: bool) -> None:

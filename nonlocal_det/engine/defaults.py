@@ -17,6 +17,7 @@ tests/test_detectron2_internals.py fails if Detectron2 changes under them:
 
 A LazyConfig run (train_net.py) builds these objects itself, through their public constructors.
 """
+
 import torch
 from detectron2.engine import AMPTrainer, DefaultTrainer
 

@@ -2,6 +2,7 @@
 Detectron2's ``launch``, with errors that explain themselves reported as one line in every
 process: no traceback, in one process or many.
 """
+
 import sys
 
 import torch.multiprocessing as mp

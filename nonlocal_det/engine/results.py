@@ -1,4 +1,5 @@
 """OUTPUT_DIR/final_metrics.json: the results of a run's latest evaluation, as strict JSON."""
+
 import json
 import logging
 import math
@@ -30,7 +31,10 @@ def write_final_metrics(output_dir: str, dataset_names: Sequence[str], results: 
     if len(dataset_names) == 1:
         results = {dataset_names[0]: results}
     results = {
-        dataset: {task: {k: (None if math.isnan(v) else v) for k, v in metrics.items()} for task, metrics in tasks.items()}
+        dataset: {
+            task: {k: (None if math.isnan(v) else v) for k, v in metrics.items()}
+            for task, metrics in tasks.items()
+        }
         for dataset, tasks in results.items()
     }
     path = os.path.join(output_dir, FINAL_METRICS_FILE)

@@ -1,4 +1,5 @@
 """Non-local blocks; importable and usable without Detectron2."""
+
 from .cgnl_block import CGNL_KERNELS, CGNLBlock2d
 from .nonlocal_block import NONLOCAL_MODES, NonLocalBlock2d
 

@@ -7,6 +7,7 @@ All functions take channel-major sequences, as conv feature maps flatten to:
 in at least float32, whatever the input dtype and any surrounding autocast, and return that
 compute dtype; callers cast back.
 """
+
 import math
 
 import torch
@@ -39,7 +40,9 @@ def explicit_matrix_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> b
     return n * m <= EXPLICIT_MATRIX_MAX_RATIO * per_sample
 
 
-def softmax_aggregate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+def softmax_aggregate(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> torch.Tensor:
     """
     y_i = sum_j softmax_j(scale * q_i . k_j) v_j (Gaussian and embedded Gaussian modes).
 
@@ -111,7 +114,9 @@ def concatenation_aggregate(a: torch.Tensor, b: torch.Tensor, v: torch.Tensor) -
         prefix_v = torch.cat([zero, torch.cumsum(v_sorted, dim=2)], dim=2)  # (B, Dv, M + 1)
         prefix_bv = torch.cat([zero, torch.cumsum(b_sorted.unsqueeze(1) * v_sorted, dim=2)], dim=2)
         # -b_sorted is ascending; the count of its entries < a_i is #{j : b_j > -a_i}.
-        counts = torch.searchsorted((-b_sorted).detach().contiguous(), a.detach().contiguous(), side="left")
+        counts = torch.searchsorted(
+            (-b_sorted).detach().contiguous(), a.detach().contiguous(), side="left"
+        )
         index = counts.unsqueeze(1).expand(-1, channels, -1)  # (B, Dv, N)
         y = a.unsqueeze(1) * torch.gather(prefix_v, 2, index) + torch.gather(prefix_bv, 2, index)
         return y.div_(num_keys)

@@ -1,4 +1,5 @@
 """The compact generalized non-local block of Yue et al. (NeurIPS 2018), sec. 3.3-3.5."""
+
 import math
 
 import torch
@@ -27,7 +28,9 @@ def taylor_coefficients(kernel: str, order: int, gamma: float):
         return [1.0 / math.factorial(p) for p in range(order + 1)]
     if kernel == "gaussian_rbf":
         return [(2.0 * gamma) ** p / math.factorial(p) for p in range(order + 1)]
-    raise ValueError(f"kernel {kernel!r} has no Taylor expansion; expected one of {CGNL_KERNELS[1:]}")
+    raise ValueError(
+        f"kernel {kernel!r} has no Taylor expansion; expected one of {CGNL_KERNELS[1:]}"
+    )
 
 
 class CGNLBlock2d(ResidualBlock2d):
@@ -84,7 +87,9 @@ class CGNLBlock2d(ResidualBlock2d):
         if not gamma > 0:
             raise ValueError(f"gamma must be > 0, got {gamma!r}")
         inner_channels = require_divisible(in_channels, reduction, "in_channels", "reduction")
-        require_divisible(inner_channels, groups, "inner channels (in_channels // reduction)", "groups")
+        require_divisible(
+            inner_channels, groups, "inner channels (in_channels // reduction)", "groups"
+        )
         require_divisible(in_channels, groups, "in_channels", "groups")
         self.in_channels = in_channels
         self.inner_channels = inner_channels
@@ -120,7 +125,9 @@ class CGNLBlock2d(ResidualBlock2d):
         dtype = compute_dtype(t, p, g)
         with torch.autocast(device_type=x.device.type, enabled=False):
             # (B, G, N * C'): each group's elements as one vector, as in eq. 7.
-            group_size = self.inner_channels // self.groups * height * width  # explicit: batch may be 0
+            group_size = (
+                self.inner_channels // self.groups * height * width
+            )  # explicit: batch may be 0
             t, p, g = (v.to(dtype).reshape(batch, self.groups, group_size) for v in (t, p, g))
             if self.kernel == "gaussian_rbf":
                 # The per-element factors exp(-gamma t_i^2), exp(-gamma p_j^2) of the RBF.

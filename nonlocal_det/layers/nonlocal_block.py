@@ -1,4 +1,5 @@
 """The non-local block of Wang et al., "Non-local Neural Networks" (CVPR 2018), sec. 3."""
+
 import math
 from typing import Tuple
 
@@ -125,7 +126,9 @@ class NonLocalBlock2d(ResidualBlock2d):
         b = torch.einsum("bdm,d->bm", keys.flatten(2), w_phi.to(keys.dtype))
         return a, b
 
-    def aggregate(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    def aggregate(
+        self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> torch.Tensor:
         """
         The pairwise part of eq. 1 on embedded maps (see ``embed``), memory linear in H*W.
 

@@ -7,6 +7,7 @@ weight with ``requires_grad=False``) and norms without one (``affine=False``, Id
 refused. This module applies it to our own norm names, to callables, and to Detectron2's norm
 names (``detectron2_norm``), so every way of choosing a norm is checked the same way.
 """
+
 import math
 from typing import Callable, Union
 

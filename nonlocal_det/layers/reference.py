@@ -5,13 +5,21 @@ They build every pairwise weight (N x M for non-local, N C' x N C' per group for
 exist to check the memory-lean blocks (tests) and to measure against (tools/). They reuse a
 block's parameters but none of its computation.
 """
+
 import torch
 import torch.nn.functional as F
 
 from .cgnl_block import CGNLBlock2d, taylor_coefficients
 from .nonlocal_block import NonLocalBlock2d
 
-__all__ = ["reference_embed", "pairwise_matrix", "reference_aggregate", "reference_nonlocal_op", "reference_cgnl_op", "reference_forward"]
+__all__ = [
+    "reference_embed",
+    "pairwise_matrix",
+    "reference_aggregate",
+    "reference_nonlocal_op",
+    "reference_cgnl_op",
+    "reference_forward",
+]
 
 
 def _subsample(block: NonLocalBlock2d, t: torch.Tensor) -> torch.Tensor:
@@ -38,7 +46,7 @@ def pairwise_matrix(block: NonLocalBlock2d, q: torch.Tensor, k: torch.Tensor) ->
     if block.mode == "gaussian":
         return torch.softmax(logits, dim=-1)  # exp(x_i . x_j) / sum_j exp(x_i . x_j)
     if block.mode == "embedded_gaussian":
-        scale = block.inner_channels ** -0.5 if block.use_scale else 1.0
+        scale = block.inner_channels**-0.5 if block.use_scale else 1.0
         return torch.softmax(scale * logits, dim=-1)
     if block.mode == "dot_product":
         return logits / num_keys
@@ -49,7 +57,9 @@ def pairwise_matrix(block: NonLocalBlock2d, q: torch.Tensor, k: torch.Tensor) ->
     return F.relu(a.unsqueeze(2) + b.unsqueeze(1)) / num_keys
 
 
-def reference_aggregate(block: NonLocalBlock2d, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def reference_aggregate(
+    block: NonLocalBlock2d, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
     """y_i = sum_j w_ij v_j with the full matrix: q (B, D, N), k (B, D, M), v (B, Dv, M) -> (B, Dv, N)."""
     return torch.einsum("bnm,bdm->bdn", pairwise_matrix(block, q, k), v)
 

@@ -5,6 +5,7 @@ A block's forward pass reads in three files: ``ResidualBlock2d.forward`` here, t
 ``transform`` (``nonlocal_block.py`` or ``cgnl_block.py``) and the pairwise sums it calls
 (``aggregation.py``).
 """
+
 import torch
 from torch import nn
 
@@ -23,7 +24,9 @@ def conv1x1(in_channels: int, out_channels: int, *, bias: bool, groups: int = 1)
 def check_feature_map(x, channels: int, owner: str) -> None:
     """Raise TypeError/ValueError unless x is a (B, channels, H, W) floating tensor."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{owner} expects a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
+        raise TypeError(
+            f"{owner} expects a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}"
+        )
     if x.dim() != 4:
         raise ValueError(
             f"{owner} expects a 4-D input (B, C, H, W), got {x.dim()}-D shape {tuple(x.shape)}"
@@ -79,7 +82,9 @@ class ResidualBlock2d(nn.Module):
 
     in_channels: int
 
-    def _build_residual_branch(self, inner_channels: int, norm: NormSpec, *, groups: int = 1, gn_groups: int = 32):
+    def _build_residual_branch(
+        self, inner_channels: int, norm: NormSpec, *, groups: int = 1, gn_groups: int = 32
+    ):
         self.norm = build_norm(norm, self.in_channels, gn_groups=gn_groups)
         self.out = conv1x1(inner_channels, self.in_channels, bias=self.norm is None, groups=groups)
         zero_init_residual_branch(self.out, self.norm)

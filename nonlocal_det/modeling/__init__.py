@@ -1,4 +1,5 @@
 """Detectron2 models with non-local blocks; importing this registers them."""
+
 from .backbone import (
     build_nonlocal_backbone,
     build_resnet_nl_backbone,

@@ -9,6 +9,7 @@ backbone itself or its ``bottom_up``) and replaces the residual blocks ``MODEL.N
 LazyConfig's ``ResNet(stages=...)``. Nothing else of the backbone changes, so its outputs,
 names and checkpoint keys are the stock ones plus ``<stage>.<index>.nonlocal_block.*``.
 """
+
 import logging
 from typing import Callable, Dict, List, MutableSequence, Sequence
 
@@ -62,14 +63,20 @@ def resnet_block_args_from_cfg(cfg, stage: str) -> Dict:
         "dilation": resnets.RES5_DILATION if stage == "res5" else 1,
     }
     if resnets.DEFORM_ON_PER_STAGE[index]:
-        args.update(deform_modulated=resnets.DEFORM_MODULATED, deform_num_groups=resnets.DEFORM_NUM_GROUPS)
+        args.update(
+            deform_modulated=resnets.DEFORM_MODULATED, deform_num_groups=resnets.DEFORM_NUM_GROUPS
+        )
     return args
 
 
 def _resolve_indices(stage: str, indices: Sequence[int], num_blocks: int, key: str) -> List[int]:
     resolved = []
     for index in indices:
-        if isinstance(index, bool) or not isinstance(index, int) or not -num_blocks <= index < num_blocks:
+        if (
+            isinstance(index, bool)
+            or not isinstance(index, int)
+            or not -num_blocks <= index < num_blocks
+        ):
             raise ValueError(
                 f"{key} = {list(indices)}: block index {index!r} does not exist; {stage} has "
                 f"{num_blocks} blocks, so indices must be in [{-num_blocks}, {num_blocks - 1}]"
@@ -108,7 +115,9 @@ def insert_nonlocal_blocks(
     """
     for stage, indices in positions.items():
         if stage not in STAGE_NAMES:
-            raise ValueError(f"Unknown stage {stage!r} in non-local positions; expected one of {STAGE_NAMES}")
+            raise ValueError(
+                f"Unknown stage {stage!r} in non-local positions; expected one of {STAGE_NAMES}"
+            )
         if stage not in stages:
             raise ValueError(
                 f"{key_of(stage)} = {list(indices)} places non-local blocks in {stage}, but this "
@@ -139,10 +148,16 @@ def find_resnet(backbone: nn.Module) -> ResNet:
     return None
 
 
-_NONLOCAL_BACKBONES = ("build_nonlocal_backbone", "build_resnet_nl_backbone", "build_resnet_nl_fpn_backbone")
+_NONLOCAL_BACKBONES = (
+    "build_nonlocal_backbone",
+    "build_resnet_nl_backbone",
+    "build_resnet_nl_fpn_backbone",
+)
 
 
-def _with_nonlocal_blocks(cfg, input_shape: ShapeSpec, backbone_name: str, name_key: str) -> Backbone:
+def _with_nonlocal_blocks(
+    cfg, input_shape: ShapeSpec, backbone_name: str, name_key: str
+) -> Backbone:
     if backbone_name in _NONLOCAL_BACKBONES:
         raise ValueError(
             f"{name_key}={backbone_name!r} is a non-local backbone itself; name the Detectron2 "
@@ -173,7 +188,11 @@ def _with_nonlocal_blocks(cfg, input_shape: ShapeSpec, backbone_name: str, name_
         stage, index = where.split(".")
         block = getattr(resnet, stage)[int(index)]
         frozen = not any(p.requires_grad for p in block.parameters())
-        state = f"FROZEN with its stage (FREEZE_AT={cfg.MODEL.BACKBONE.FREEZE_AT})" if frozen else "trainable"
+        state = (
+            f"FROZEN with its stage (FREEZE_AT={cfg.MODEL.BACKBONE.FREEZE_AT})"
+            if frozen
+            else "trainable"
+        )
         logger.info(
             f"Non-local block {type(block.nonlocal_block).__name__} ({block.out_channels} channels) "
             f"after {where}: {state}"
@@ -188,19 +207,25 @@ def build_nonlocal_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
     or has as ``bottom_up``, a Detectron2 ResNet built from MODEL.RESNETS), with the non-local
     blocks of MODEL.NONLOCAL after the residual blocks MODEL.NONLOCAL.RES2..RES5 name.
     """
-    return _with_nonlocal_blocks(cfg, input_shape, cfg.MODEL.NONLOCAL.BACKBONE_NAME, "MODEL.NONLOCAL.BACKBONE_NAME")
+    return _with_nonlocal_blocks(
+        cfg, input_shape, cfg.MODEL.NONLOCAL.BACKBONE_NAME, "MODEL.NONLOCAL.BACKBONE_NAME"
+    )
 
 
 @BACKBONE_REGISTRY.register()
 def build_resnet_nl_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
     """``build_nonlocal_backbone`` around ``build_resnet_backbone``, whatever BACKBONE_NAME says."""
-    return _with_nonlocal_blocks(cfg, input_shape, "build_resnet_backbone", "build_resnet_nl_backbone wraps")
+    return _with_nonlocal_blocks(
+        cfg, input_shape, "build_resnet_backbone", "build_resnet_nl_backbone wraps"
+    )
 
 
 @BACKBONE_REGISTRY.register()
 def build_resnet_nl_fpn_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
     """``build_nonlocal_backbone`` around ``build_resnet_fpn_backbone``, whatever BACKBONE_NAME says."""
-    return _with_nonlocal_blocks(cfg, input_shape, "build_resnet_fpn_backbone", "build_resnet_nl_fpn_backbone wraps")
+    return _with_nonlocal_blocks(
+        cfg, input_shape, "build_resnet_fpn_backbone", "build_resnet_nl_fpn_backbone wraps"
+    )
 
 
 def make_nonlocal_stages(
@@ -231,7 +256,10 @@ def make_nonlocal_stages(
         if depth < 50:
             return kwargs
         # make_default_stages' bottleneck width: a quarter of the stage's output channels
-        return {**kwargs, "bottleneck_channels": stages[STAGE_NAMES.index(stage)][0].out_channels // 4}
+        return {
+            **kwargs,
+            "bottleneck_channels": stages[STAGE_NAMES.index(stage)][0].out_channels // 4,
+        }
 
     replaced = insert_nonlocal_blocks(
         dict(zip(STAGE_NAMES, stages)),

@@ -2,6 +2,7 @@
 The one way to choose a non-local block: ``nonlocal_block_factory``, from a config or from
 keyword arguments (LazyConfig), with every value checked before any block is built.
 """
+
 import inspect
 from typing import Callable, Dict, Optional
 
@@ -22,14 +23,27 @@ _SIZE_ARGS = ("reduction", "groups", "order", "gamma")
 def _factory_args_from_config(cfg) -> Dict:
     """The factory's arguments from MODEL.NONLOCAL, with the config key of each for errors."""
     nl = cfg.MODEL.NONLOCAL
-    keys = {"block": "MODEL.NONLOCAL.BLOCK", "reduction": "MODEL.NONLOCAL.REDUCTION", "norm": "MODEL.NONLOCAL.NORM"}
+    keys = {
+        "block": "MODEL.NONLOCAL.BLOCK",
+        "reduction": "MODEL.NONLOCAL.REDUCTION",
+        "norm": "MODEL.NONLOCAL.NORM",
+    }
     if nl.BLOCK == "CGNL":
-        args = {name: nl.CGNL[name.upper()] for name in ("kernel", "groups", "order", "use_scale", "gamma")}
+        args = {
+            name: nl.CGNL[name.upper()]
+            for name in ("kernel", "groups", "order", "use_scale", "gamma")
+        }
         keys.update({name: f"MODEL.NONLOCAL.CGNL.{name.upper()}" for name in args})
     else:
         args = {name: nl[name.upper()] for name in ("mode", "sub_sample", "use_scale")}
         keys.update({name: f"MODEL.NONLOCAL.{name.upper()}" for name in args})
-    return {"block": nl.BLOCK, "reduction": nl.REDUCTION, "norm": nl.NORM, **args, "config_keys": keys}
+    return {
+        "block": nl.BLOCK,
+        "reduction": nl.REDUCTION,
+        "norm": nl.NORM,
+        **args,
+        "config_keys": keys,
+    }
 
 
 @configurable(from_config=_factory_args_from_config)
@@ -76,7 +90,11 @@ def nonlocal_block_factory(
         try:
             return block_class(channels, **kwargs)
         except (TypeError, ValueError) as e:
-            size_keys = ", ".join(key(arg) for arg in _SIZE_ARGS if arg in kwargs) or "its arguments"
-            raise ValueError(f"Cannot build a {block} block for {channels} channels from {size_keys}: {e}") from e
+            size_keys = (
+                ", ".join(key(arg) for arg in _SIZE_ARGS if arg in kwargs) or "its arguments"
+            )
+            raise ValueError(
+                f"Cannot build a {block} block for {channels} channels from {size_keys}: {e}"
+            ) from e
 
     return build

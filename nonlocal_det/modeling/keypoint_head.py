@@ -1,10 +1,14 @@
 """Mask R-CNN keypoint head with non-local blocks between its convs (Wang et al., sec. 6)."""
+
 import logging
 from typing import Callable
 
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, ConvTranspose2d, interpolate
-from detectron2.modeling.roi_heads.keypoint_head import ROI_KEYPOINT_HEAD_REGISTRY, BaseKeypointRCNNHead
+from detectron2.modeling.roi_heads.keypoint_head import (
+    ROI_KEYPOINT_HEAD_REGISTRY,
+    BaseKeypointRCNNHead,
+)
 from torch import nn
 
 from .block_factory import nonlocal_block_factory
@@ -64,7 +68,10 @@ class KRCNNConvDeconvUpsampleNLHead(BaseKeypointRCNNHead, nn.Sequential):
             )
         self.up_scale = 2.0
         channels = [input_shape.channels, *conv_dims]
-        convs = [Conv2d(c_in, c_out, 3, stride=1, padding=1) for c_in, c_out in zip(channels, channels[1:])]
+        convs = [
+            Conv2d(c_in, c_out, 3, stride=1, padding=1)
+            for c_in, c_out in zip(channels, channels[1:])
+        ]
         deconv_kernel = 4
         score_lowres = ConvTranspose2d(
             channels[-1], num_keypoints, deconv_kernel, stride=2, padding=deconv_kernel // 2 - 1

@@ -9,6 +9,7 @@ sit under ``nonlocal_block.*``, so in ``res4.21`` of a ResNet the block's checkp
 checkpoint loads with only the ``nonlocal_block`` keys missing. ``CNNBlockBase.freeze`` (what
 ``ResNet`` calls for the stages below FREEZE_AT) freezes the non-local block with the rest.
 """
+
 from typing import Dict
 
 from detectron2.layers import CNNBlockBase
@@ -59,7 +60,9 @@ NONLOCAL_VARIANTS = {
 }
 
 
-def with_nonlocal_block(block: CNNBlockBase, nonlocal_block: nn.Module, block_args: Dict, *, where: str, source: str):
+def with_nonlocal_block(
+    block: CNNBlockBase, nonlocal_block: nn.Module, block_args: Dict, *, where: str, source: str
+):
     """
     The non-local variant of a built block: a new block of ``NONLOCAL_VARIANTS[type(block)]``
     built from ``block``'s in/out channels and stride plus ``block_args`` (the other arguments
@@ -95,7 +98,9 @@ def with_nonlocal_block(block: CNNBlockBase, nonlocal_block: nn.Module, block_ar
             **block_args,
         )
     except TypeError as e:  # arguments of another block class
-        raise ValueError(f"{where}: cannot rebuild this {type(block).__name__} from {source}: {e}") from None
+        raise ValueError(
+            f"{where}: cannot rebuild this {type(block).__name__} from {source}: {e}"
+        ) from None
     if not any(p.requires_grad for p in block.parameters()):
         rebuilt.freeze()
     for name, layer in block.named_children():

@@ -2,6 +2,7 @@
 Another Detectron2 project: it only imports nonlocal_det and sets config keys, the way a user's
 own project would; no nonlocal_det internals are used.
 """
+
 import pytest
 
 pytestmark = pytest.mark.detectron2
@@ -43,4 +44,3 @@ def test_builds_nonlocal_backbone_and_head_from_config_keys():
 
     head = build_keypoint_head(cfg, ShapeSpec(channels=256, height=14, width=14))
     assert sum("nonlocal_fcn" in k and k.endswith("theta.weight") for k in head.state_dict()) == 4
-

@@ -1,10 +1,9 @@
 # A tiny LazyConfig for the tests: Mask R-CNN R18-FPN with GroupNorm (trains from random weights)
 # and one non-local block in res4, on the generated dataset, small images, 4 iterations on a CPU.
-from fvcore.common.param_scheduler import MultiStepParamScheduler
-
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.model_zoo import get_config
+from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from nonlocal_det.modeling import make_nonlocal_stages, nonlocal_block_factory
 
@@ -38,12 +37,16 @@ dataloader.train.mapper.augmentations = [
 dataloader.train.total_batch_size = 2
 dataloader.train.num_workers = 0
 dataloader.test.dataset.names = "nonlocal_synthetic_val"
-dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=128, max_size=192)]
+dataloader.test.mapper.augmentations = [
+    L(T.ResizeShortestEdge)(short_edge_length=128, max_size=192)
+]
 dataloader.test.num_workers = 0
 
 optimizer = get_config("common/optim.py").SGD
 optimizer.lr = 0.001
-lr_multiplier = L(MultiStepParamScheduler)(values=[1.0, 0.1], milestones=[3], num_updates="${train.max_iter}")
+lr_multiplier = L(MultiStepParamScheduler)(
+    values=[1.0, 0.1], milestones=[3], num_updates="${train.max_iter}"
+)
 
 train = get_config("common/train.py").train
 train.device = "cpu"
