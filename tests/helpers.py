@@ -5,6 +5,7 @@ This is the one module tests import helpers from (never from another test file).
 without Detectron2: functions that need it import it themselves.
 """
 
+import contextlib
 import glob
 import importlib.util
 import json
@@ -34,6 +35,32 @@ SHIPPED_CONFIGS = sorted(
     for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml"))
     if not os.path.basename(p).startswith("Base-")
 )
+
+
+# ---------------------------------------------------------------- data
+
+
+def generate_synthetic_under(root, train: int, val: int):
+    """A small nonlocal_synthetic dataset at ``root/datasets/nonlocal_synthetic`` (the layout
+    train_net.py finds when run in ``root``); returns ``root``."""
+    from nonlocal_det.data import synthetic
+
+    synthetic.generate(str(root / "datasets" / "nonlocal_synthetic"), {"train": train, "val": val})
+    return root
+
+
+@contextlib.contextmanager
+def synthetic_registered_under(root, train: int, val: int):
+    """``generate_synthetic_under``, with the ``nonlocal_synthetic_*`` names registered on it while
+    the context lasts (the default registration is restored afterwards); yields ``root``."""
+    from nonlocal_det.data.datasets import register_synthetic_datasets
+
+    generate_synthetic_under(root, train, val)
+    register_synthetic_datasets(str(root / "datasets" / "nonlocal_synthetic"))
+    try:
+        yield root
+    finally:
+        register_synthetic_datasets()
 
 
 # ---------------------------------------------------------------- blocks

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from helpers import REPO_ROOT, TINY, import_train_net, training_records
+from helpers import REPO_ROOT, TINY, import_train_net, synthetic_registered_under, training_records
 
 pytestmark = pytest.mark.detectron2
 
@@ -60,14 +60,8 @@ def test_a_save_that_dies_leaves_the_previous_checkpoint_intact(tmp_path, monkey
 @pytest.fixture
 def synthetic_in(tmp_path):
     """Register the synthetic dataset names on a small copy under tmp_path (restored afterwards)."""
-    from nonlocal_det.data import synthetic
-    from nonlocal_det.data.datasets import register_synthetic_datasets
-
-    root = tmp_path / "datasets" / "nonlocal_synthetic"
-    synthetic.generate(str(root), {"train": 6, "val": 2})
-    register_synthetic_datasets(str(root))
-    yield tmp_path
-    register_synthetic_datasets()
+    with synthetic_registered_under(tmp_path, train=6, val=2):
+        yield tmp_path
 
 
 def test_resume_restores_optimizer_scheduler_and_iteration(synthetic_in):

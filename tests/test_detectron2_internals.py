@@ -7,7 +7,7 @@ under them, rather than letting the workaround silently stop working.
 import pytest
 import torch
 
-from helpers import CONFIG_DIR, TINY
+from helpers import CONFIG_DIR, TINY, synthetic_registered_under
 
 pytestmark = pytest.mark.detectron2
 
@@ -31,14 +31,8 @@ def test_default_trainer_builds_ddp_through_the_module_level_create_ddp_model():
 
 @pytest.fixture
 def synthetic_in(tmp_path):
-    from nonlocal_det.data import synthetic
-    from nonlocal_det.data.datasets import register_synthetic_datasets
-
-    root = tmp_path / "datasets" / "nonlocal_synthetic"
-    synthetic.generate(str(root), {"train": 2, "val": 1})
-    register_synthetic_datasets(str(root))
-    yield tmp_path
-    register_synthetic_datasets()
+    with synthetic_registered_under(tmp_path, train=2, val=1):
+        yield tmp_path
 
 
 def test_trainer_sets_amp_precision_and_checkpoints_atomically(synthetic_in):

@@ -10,6 +10,7 @@ from helpers import (
     CONFIG_DIR,
     HAS_DETECTRON2,
     TEST_CONFIG_DIR,
+    generate_synthetic_under,
     last_iteration,
     load_cfg,
     run_train_net,
@@ -50,11 +51,7 @@ def test_lazy_config_matches_yaml():
 
 @pytest.fixture(scope="module")
 def lazy_run_dir(tmp_path_factory):
-    from nonlocal_det.data import synthetic
-
-    root = tmp_path_factory.mktemp("lazy")
-    synthetic.generate(str(root / "datasets" / "nonlocal_synthetic"), {"train": 6, "val": 2})
-    return root
+    return generate_synthetic_under(tmp_path_factory.mktemp("lazy"), train=6, val=2)
 
 
 def test_train_net_trains_resumes_and_evaluates_a_lazy_config(lazy_run_dir):

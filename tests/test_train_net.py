@@ -6,18 +6,14 @@ import re
 
 import pytest
 
-from helpers import TINY, last_iteration, run_train_net
+from helpers import TINY, generate_synthetic_under, last_iteration, run_train_net
 
 pytestmark = pytest.mark.detectron2
 
 
 @pytest.fixture(scope="module")
 def small_dataset(tmp_path_factory):
-    from nonlocal_det.data import synthetic
-
-    root = tmp_path_factory.mktemp("run")
-    synthetic.generate(str(root / "datasets" / "nonlocal_synthetic"), {"train": 8, "val": 3})
-    return root
+    return generate_synthetic_under(tmp_path_factory.mktemp("run"), train=8, val=3)
 
 
 def test_train_resume_and_eval_only(small_dataset):
