@@ -31,6 +31,13 @@ def add_nonlocal_config(cfg):
     # Norm after W_z: "GN", "SyncBN", "BN", "" or any Detectron2 norm name except FrozenBN.
     # GN trains with 1-2 images per GPU; BN needs large per-GPU batches.
     cfg.MODEL.NONLOCAL.NORM = "GN"
+    # How each block's residual branch norm(W_z y) starts. "identity" (the paper): the norm's
+    # affine weight (or W_z, with no norm) is zero, so the block is exactly the identity and a
+    # stock checkpoint gives the stock model's outputs; use it when fine-tuning from a
+    # pre-trained model. "small": that weight is 0.1 (or W_z 0.1x its MSRA init), so theta, phi
+    # and g get gradients from the first step; use it when training from scratch (measured:
+    # docs/ablation.md).
+    cfg.MODEL.NONLOCAL.INIT = "identity"
     # Backbone placement: per stage, indices of the residual blocks AFTER which a block is
     # inserted (0-based; negative counts from the stage's end). -2 = right before the last.
     # Paper, 1 block: RES4 = [-2]. 5 blocks (R50): RES3 = [1, 3], RES4 = [1, 3, 5].

@@ -92,6 +92,21 @@ def test_gradients_reach_every_parameter(kernel):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("kernel", CGNL_KERNELS)
+@pytest.mark.parametrize("norm", ["", "BN", "GN"])
+def test_small_init_trains_every_parameter_from_step_one(kernel, norm):
+    torch.manual_seed(0)
+    block = CGNLBlock2d(16, kernel=kernel, groups=4, norm=norm, init="small")
+    x = torch.randn(2, 16, 5, 6)
+    branch = block.train()(x) - x
+    assert branch.abs().max() > 0
+    if norm:  # a tenth of normalised values
+        assert branch.norm() < 0.15 * branch.numel() ** 0.5
+    block(x).square().sum().backward()
+    for name, p in block.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
 def test_empty_batch():
     block = CGNLBlock2d(16, groups=4, norm="BN")
     x = torch.zeros(0, 16, 5, 5, requires_grad=True)

@@ -206,6 +206,19 @@ def test_norm_choices():
         build_backbone(load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.NONLOCAL.NORM", "FrozenBN"))
 
 
+def test_init_key_reaches_backbone_and_keypoint_head_blocks():
+    cfg = load_cfg("quickstart.yaml", "MODEL.NONLOCAL.INIT", "small")
+    model = build_model(cfg)
+    blocks = [m for name, m in model.named_modules() if isinstance(m, NonLocalBlock2d)]
+    assert len(blocks) == 5  # 1 in res4, 4 in the keypoint head
+    for block in blocks:
+        assert torch.equal(block.norm.weight, torch.full_like(block.norm.weight, 0.1))
+    default = build_model(load_cfg("quickstart.yaml"))
+    for m in default.modules():
+        if isinstance(m, NonLocalBlock2d):
+            assert not m.norm.weight.any()
+
+
 def test_cgnl_config_builds_cgnl():
     resnet = build_backbone(load_cfg("mask_rcnn_R50_CGNL.yaml")).bottom_up
     block = resnet.res4[4].nonlocal_block
@@ -216,6 +229,7 @@ def test_cgnl_config_builds_cgnl():
     "opts,words",
     [
         (["MODEL.NONLOCAL.MODE", "softmax"], "MODEL.NONLOCAL.MODE='softmax' is not one of"),
+        (["MODEL.NONLOCAL.INIT", "zero"], "MODEL.NONLOCAL.INIT='zero' is not one of"),
         (["MODEL.NONLOCAL.BLOCK", "GNL"], "MODEL.NONLOCAL.BLOCK='GNL'"),
         (
             ["MODEL.NONLOCAL.RES4", "[6]"],

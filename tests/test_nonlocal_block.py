@@ -103,6 +103,33 @@ def test_gradients_reach_every_parameter(mode):
 
 
 @pytest.mark.parametrize("mode", NONLOCAL_MODES)
+@pytest.mark.parametrize("norm", ["", "BN", "GN"])
+def test_small_init_trains_every_parameter_from_step_one(mode, norm):
+    torch.manual_seed(0)
+    block = NonLocalBlock2d(64, mode=mode, norm=norm, init="small")
+    if norm:
+        assert torch.equal(block.norm.weight, torch.full((64,), 0.1))
+        assert torch.equal(block.norm.bias, torch.zeros(64))
+    else:
+        # a tenth of the MSRA draw: std 0.1 * sqrt(2 / fan_out), fan_out = 64
+        assert torch.equal(block.out.bias, torch.zeros(64))
+        assert abs(block.out.weight.std().item() / (0.1 * (2 / 64) ** 0.5) - 1) < 0.1
+    x = torch.randn(2, 64, 6, 5)
+    branch = block.train()(x) - x
+    assert branch.abs().max() > 0
+    if norm:  # a tenth of normalised values
+        assert branch.norm() < 0.15 * branch.numel() ** 0.5
+    block(x).square().sum().backward()
+    for name, p in block.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_unknown_init_refused():
+    with pytest.raises(ValueError, match="init='zero' is not one of"):
+        NonLocalBlock2d(8, init="zero")
+
+
+@pytest.mark.parametrize("mode", NONLOCAL_MODES)
 def test_backward_matches_reference(mode):
     block = randomize(NonLocalBlock2d(6, mode=mode, norm=""))
     x = torch.randn(2, 6, 5, 4, dtype=torch.float64, requires_grad=True)

@@ -117,10 +117,60 @@ def train_one(config_file: str, seed: int, directory: str, num_gpus: int, opts: 
         "cpu": cpu_model(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "commit": git_commit(),
     }
     with open(os.path.join(directory, RUN_FILE), "w") as f:
         json.dump(run, f, indent=1)
     return load_run(directory)
+
+
+def git_commit() -> Optional[str]:
+    """The checked-out commit of the code that trains, or None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def summary_path(summary_dir: str, config_file: str, seed: int) -> str:
+    return os.path.join(summary_dir, config_name(config_file), f"seed{seed}.json")
+
+
+def write_summary(run: dict, path: str) -> None:
+    """
+    A finished run as one small JSON file (no checkpoint): its run record, final metrics and the
+    training-loss points. ``load_summary`` reads it back as the run it came from.
+    """
+    its, losses = training_losses(run["directory"])
+    with open(os.path.join(run["directory"], METRICS_FILE)) as f:
+        final_metrics = json.load(f)
+    record = {k: v for k, v in run.items() if k not in ("metrics", "all_metrics", "directory")}
+    summary = {
+        "run": record,
+        "final_metrics": final_metrics,
+        "loss": {"iteration": its, "total_loss": losses},
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(summary, f, indent=1)
+    os.replace(tmp, path)
+
+
+def load_summary(path: str) -> dict:
+    """The run a ``write_summary`` file records, in ``load_run``'s shape plus "loss"."""
+    with open(path) as f:
+        summary = json.load(f)
+    run = dict(summary["run"])
+    tasks = next(iter(summary["final_metrics"].values()))
+    run["all_metrics"] = tasks
+    run["metrics"] = {task: tasks[task]["AP"] for task, _ in TASKS if task in tasks}
+    run["directory"] = None
+    run["loss"] = summary["loss"]
+    return run
 
 
 def format_duration(seconds: Optional[float]) -> str:
@@ -138,9 +188,18 @@ def summary_line(run: dict) -> str:
 
 
 def sweep(
-    config_files: List[str], seeds: List[int], output_dir: str, num_gpus: int, opts: List[str]
+    config_files: List[str],
+    seeds: List[int],
+    output_dir: str,
+    num_gpus: int,
+    opts: List[str],
+    summary_dir: Optional[str] = None,
 ) -> Dict[str, List[dict]]:
-    """Every (config, seed) run, trained unless already done; {config file: [runs in seed order]}."""
+    """
+    Every (config, seed) run, trained unless already done; {config file: [runs in seed order]}.
+    With ``summary_dir``, each finished run's summary (``write_summary``) is written there as
+    soon as it ends.
+    """
     jobs = [(c, s) for c in config_files for s in seeds]
     results: Dict[str, List[dict]] = {c: [] for c in config_files}
     trained_walls = []
@@ -164,6 +223,8 @@ def sweep(
                 else ""
             )
             print(f"{prefix}: {summary_line(run)}{eta}", flush=True)
+        if summary_dir:
+            write_summary(run, summary_path(summary_dir, config_file, seed))
         results[config_file].append(run)
     return results
 
@@ -297,6 +358,13 @@ def paper_table(results: Dict[str, List[dict]], opts: List[str]) -> List[str]:
     return lines
 
 
+def run_losses(run: dict):
+    """(iterations, total_loss) of a run: from its summary, or from its directory's metrics.json."""
+    if run.get("loss"):
+        return run["loss"]["iteration"], run["loss"]["total_loss"]
+    return training_losses(run["directory"])
+
+
 def training_losses(directory: str):
     """(iterations, total_loss) from a run's metrics.json."""
     its, losses = [], []
@@ -338,7 +406,7 @@ def plot(results: Dict[str, List[dict]], path: str) -> None:
                 zorder=4,
             )
         for r in results[config_file]:
-            its, losses = training_losses(r["directory"])
+            its, losses = run_losses(r)
             ax_loss.plot(its, losses, color=color, alpha=0.7,
                          label=config_name(config_file) if r is results[config_file][0] else None)  # fmt: skip
     ax_ap.set_xticks(range(len(configs)), [config_name(c) for c in configs], rotation=10)
@@ -389,6 +457,16 @@ def parse_args(argv=None):
         "--num-gpus", type=int, default=1, help="processes per run (train_net.py --num-gpus)"
     )
     parser.add_argument("--table", help="also write the markdown report to this file")
+    parser.add_argument(
+        "--summary-dir",
+        help="write each finished run's summary (run record, final metrics, loss points) to "
+        "SUMMARY_DIR/<config>/seed<seed>.json as soon as it ends",
+    )
+    parser.add_argument(
+        "--from-summaries",
+        metavar="SUMMARY_DIR",
+        help="train nothing: build the table and plot from the summaries in SUMMARY_DIR",
+    )
     parser.add_argument("--plot", help="write the AP-per-seed and training-loss plot to this PNG")
     parser.add_argument(
         "--no-costs", action="store_true", help="leave params/FLOPs out of the ablation table"
@@ -405,10 +483,28 @@ def main(argv=None) -> int:
     for c in config_files:
         if not os.path.isfile(c):
             sys.exit(f"error: --config-files: {c} does not exist")
-    try:
-        results = sweep(config_files, args.seeds, args.output_dir, args.num_gpus, list(args.opts))
-    except RuntimeError as e:
-        sys.exit(f"error: {e}")
+    if args.from_summaries:
+        results = {}
+        for c in config_files:
+            paths = [summary_path(args.from_summaries, c, seed) for seed in args.seeds]
+            missing = [p for p in paths if not os.path.isfile(p)]
+            if missing:
+                sys.exit(
+                    f"error: --from-summaries: no summary {missing[0]} (train it without --from-summaries)"
+                )
+            results[c] = [load_summary(p) for p in paths]
+    else:
+        try:
+            results = sweep(
+                config_files,
+                args.seeds,
+                args.output_dir,
+                args.num_gpus,
+                list(args.opts),
+                args.summary_dir,
+            )
+        except RuntimeError as e:
+            sys.exit(f"error: {e}")
     command = "python tools/run_seeds.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = report(results, command, list(args.opts), with_costs=not args.no_costs)
     print(text)

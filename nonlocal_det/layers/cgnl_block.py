@@ -52,7 +52,7 @@ class CGNLBlock2d(ResidualBlock2d):
 
     W_z (``out``) is a grouped 1x1 conv (inner -> C, ``groups`` groups) followed by ``norm``;
     "GN" normalises each of the ``groups`` groups on its own (the paper's per-group BN);
-    the norm's affine weight starts at zero, so the block starts as the identity.
+    the norm's affine weight starts at zero, so the block starts as the identity (``init``).
     Submodules ``theta``, ``phi``, ``g``, ``out``, ``norm`` are checkpoint keys.
 
     Args:
@@ -65,6 +65,9 @@ class CGNLBlock2d(ResidualBlock2d):
         use_scale: divide the group sum by sqrt(N * C').
         gamma: RBF width; small enough that 2 gamma |theta phi| << 1 keeps an order-3
             expansion accurate for unit-scale features.
+        init: "identity" (the default: the block starts as the identity) or "small" (the
+            branch starts small but non-zero, for training from scratch;
+            ``residual.init_residual_branch``).
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class CGNLBlock2d(ResidualBlock2d):
         norm: NormSpec = "GN",
         use_scale: bool = False,
         gamma: float = 1e-4,
+        init: str = "identity",
     ):
         super().__init__()
         if kernel not in CGNL_KERNELS:
@@ -102,7 +106,9 @@ class CGNLBlock2d(ResidualBlock2d):
         self.theta = conv1x1(in_channels, inner_channels, bias=False)
         self.phi = conv1x1(in_channels, inner_channels, bias=False)
         self.g = conv1x1(in_channels, inner_channels, bias=False)
-        self._build_residual_branch(inner_channels, norm, groups=groups, gn_groups=groups)
+        self._build_residual_branch(
+            inner_channels, norm, init=init, groups=groups, gn_groups=groups
+        )
 
     def extra_repr(self) -> str:
         return (

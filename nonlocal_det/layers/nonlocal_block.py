@@ -44,7 +44,9 @@ class NonLocalBlock2d(ResidualBlock2d):
     ceil(W/2) with sub-sampling, else H * W.
 
     At construction the block is exactly the identity: the affine weight (and bias) of
-    ``norm`` is zero, or, with ``norm=""``, W_z is. The attention core runs in float32 (or
+    ``norm`` is zero, or, with ``norm=""``, W_z is (``init="identity"``, the paper's, for
+    fine-tuning a pre-trained model); ``init="small"`` starts the branch small but non-zero,
+    for training from scratch (``residual.init_residual_branch``). The attention core runs in float32 (or
     float64 for float64 inputs) with autocast disabled, and with memory linear in H * W for
     every mode, forward and backward.
 
@@ -60,6 +62,7 @@ class NonLocalBlock2d(ResidualBlock2d):
             that mode.
         norm: "", "BN", "SyncBN", "GN" (gcd(32, C) groups) or a callable
             ``channels -> nn.Module`` with a trainable affine ``weight``.
+        init: "identity" or "small", how the residual branch starts (``RESIDUAL_INITS``).
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class NonLocalBlock2d(ResidualBlock2d):
         sub_sample: bool = True,
         use_scale: bool = True,
         norm: NormSpec = "BN",
+        init: str = "identity",
     ):
         super().__init__()
         if mode not in NONLOCAL_MODES:
@@ -89,7 +93,7 @@ class NonLocalBlock2d(ResidualBlock2d):
         if mode == "concatenation":
             self.concat_project = nn.Conv2d(2 * inner_channels, 1, kernel_size=1, bias=False)
             nn.init.normal_(self.concat_project.weight, std=1.0 / math.sqrt(2 * inner_channels))
-        self._build_residual_branch(inner_channels, norm)
+        self._build_residual_branch(inner_channels, norm, init=init)
 
     def extra_repr(self) -> str:
         return (

@@ -1,5 +1,5 @@
 """
-What the non-local and CGNL blocks share: z = x + norm(W_z y(x)), an identity at init.
+What the non-local and CGNL blocks share: z = x + norm(W_z y(x)), by default an identity at init.
 
 A block's forward pass reads in three files: ``ResidualBlock2d.forward`` here, the block's
 ``transform`` (``nonlocal_block.py`` or ``cgnl_block.py``) and the pairwise sums it calls
@@ -40,21 +40,38 @@ def check_feature_map(x, channels: int, owner: str) -> None:
         raise TypeError(f"{owner} expects a floating-point input, got {x.dtype}")
 
 
-def zero_init_residual_branch(out: nn.Conv2d, norm: nn.Module) -> None:
+# How the residual branch norm(W_z y) starts (``init`` of the blocks, MODEL.NONLOCAL.INIT).
+RESIDUAL_INITS = ("identity", "small")
+# "small": the norm's affine weight, or with no norm W_z's MSRA weights, times this.
+SMALL_INIT_SCALE = 0.1
+
+
+def init_residual_branch(out: nn.Conv2d, norm: nn.Module, init: str = "identity") -> None:
     """
-    Make ``norm(out(y)) == 0`` for every y, so ``x + norm(out(y))`` is exactly x: zeroes the
-    norm's affine weight and bias when there is a norm (``build_norm`` has checked that the
-    weight trains), else ``out``'s weight and bias.
+    Initialise the residual branch ``norm(out(y))`` of ``x + norm(out(y))``.
+
+    - ``"identity"`` (the paper, sec. 4.1; what fine-tuning a pre-trained model needs): the
+      norm's affine weight and bias are zero (``build_norm`` has checked that the weight trains),
+      or with no norm ``out``'s weight and bias, so the block is exactly x. Then theta, phi and g
+      get no gradient until that weight has moved.
+    - ``"small"`` (training from scratch): the branch starts small but non-zero, so theta, phi
+      and g learn from the first step: the norm's affine weight is ``SMALL_INIT_SCALE`` (bias
+      zero) and ``out`` keeps its MSRA weights; with no norm, ``out``'s MSRA weights are scaled
+      by ``SMALL_INIT_SCALE`` (bias zero).
     """
-    if norm is None:
-        nn.init.zeros_(out.weight)
-        if out.bias is not None:
-            nn.init.zeros_(out.bias)
-        return
-    nn.init.zeros_(norm.weight)
-    bias = getattr(norm, "bias", None)
-    if isinstance(bias, nn.Parameter):
-        nn.init.zeros_(bias)
+    if init not in RESIDUAL_INITS:
+        raise ValueError(f"init={init!r} is not one of {RESIDUAL_INITS}")
+    scaled = out if norm is None else norm
+    with torch.no_grad():
+        if init == "identity":
+            scaled.weight.zero_()
+        elif norm is None:
+            out.weight.mul_(SMALL_INIT_SCALE)
+        else:
+            norm.weight.fill_(SMALL_INIT_SCALE)
+        bias = getattr(scaled, "bias", None)
+        if isinstance(bias, nn.Parameter):
+            bias.zero_()
 
 
 def residual_branch(out: nn.Conv2d, norm: nn.Module, y: torch.Tensor) -> torch.Tensor:
@@ -77,17 +94,24 @@ class ResidualBlock2d(nn.Module):
     """
     Base of blocks computing z = x + norm(W_z y(x)) with ``y = self.transform(x)`` of
     ``inner_channels`` channels. ``_build_residual_branch`` creates ``out`` (W_z) and ``norm``
-    and zero-initialises them so the block starts as exactly the identity.
+    and initialises them (``init_residual_branch``): by default the block starts as exactly the
+    identity.
     """
 
     in_channels: int
 
     def _build_residual_branch(
-        self, inner_channels: int, norm: NormSpec, *, groups: int = 1, gn_groups: int = 32
+        self,
+        inner_channels: int,
+        norm: NormSpec,
+        *,
+        init: str = "identity",
+        groups: int = 1,
+        gn_groups: int = 32,
     ):
         self.norm = build_norm(norm, self.in_channels, gn_groups=gn_groups)
         self.out = conv1x1(inner_channels, self.in_channels, bias=self.norm is None, groups=groups)
-        zero_init_residual_branch(self.out, self.norm)
+        init_residual_branch(self.out, self.norm, init)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         """y: (B, C, H, W) -> (B, inner_channels, H, W)."""

@@ -9,13 +9,13 @@ from typing import Callable, Dict, Optional
 from detectron2.config import configurable
 from torch import nn
 
-from ..layers import CGNL_KERNELS, NONLOCAL_MODES, CGNLBlock2d, NonLocalBlock2d
+from ..layers import CGNL_KERNELS, NONLOCAL_MODES, RESIDUAL_INITS, CGNLBlock2d, NonLocalBlock2d
 from ..layers.norm import detectron2_norm
 
 __all__ = ["BLOCK_CLASSES", "nonlocal_block_factory"]
 
 BLOCK_CLASSES = {"NL": NonLocalBlock2d, "CGNL": CGNLBlock2d}
-_CHOICES = {"mode": NONLOCAL_MODES, "kernel": CGNL_KERNELS}
+_CHOICES = {"mode": NONLOCAL_MODES, "kernel": CGNL_KERNELS, "init": RESIDUAL_INITS}
 # Arguments whose fit depends on the channel count, checked when a block is built.
 _SIZE_ARGS = ("reduction", "groups", "order", "gamma")
 
@@ -27,6 +27,7 @@ def _factory_args_from_config(cfg) -> Dict:
         "block": "MODEL.NONLOCAL.BLOCK",
         "reduction": "MODEL.NONLOCAL.REDUCTION",
         "norm": "MODEL.NONLOCAL.NORM",
+        "init": "MODEL.NONLOCAL.INIT",
     }
     if nl.BLOCK == "CGNL":
         args = {
@@ -41,6 +42,7 @@ def _factory_args_from_config(cfg) -> Dict:
         "block": nl.BLOCK,
         "reduction": nl.REDUCTION,
         "norm": nl.NORM,
+        "init": nl.INIT,
         **args,
         "config_keys": keys,
     }
