@@ -4,7 +4,11 @@
 from detectron2.config import LazyCall as L
 from detectron2.model_zoo import get_config
 
-from nonlocal_det.modeling import make_nonlocal_stages, nonlocal_block_factory
+from nonlocal_det.modeling import (
+    NonLocalGeneralizedRCNN,
+    make_nonlocal_stages,
+    nonlocal_block_factory,
+)
 
 optimizer = get_config("common/optim.py").SGD
 lr_multiplier = get_config("common/coco_schedule.py").lr_multiplier_3x
@@ -12,6 +16,9 @@ dataloader = get_config("common/data/coco.py").dataloader
 train = get_config("common/train.py").train
 model = get_config("common/models/mask_rcnn_fpn.py").model
 
+# GeneralizedRCNN whose non-local blocks compute each image on its valid region (docs/padding.md)
+model._target_ = NonLocalGeneralizedRCNN
+model.mask_padding = True
 model.backbone.bottom_up.freeze_at = 2
 model.backbone.bottom_up.stages = L(make_nonlocal_stages)(
     depth=101,

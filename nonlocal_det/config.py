@@ -38,6 +38,11 @@ def add_nonlocal_config(cfg):
     # and g get gradients from the first step; use it when training from scratch (measured:
     # docs/ablation.md).
     cfg.MODEL.NONLOCAL.INIT = "identity"
+    # With MODEL.META_ARCHITECTURE "NonLocalGeneralizedRCNN" or "NonLocalRetinaNet": the backbone's
+    # blocks compute each image on its valid (unpadded) region, with norm statistics over valid
+    # positions, so an image's features and detections do not depend on its batch-mates
+    # (docs/padding.md). False: they attend over the padded map, as in the paper.
+    cfg.MODEL.NONLOCAL.MASK_PADDING = True
     # Backbone placement: per stage, indices of the residual blocks AFTER which a block is
     # inserted (0-based; negative counts from the stage's end). -2 = right before the last.
     # Paper, 1 block: RES4 = [-2]. 5 blocks (R50): RES3 = [1, 3], RES4 = [1, 3, 5].

@@ -19,6 +19,7 @@ __all__ = [
     "reference_nonlocal_op",
     "reference_cgnl_op",
     "reference_forward",
+    "reference_masked_forward",
 ]
 
 
@@ -101,3 +102,109 @@ def reference_forward(block, x: torch.Tensor) -> torch.Tensor:
     if block.norm is not None:
         branch = block.norm(branch)
     return x + branch
+
+
+def _masked_nonlocal_op(block: NonLocalBlock2d, x: torch.Tensor, valid: torch.Tensor):
+    """
+    y of eq. 1 on the padded map of one image (1, C, H, W), keys restricted to the valid
+    positions ``valid`` (H, W): padded positions are -inf before the key side's max pooling,
+    padded keys get weight 0, and dot product / concatenation divide by the valid keys' count.
+    """
+    fill = (~valid)[None, None]
+    key_valid = _subsample(block, valid[None, None].double()).flatten(2)[0, 0] > 0  # (M,)
+
+    def keys_of(t):
+        return _subsample(block, t.masked_fill(fill, float("-inf"))).flatten(2)
+
+    values = keys_of(block.g(x)).masked_fill(~key_valid, 0.0)
+    if block.mode == "gaussian":
+        q, k = x.flatten(2), keys_of(x)
+    else:
+        q, k = block.theta(x).flatten(2), keys_of(block.phi(x))
+    k = k.masked_fill(~key_valid, 0.0)
+    num_valid = int(key_valid.sum())
+    logits = torch.einsum("bdn,bdm->bnm", q, k)
+    if block.mode in ("gaussian", "embedded_gaussian"):
+        scale = (
+            block.inner_channels**-0.5
+            if block.mode == "embedded_gaussian" and block.use_scale
+            else 1.0
+        )
+        weights = torch.softmax((scale * logits).masked_fill(~key_valid, float("-inf")), dim=-1)
+    elif block.mode == "dot_product":
+        weights = logits.masked_fill(~key_valid, 0.0) / num_valid
+    else:
+        w = block.concat_project.weight.flatten()
+        a = torch.einsum("bdn,d->bn", q, w[: block.inner_channels])
+        b = torch.einsum("bdm,d->bm", k, w[block.inner_channels :])
+        weights = F.relu(a.unsqueeze(2) + b.unsqueeze(1)).masked_fill(~key_valid, 0.0) / num_valid
+    y = torch.einsum("bnm,bdm->bdn", weights, values)
+    return y.reshape(1, block.inner_channels, *x.shape[-2:])
+
+
+def _masked_cgnl_op(block: CGNLBlock2d, x: torch.Tensor, valid: torch.Tensor):
+    """Y' of eq. 8 on one padded image, the sums over j restricted to valid positions."""
+    _, _, height, width = x.shape
+    mask = (
+        valid[None, None].expand(1, block.inner_channels, height, width).reshape(block.groups, -1)
+    )
+    t, p, g = (m(x).reshape(block.groups, -1) for m in (block.theta, block.phi, block.g))
+    prod = t.unsqueeze(-1) * p.unsqueeze(-2)  # (G, NC', NC')
+    if block.kernel == "dot":
+        kernel = prod
+    else:
+        coeffs = taylor_coefficients(block.kernel, block.order, block.gamma)
+        kernel = sum(c * prod**power for power, c in enumerate(coeffs))
+        if block.kernel == "gaussian_rbf":
+            kernel = kernel * torch.exp(
+                -block.gamma * (t.unsqueeze(-1) ** 2 + p.unsqueeze(-2) ** 2)
+            )
+    kernel = kernel.masked_fill(~mask.unsqueeze(1), 0.0)  # only valid j
+    y = torch.einsum("gij,gj->gi", kernel, g)
+    if block.use_scale:
+        y = y / int(mask[0].sum()) ** 0.5  # sqrt(N_valid C')
+    return y.reshape(1, block.inner_channels, height, width)
+
+
+def _masked_norm(norm, branch: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """
+    GroupNorm per image and BatchNorm (training: over every image's valid positions; eval:
+    running statistics) with statistics over ``valid`` (B, H, W) positions only, written out.
+    """
+    if norm is None:
+        return branch
+    channels = branch.shape[1]
+    weight, bias = norm.weight.view(1, -1, 1, 1), norm.bias.view(1, -1, 1, 1)
+    if isinstance(norm, torch.nn.GroupNorm):
+        out = torch.zeros_like(branch)
+        per_group = channels // norm.num_groups
+        for i in range(branch.shape[0]):
+            values = branch[i][:, valid[i]].reshape(norm.num_groups, -1)  # (G, C/G * N_valid)
+            mean = values.mean(dim=1).repeat_interleave(per_group).view(-1, 1, 1)
+            var = values.var(dim=1, unbiased=False).repeat_interleave(per_group).view(-1, 1, 1)
+            out[i] = (branch[i] - mean) / torch.sqrt(var + norm.eps)
+        return out * weight + bias
+    if not norm.training:
+        mean, var = norm.running_mean.view(1, -1, 1, 1), norm.running_var.view(1, -1, 1, 1)
+        return (branch - mean) / torch.sqrt(var + norm.eps) * weight + bias
+    values = branch.permute(1, 0, 2, 3)[:, valid]  # (C, valid positions of all images)
+    mean, var = values.mean(dim=1), values.var(dim=1, unbiased=False)
+    return (branch - mean.view(1, -1, 1, 1)) / torch.sqrt(
+        var.view(1, -1, 1, 1) + norm.eps
+    ) * weight + bias
+
+
+def reference_masked_forward(block, x: torch.Tensor, valid_sizes) -> torch.Tensor:
+    """
+    z = x + norm(W_z y) on a padded batch, written as masking on the padded map: image i's
+    positions outside rows < h_i, columns < w_i are excluded as keys and from the norm's
+    statistics (GroupNorm or BatchNorm), and their branch is 0. Full matrices, one image at a time.
+    """
+    batch, _, height, width = x.shape
+    valid = torch.zeros(batch, height, width, dtype=torch.bool)
+    for i, (h, w) in enumerate(valid_sizes):
+        valid[i, :h, :w] = True
+    op = _masked_nonlocal_op if isinstance(block, NonLocalBlock2d) else _masked_cgnl_op
+    y = torch.cat([op(block, x[i : i + 1], valid[i]) for i in range(batch)])
+    branch = _masked_norm(block.norm, block.out(y), valid)
+    return x + branch.masked_fill(~valid[:, None], 0.0)

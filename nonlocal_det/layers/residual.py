@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .norm import NormSpec, build_norm
+from .valid_region import norm_over_valid, valid_groups
 
 
 def conv1x1(in_channels: int, out_channels: int, *, bias: bool, groups: int = 1) -> nn.Conv2d:
@@ -117,12 +118,27 @@ class ResidualBlock2d(nn.Module):
         """y: (B, C, H, W) -> (B, inner_channels, H, W)."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, valid_sizes=None) -> torch.Tensor:
         """
         Args:
             x: (B, C, H, W).
+            valid_sizes: optional, per image (h, w): its real positions are rows < h and
+                columns < w (Detectron2 pads at the bottom and right); a sequence of B pairs or
+                an integer tensor (B, 2). Each image is then computed on its own valid
+                rectangle, with norm statistics over valid positions (``valid_region.py``),
+                and padded positions pass x through. None, or no image padded: the whole map.
         Returns:
             (B, C, H, W), x + norm(W_z y).
         """
         check_feature_map(x, self.in_channels, type(self).__name__)
-        return x + residual_branch(self.out, self.norm, self.transform(x))
+        groups = valid_groups(valid_sizes, x, type(self).__name__)
+        if groups is None:
+            return x + residual_branch(self.out, self.norm, self.transform(x))
+        ys = [self.transform(x[index, :, :h, :w]) for index, h, w in groups]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            pieces = [self.out(y.to(self.out.weight.dtype)) for y in ys]
+            pieces = norm_over_valid(self.norm, pieces)
+        branch = x.new_zeros(x.shape, dtype=pieces[0].dtype)
+        for (index, h, w), piece in zip(groups, pieces):
+            branch[index, :, :h, :w] = piece
+        return x + branch

@@ -13,6 +13,7 @@ from .backbone import (
 )
 from .block_factory import nonlocal_block_factory
 from .keypoint_head import KRCNNConvDeconvUpsampleNLHead
+from .meta_arch import NonLocalGeneralizedRCNN, NonLocalRetinaNet, valid_sizes_in_blocks
 from .resnet_blocks import (
     NonLocalBasicBlock,
     NonLocalBottleneckBlock,
@@ -32,6 +33,9 @@ __all__ = [
     "resnet_block_args_from_cfg",
     "nonlocal_block_factory",
     "KRCNNConvDeconvUpsampleNLHead",
+    "NonLocalGeneralizedRCNN",
+    "NonLocalRetinaNet",
+    "valid_sizes_in_blocks",
     "NonLocalBasicBlock",
     "NonLocalBottleneckBlock",
     "NonLocalDeformBottleneckBlock",

@@ -155,6 +155,27 @@ _NONLOCAL_BACKBONES = (
 )
 
 
+def _warn_if_padding_not_masked(cfg) -> None:
+    from .meta_arch import PADDING_AWARE_META_ARCHITECTURES
+
+    meta_architecture = cfg.MODEL.META_ARCHITECTURE
+    if (
+        cfg.MODEL.NONLOCAL.MASK_PADDING
+        and meta_architecture not in PADDING_AWARE_META_ARCHITECTURES
+    ):
+        stock_to_ours = {
+            "GeneralizedRCNN": "NonLocalGeneralizedRCNN",
+            "RetinaNet": "NonLocalRetinaNet",
+        }
+        logger.warning(
+            f"MODEL.NONLOCAL.MASK_PADDING is True, but MODEL.META_ARCHITECTURE={meta_architecture!r} "
+            "does not pass the images' valid sizes to the non-local blocks: they attend over the "
+            "padded map, so an image's detections depend on its batch-mates. Set "
+            f"MODEL.META_ARCHITECTURE={stock_to_ours.get(meta_architecture, 'NonLocalGeneralizedRCNN')!r}, "
+            "or MODEL.NONLOCAL.MASK_PADDING False to attend over the padding on purpose."
+        )
+
+
 def _with_nonlocal_blocks(
     cfg, input_shape: ShapeSpec, backbone_name: str, name_key: str
 ) -> Backbone:
@@ -169,6 +190,7 @@ def _with_nonlocal_blocks(
             f"{sorted(name for name, _ in BACKBONE_REGISTRY)}"
         )
     nonlocal_block = nonlocal_block_factory(cfg)  # checks MODEL.NONLOCAL before anything is built
+    _warn_if_padding_not_masked(cfg)
     backbone = BACKBONE_REGISTRY.get(backbone_name)(cfg, input_shape)
     resnet = find_resnet(backbone)
     if resnet is None:

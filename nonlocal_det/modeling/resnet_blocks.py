@@ -30,14 +30,22 @@ class RunsNonLocalAfter:
     """
     Mixin placed before a ``CNNBlockBase`` subclass: the block's own forward, then
     ``nonlocal_block`` on its output, (B, C_in, H, W) -> (B, C_out, H / stride, W / stride).
+
+    ``valid_sizes``: None, or per image of the batch being computed, its valid (h, w) on this
+    block's output grid, passed to ``nonlocal_block``; set only for the duration of one model
+    call by ``meta_arch.valid_sizes_in_blocks``.
     """
 
     def __init__(self, *args, nonlocal_block: nn.Module, **kwargs):
         super().__init__(*args, **kwargs)
         self.nonlocal_block = nonlocal_block
+        self.valid_sizes = None
 
     def forward(self, x):
-        return self.nonlocal_block(super().forward(x))
+        y = super().forward(x)
+        if self.valid_sizes is None:
+            return self.nonlocal_block(y)
+        return self.nonlocal_block(y, valid_sizes=self.valid_sizes)
 
 
 class NonLocalBasicBlock(RunsNonLocalAfter, BasicBlock):

@@ -1,0 +1,87 @@
+"""
+Blocks on padded batches: each image's valid region, and norm statistics over valid positions.
+
+Detectron2 pads every image of a batch at the bottom and right, to the batch's largest size and
+a multiple of the backbone's size divisibility. A block that attends over the padded map lets an
+image's output depend on its batch-mates' sizes (its keys include the zeros), and a norm after
+W_z would take statistics over the zeros. Given each image's valid size ``(h, w)`` on the
+block's grid, the blocks instead compute every image on its own valid rectangle, which is
+exactly attention with the padded keys masked out (softmax over valid keys only, sums divided
+by the number of valid keys, sub-sampling pooled within the valid region), at the cost of the
+valid positions only. Images of one valid size are computed as one batch.
+
+The norm after W_z then sees valid positions only: per image for per-sample norms (GroupNorm,
+LayerNorm), and over every image's valid positions together for batch norms (BatchNorm,
+SyncBatchNorm and their Detectron2 variants), in training and inference.
+"""
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+__all__ = ["ValidGroup", "valid_groups", "norm_over_valid"]
+
+# (indices of the images in the batch, valid height, valid width)
+ValidGroup = Tuple[torch.Tensor, int, int]
+
+
+def valid_groups(valid_sizes, x: torch.Tensor, owner: str) -> Optional[List[ValidGroup]]:
+    """
+    The images of ``x`` grouped by valid size, in order of first appearance; None when
+    ``valid_sizes`` is None or no image is padded (the caller then computes the whole batch).
+
+    Args:
+        valid_sizes: per image of ``x``, (h, w): its real positions are rows < h and columns
+            < w of the block's grid; a sequence of pairs or an integer tensor (B, 2).
+        x: (B, C, H, W).
+        owner: the block's name, for errors.
+    """
+    if valid_sizes is None:
+        return None
+    batch, _, height, width = x.shape
+    sizes = valid_sizes.tolist() if isinstance(valid_sizes, torch.Tensor) else list(valid_sizes)
+    if len(sizes) != batch or any(len(s) != 2 for s in sizes):
+        raise ValueError(
+            f"{owner}: valid_sizes must hold one (height, width) pair per image of the batch "
+            f"({batch}), got {valid_sizes!r}"
+        )
+    groups = {}
+    for index, (h, w) in enumerate(sizes):
+        if not (1 <= h <= height and 1 <= w <= width):
+            raise ValueError(
+                f"{owner}: valid size ({h}, {w}) of image {index} does not fit its "
+                f"{height}x{width} grid; each must be between (1, 1) and ({height}, {width})"
+            )
+        groups.setdefault((int(h), int(w)), []).append(index)
+    if list(groups) == [(height, width)]:
+        return None
+    return [(torch.tensor(indices, device=x.device), h, w) for (h, w), indices in groups.items()]
+
+
+def _is_batch_norm(norm: nn.Module) -> bool:
+    return isinstance(norm, nn.modules.batchnorm._BatchNorm)
+
+
+def norm_over_valid(norm: Optional[nn.Module], pieces: List[torch.Tensor]) -> List[torch.Tensor]:
+    """
+    ``norm`` applied to W_z's outputs on the valid rectangles, (b_k, C, h_k, w_k) each, with
+    statistics over valid positions only.
+
+    A batch norm gets every piece's positions at once, packed as one (1, C, 1, L) map: its
+    statistics (and running-statistics update) are those of the L valid positions. Any other
+    norm is taken to normalise each image on its own (GroupNorm, LayerNorm) and gets each piece
+    as it is.
+    """
+    if norm is None:
+        return pieces
+    if not _is_batch_norm(norm) or len(pieces) == 1:
+        return [norm(piece) for piece in pieces]
+    channels = pieces[0].shape[1]
+    flat = [piece.transpose(0, 1).reshape(channels, -1) for piece in pieces]  # (C, b h w) each
+    packed = norm(torch.cat(flat, dim=1)[None, :, None, :])[0, :, 0]  # (C, L)
+    out = []
+    for piece, values in zip(pieces, packed.split([f.shape[1] for f in flat], dim=1)):
+        b, _, h, w = piece.shape
+        out.append(values.reshape(channels, b, h, w).transpose(0, 1))
+    return out
