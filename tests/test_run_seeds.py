@@ -178,6 +178,10 @@ def test_uniform_attention_gives_a_ratio_of_one(datasets_dir, tmp_path):
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("uniform")
     cfg.MODEL.WEIGHTS = str(tmp_path / "uniform.pth")
     result = attention_mass.measure(cfg)
-    assert result["images"] >= 1 and result["queries"] > 0
-    assert result["ratio"] == pytest.approx(1.0, abs=1e-5)
-    assert 0 < result["uniform"] < 0.2
+    lamp = result["lamp"]
+    assert result["images"] >= 1 and lamp["queries"] > 0
+    assert lamp["ratio"] == pytest.approx(1.0, abs=1e-5)
+    assert 0 < lamp["uniform"] < 0.2
+    (block,) = result["blocks"].values()
+    assert block["specificity"] == pytest.approx(0.0, abs=1e-9)  # every query's map is the same
+    assert block["specificity_at_init"] > 0.01

@@ -1,18 +1,23 @@
 #!/usr/bin/env python
 """
-Where the objects of the long-range task look: the share of a backbone non-local block's
-attention that falls on the lamp, against the share the lamp would get under uniform attention.
+What a trained model's non-local blocks attend to, over the config's first test set:
 
-For every image of a ``nonlocal_longrange`` split, the queries are the block's grid positions
-whose centres lie inside the ground-truth box of a shape (not the lamp's own box); the cue keys are the key cells (2x2 pooled cells
-with sub-sampling) that overlap the lamp's box. For each query, ``mass`` = the sum of its
-normalised weights on the cue keys (``NonLocalBlock2d.attention_for_queries``, which builds
-only the queries' rows), ``uniform`` = cue keys / all keys. Reported: mean mass, mean uniform
-share, and their ratio (1 for a block that attends uniformly; a block that learned to read the
-lamp gives much more), averaged over all queries of all images.
+- **query specificity** of every non-local block (backbone and keypoint head): the mean
+  Jensen-Shannon divergence between the attention maps of pairs of queries of one image (or one
+  person RoI for head blocks), averaged over images; 0 for attention that is the same for every
+  query (uniform, or the query-independent maps GCNet reported for blocks trained on COCO), 1
+  when queries attend to disjoint keys. Beside it, the same measure for each block at
+  initialisation (the config's model built without weights, applied to the trained model's
+  block inputs). ``nonlocal_det.analysis.attention`` defines the measures.
+- on ``nonlocal_longrange``, the **lamp mass** of the first backbone block: queries are the
+  block's grid positions whose centres lie inside a shape's ground-truth box (not the lamp's),
+  cue keys the key cells (2x2 pooled with sub-sampling) overlapping the lamp's box; mass = the
+  queries' mean attention on the cue keys, beside the cue keys' share of all keys (uniform).
 
     python tools/attention_mass.py --config-file configs/longrange_NL.yaml \
         MODEL.WEIGHTS output/ablation/longrange_NL/seed0/model_final.pth
+    python tools/attention_mass.py --config-file configs/quickstart.yaml \
+        MODEL.WEIGHTS output/quickstart/model_final.pth --output output/attention.json
 """
 
 import argparse
@@ -51,86 +56,148 @@ def _overlaps(a, b) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def measure(cfg, block_name=None, max_images=None):
-    """{"images", "queries", "mass", "uniform", "ratio", "block"} over the config's first test set."""
+def _lamp_boxes(dataset: str):
+    from detectron2.data import MetadataCatalog
+
+    with open(MetadataCatalog.get(dataset).json_file) as f:
+        lamps = {im["file_name"]: im.get("lamp_box") for im in json.load(f)["images"]}
+    return lamps if any(lamps.values()) else None
+
+
+def _stride(model, image_height: int, grid_height: int) -> float:
+    """Input pixels per cell of a backbone grid: the padded batch's height over the grid's."""
+    divisibility = model.backbone.size_divisibility or 1
+    return -(-image_height // divisibility) * divisibility / grid_height
+
+
+def nonlocal_blocks(model):
+    """{name: block} of every non-local block of the model; CGNL blocks refused with the reason."""
+    from nonlocal_det.layers import CGNLBlock2d, NonLocalBlock2d
+
+    if any(isinstance(m, CGNLBlock2d) for m in model.modules()):
+        raise ValueError(
+            "the model's blocks are CGNL blocks, which have no per-query attention map to measure: "
+            "their kernel couples every (position, channel) element of a channel group (Yue et al., "
+            "sec. 3.3), computed as one compact sum per group"
+        )
+    blocks = {n: m for n, m in model.named_modules() if isinstance(m, NonLocalBlock2d)}
+    if not blocks:
+        raise ValueError(
+            "the model has no non-local block (MODEL.BACKBONE.NAME, ROI_KEYPOINT_HEAD.NAME)"
+        )
+    return blocks
+
+
+def measure(cfg, max_images=None):
+    """
+    {"images", "blocks": {name: {"specificity", "specificity_at_init", "maps"}}, "lamp": {...} or
+    None} over the config's first test set.
+    """
     from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data import DatasetCatalog
     from detectron2.data import transforms as T
     from detectron2.data.detection_utils import read_image
     from detectron2.modeling import build_model
     from detectron2.structures import BoxMode
 
-    from nonlocal_det.layers import NonLocalBlock2d
+    from nonlocal_det.analysis.attention import (
+        BlockInputs,
+        cue_mass,
+        mean,
+        query_maps,
+        query_specificity,
+    )
 
     dataset = cfg.DATASETS.TEST[0]
-    meta = MetadataCatalog.get(dataset)
-    with open(meta.json_file) as f:
-        lamps = {im["file_name"]: im.get("lamp_box") for im in json.load(f)["images"]}
-    if not any(lamps.values()):
-        raise ValueError(
-            f"{dataset} has no lamp boxes: this tool measures the nonlocal_longrange task"
-        )
-
+    lamps = _lamp_boxes(dataset)
+    torch.manual_seed(0)
+    at_init = dict(nonlocal_blocks(build_model(cfg).eval()))
     model = build_model(cfg).eval()
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    blocks = [(n, m) for n, m in model.backbone.named_modules() if isinstance(m, NonLocalBlock2d)]
-    if block_name:
-        blocks = [(n, m) for n, m in blocks if n == block_name]
-    if not blocks:
-        raise ValueError(
-            "the model's backbone has no NonLocalBlock2d"
-            + (f" named {block_name!r}" if block_name else "")
-        )
-    name, block = blocks[0]
-    store = {}
-    block.register_forward_pre_hook(lambda mod, args: store.__setitem__("x", args[0]))
+    blocks = nonlocal_blocks(model)
+    backbone_block = next((n for n in blocks if n.startswith("backbone.")), None)
     aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
 
-    masses, uniforms, used = [], [], 0
+    scores = {n: {"trained": [], "init": []} for n in blocks}
+    lamp_masses, lamp_uniforms, lamp_queries, used = [], [], 0, 0
     for record in DatasetCatalog.get(dataset)[:max_images]:
-        lamp = lamps.get(os.path.basename(record["file_name"]))
-        if lamp is None:
-            continue
-        boxes = [
-            BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
-            for a in record.get("annotations", [])
-        ]
-        boxes = [b for b in boxes if not _overlaps(b, lamp)]  # the shapes, not the lamp's own box
-        if not boxes:
-            continue
         image = read_image(record["file_name"], format=cfg.INPUT.FORMAT)
-        transform = aug.get_transform(image)
-        resized = transform.apply_image(image)
-        scale = resized.shape[0] / image.shape[0]
+        resized = aug.get_transform(image).apply_image(image)
         tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
-        with torch.no_grad():
-            images = model.preprocess_image([{"image": tensor}])
-            model.backbone(images.tensor)
-            x = store["x"]
-            stride = images.tensor.shape[-2] / x.shape[-2]
-            queries, cue = cue_and_query_cells(
-                np.array(lamp) * scale,
-                np.array(boxes) * scale,
-                x.shape[-2:],
-                stride,
-                2 if block.sub_sample else 1,
-            )
-            if len(queries) == 0:
-                continue
-            weights = block.attention_for_queries(x, torch.as_tensor(queries))[0]  # (Q, Hk, Wk)
-        cue_t = torch.as_tensor(cue)
-        masses.append(weights[:, cue_t].sum(-1).numpy())
-        uniforms.append(np.full(len(queries), cue.sum() / cue.size))
+        with torch.no_grad(), BlockInputs(blocks) as inputs:
+            model([{"image": tensor}])
         used += 1
-    mass, uniform = np.concatenate(masses), np.concatenate(uniforms)
-    return {
-        "block": name,
+        for name, calls in inputs.items():
+            for x, valid_sizes in calls:
+                for i in range(x.shape[0]):  # the image, or each person RoI of the head
+                    size = valid_sizes[i] if valid_sizes is not None else None
+                    with torch.no_grad():
+                        maps = query_maps(blocks[name], x[i : i + 1], size)
+                        maps_init = query_maps(at_init[name], x[i : i + 1], size)
+                    scores[name]["trained"].append(query_specificity(maps))
+                    scores[name]["init"].append(query_specificity(maps_init))
+                    if name == backbone_block and lamps is not None:
+                        lamp = lamps.get(os.path.basename(record["file_name"]))
+                        boxes = [
+                            BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+                            for a in record.get("annotations", [])
+                        ]
+                        boxes = [b for b in boxes if lamp and not _overlaps(b, lamp)]
+                        if not boxes:
+                            continue
+                        scale = resized.shape[0] / image.shape[0]
+                        grid = tuple(size) if size is not None else tuple(x.shape[-2:])
+                        queries, cue = cue_and_query_cells(
+                            np.array(lamp) * scale, np.array(boxes) * scale, grid,
+                            _stride(model, resized.shape[0], x.shape[-2]),
+                            2 if blocks[name].sub_sample else 1,
+                        )  # fmt: skip
+                        if len(queries) == 0:
+                            continue
+                        flat = torch.as_tensor(queries[:, 0] * grid[1] + queries[:, 1])
+                        result = cue_mass(maps[flat], torch.as_tensor(cue))
+                        lamp_masses.append(result["mass"] * len(flat))
+                        lamp_uniforms.append(result["uniform"] * len(flat))
+                        lamp_queries += len(flat)
+    out = {
         "images": used,
-        "queries": int(mass.size),
-        "mass": float(mass.mean()),
-        "uniform": float(uniform.mean()),
-        "ratio": float(mass.mean() / uniform.mean()),
+        "blocks": {
+            name: {
+                "specificity": mean(s["trained"]),
+                "specificity_at_init": mean(s["init"]),
+                "maps": len(s["trained"]),
+            }
+            for name, s in scores.items()
+        },
+        "lamp": None,
     }
+    if lamp_queries:
+        mass, uniform = sum(lamp_masses) / lamp_queries, sum(lamp_uniforms) / lamp_queries
+        out["lamp"] = {
+            "block": backbone_block,
+            "queries": lamp_queries,
+            "mass": mass,
+            "uniform": uniform,
+            "ratio": mass / uniform,
+        }
+    return out
+
+
+def report(result) -> str:
+    lines = [f"over {result['images']} images of the test set:"]
+    for name, r in result["blocks"].items():
+        lines.append(
+            f"  {name}: query specificity {r['specificity']:.3f} (at initialisation "
+            f"{r['specificity_at_init']:.3f}; uniform attention 0, disjoint 1; {r['maps']} maps)"
+        )
+    lamp = result["lamp"]
+    if lamp:
+        lines.append(
+            f"  {lamp['block']}: over {lamp['queries']} shape queries, {100 * lamp['mass']:.1f}% of the "
+            f"attention falls on the lamp, which holds {100 * lamp['uniform']:.1f}% of the keys: "
+            f"{lamp['ratio']:.1f}x uniform"
+        )
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -138,9 +205,6 @@ def main(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config-file", required=True)
-    parser.add_argument(
-        "--block", help="name of the backbone's non-local block (default: the first)"
-    )
     parser.add_argument("--max-images", type=int)
     parser.add_argument("--output", help="also write the result as JSON here")
     parser.add_argument(
@@ -148,20 +212,17 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
 
+    import nonlocal_det  # noqa: F401  (registers the models and datasets)
     from nonlocal_det.checks import MissingInputError, check_weights
     from nonlocal_det.config import get_nonlocal_cfg
 
     cfg = get_nonlocal_cfg(args.config_file, args.opts)
     try:
         check_weights(cfg, resume=False)
-        result = measure(cfg, args.block, args.max_images)
+        result = measure(cfg, args.max_images)
     except (MissingInputError, ValueError) as e:
         sys.exit(f"error: {e}")
-    print(
-        f"{result['block']}: over {result['queries']} object queries in {result['images']} images, "
-        f"{100 * result['mass']:.1f}% of the attention falls on the lamp, which holds "
-        f"{100 * result['uniform']:.1f}% of the keys: {result['ratio']:.1f}x uniform"
-    )
+    print(report(result))
     if args.output:
         with open(args.output, "w") as f:
             json.dump(result, f, indent=1)

@@ -1,0 +1,1 @@
+"""Measurements of trained models: what their non-local blocks attend to."""
