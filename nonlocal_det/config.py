@@ -34,9 +34,9 @@ def add_nonlocal_config(cfg):
     # How each block's residual branch norm(W_z y) starts. "identity" (the paper): the norm's
     # affine weight (or W_z, with no norm) is zero, so the block is exactly the identity and a
     # stock checkpoint gives the stock model's outputs; use it when fine-tuning from a
-    # pre-trained model. "small": that weight is 0.1 (or W_z 0.1x its MSRA init), so theta, phi
-    # and g get gradients from the first step; use it when training from scratch (measured:
-    # docs/ablation.md).
+    # pre-trained model. "standard": that weight is 1 (or W_z keeps its MSRA init), as for any
+    # layer trained from scratch, so theta, phi and g learn from the first step; use it when
+    # training from scratch. "small": 0.1 of "standard" (measured: docs/ablation.md).
     cfg.MODEL.NONLOCAL.INIT = "identity"
     # With MODEL.META_ARCHITECTURE "NonLocalGeneralizedRCNN" or "NonLocalRetinaNet": the backbone's
     # blocks compute each image on its valid (unpadded) region, with norm statistics over valid

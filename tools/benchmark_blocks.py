@@ -11,7 +11,9 @@ during one forward+backward: the profiler's memory timeline on CPU,
 ``torch.cuda.max_memory_allocated`` on CUDA. Implementations whose estimated need exceeds
 ``--memory-limit-gb`` are not run, and the table says why.
 
-    python tools/benchmark_blocks.py                      # CPU, writes docs/benchmarks.md
+    python tools/benchmark_blocks.py                      # CPU, writes output/benchmarks.md
+    python tools/benchmark_blocks.py --output docs/benchmarks.md   # the committed table
+    python tools/benchmark_blocks.py --padding --output output/padding_blocks.md
     python tools/benchmark_blocks.py --device cuda --output docs/benchmarks_gpu.md
 """
 
@@ -59,7 +61,37 @@ def estimated_bytes(impl, mode, channels, h, w):
 # ---------------------------------------------------------------- child: one implementation
 
 
-def _build(impl, mode, channels, device):
+# --padding: a third of the large map's columns are padding (valid 200 x 134 of 200 x 200)
+PADDED_VALID_WIDTH = 134
+
+
+def _masked_sdpa(block, valid_width):
+    """
+    The alternative to computing on the valid crop, for softmax modes: attention over the
+    padded map with the padded keys masked (a boolean mask to torch's fused attention), then
+    W_z and the norm on the whole map. Timed only, to choose between the two.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    def forward(x):
+        q, k, v = (t.flatten(2).transpose(1, 2) for t in block.embed(x))
+        key_cols = -(-x.shape[-1] // 2) if block.sub_sample else x.shape[-1]
+        valid_cols = -(-valid_width // 2) if block.sub_sample else valid_width
+        mask = (torch.arange(key_cols, device=x.device) < valid_cols).repeat(k.shape[1] // key_cols)
+        if q.shape[-1] != v.shape[-1]:  # gaussian mode: q, k have C channels, v inner
+            v = F.pad(v, (0, q.shape[-1] - v.shape[-1]))
+        y = F.scaled_dot_product_attention(
+            q[:, None].contiguous(), k[:, None].contiguous(), v[:, None].contiguous(),
+            attn_mask=mask[None, None, None], scale=block._logit_scale(),
+        )[:, 0, :, : block.inner_channels]  # fmt: skip
+        y = y.transpose(1, 2).reshape(x.shape[0], block.inner_channels, *x.shape[-2:])
+        return x + block.norm(block.out(y))
+
+    return forward
+
+
+def _build(impl, mode, channels, device, width=None):
     import torch
 
     from nonlocal_det.layers import CGNLBlock2d, NonLocalBlock2d
@@ -67,6 +99,10 @@ def _build(impl, mode, channels, device):
 
     if impl.startswith("cgnl"):
         block = CGNLBlock2d(channels, kernel=mode, groups=8, norm="GN").to(device)
+        if impl == "cgnl_padded":
+            return lambda x: block(x, [(x.shape[-2], PADDED_VALID_WIDTH)] * x.shape[0])
+        if impl == "cgnl_crop":
+            return lambda x: block(x[..., :PADDED_VALID_WIDTH])
         return (lambda x: reference_forward(block, x)) if impl == "cgnl_naive" else block
     if impl == "mmcv":
         from mmcv.cnn import NonLocal2d
@@ -77,6 +113,12 @@ def _build(impl, mode, channels, device):
     block = NonLocalBlock2d(channels, mode=mode, norm="BN").to(device)
     if impl == "ours":
         return block
+    if impl == "ours_padded":  # each image computed on its valid region
+        return lambda x: block(x, [(x.shape[-2], PADDED_VALID_WIDTH)] * x.shape[0])
+    if impl == "ours_crop":  # the same block on the valid crop itself
+        return lambda x: block(x[..., :PADDED_VALID_WIDTH])
+    if impl == "masked_sdpa":
+        return _masked_sdpa(block, PADDED_VALID_WIDTH)
     if impl == "naive":
         return lambda x: reference_forward(block, x)
 
@@ -229,7 +271,12 @@ def main():
         help="skip implementations estimated to need more",
     )
     parser.add_argument("--timeout", type=int, default=900, help="seconds per process")
-    parser.add_argument("--output", default=os.path.join(REPO_ROOT, "docs", "benchmarks.md"))
+    parser.add_argument(
+        "--padding",
+        action="store_true",
+        help="only the padded-batch table: the large map with a third of its columns padded",
+    )
+    parser.add_argument("--output", default=os.path.join("output", "benchmarks.md"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -280,6 +327,9 @@ def main():
         print(f"{size:6s} {mode:18s} {results}", flush=True)
         return results
 
+    if args.padding:
+        write(args.output, padding_table(run, args))
+        return
     lines = [
         "# Block benchmarks",
         "",
@@ -341,10 +391,50 @@ def main():
                 f"{_fmt_mb(ours)} | {_fmt_mb(naive)} | {_notes(r)} |"
             )
         lines.append("")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        f.write("\n".join(lines))
-    print(f"wrote {args.output}")
+    write(args.output, lines)
+
+
+def write(path, lines):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+
+
+def padding_table(run, args):
+    """Padded batch vs the valid crop alone (and masked fused attention), the large map."""
+    channels, h, w = SIZES["large"]
+    lines = [
+        f"Generated by `python tools/benchmark_blocks.py --padding --device {args.device}` on "
+        f"{datetime.date.today().isoformat()}; machine: {machine_description(args.device)}.",
+        "",
+        f"C={channels}, a {h}×{w} map whose last {w - PADDED_VALID_WIDTH} columns are padding "
+        f"(valid {h}×{PADDED_VALID_WIDTH}, a third of the keys padded), batch 1, forward + "
+        "backward. *padded*: the block given the valid size (MODEL.NONLOCAL.MASK_PADDING); "
+        "*crop*: the same block on the valid crop alone (no padding: the cost to match); "
+        "*masked SDPA*: the alternative for softmax modes, attention over the whole padded map "
+        "with the padded keys masked in torch's fused attention. Medians as in benchmarks.md.",
+        "",
+        "| block | padded ms | crop ms | padded/crop | masked SDPA ms | padded extra MiB | crop extra MiB | masked SDPA extra MiB | notes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for mode in NL_MODES:
+        softmax = mode in ("gaussian", "embedded_gaussian")
+        r = run(["ours_padded", "ours_crop"] + (["masked_sdpa"] if softmax else []), mode, "large")
+        padded, crop = r["ours_padded"], r["ours_crop"]
+        sdpa = r.get("masked_sdpa", {"error": "softmax modes only"})
+        lines.append(
+            f"| NL {mode} | {_fmt_ms(padded)} | {_fmt_ms(crop)} | {_ratio(padded, crop)} | "
+            f"{_fmt_ms(sdpa)} | {_fmt_mb(padded)} | {_fmt_mb(crop)} | {_fmt_mb(sdpa)} | {_notes(r)} |"
+        )
+    for kernel in CGNL_KERNELS:
+        r = run(["cgnl_padded", "cgnl_crop"], kernel, "large")
+        padded, crop = r["cgnl_padded"], r["cgnl_crop"]
+        lines.append(
+            f"| CGNL {kernel} | {_fmt_ms(padded)} | {_fmt_ms(crop)} | {_ratio(padded, crop)} | — | "
+            f"{_fmt_mb(padded)} | {_fmt_mb(crop)} | — | {_notes(r)} |"
+        )
+    return lines
 
 
 if __name__ == "__main__":

@@ -65,8 +65,8 @@ class CGNLBlock2d(ResidualBlock2d):
         use_scale: divide the group sum by sqrt(N * C').
         gamma: RBF width; small enough that 2 gamma |theta phi| << 1 keeps an order-3
             expansion accurate for unit-scale features.
-        init: "identity" (the default: the block starts as the identity) or "small" (the
-            branch starts small but non-zero, for training from scratch;
+        init: "identity" (the default: the block starts as the identity), "small" or
+            "standard" (the branch starts non-zero, for training from scratch;
             ``residual.init_residual_branch``).
     """
 

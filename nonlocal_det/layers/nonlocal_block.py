@@ -45,8 +45,8 @@ class NonLocalBlock2d(ResidualBlock2d):
 
     At construction the block is exactly the identity: the affine weight (and bias) of
     ``norm`` is zero, or, with ``norm=""``, W_z is (``init="identity"``, the paper's, for
-    fine-tuning a pre-trained model); ``init="small"`` starts the branch small but non-zero,
-    for training from scratch (``residual.init_residual_branch``). The attention core runs in float32 (or
+    fine-tuning a pre-trained model); ``init="small"`` or ``"standard"`` start the branch
+    non-zero, for training from scratch (``residual.init_residual_branch``). The attention core runs in float32 (or
     float64 for float64 inputs) with autocast disabled, and with memory linear in H * W for
     every mode, forward and backward.
 
@@ -62,7 +62,8 @@ class NonLocalBlock2d(ResidualBlock2d):
             that mode.
         norm: "", "BN", "SyncBN", "GN" (gcd(32, C) groups) or a callable
             ``channels -> nn.Module`` with a trainable affine ``weight``.
-        init: "identity" or "small", how the residual branch starts (``RESIDUAL_INITS``).
+        init: "identity", "small" or "standard": how the residual branch starts
+            (``residual.init_residual_branch``).
     """
 
     def __init__(

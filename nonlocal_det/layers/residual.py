@@ -41,10 +41,10 @@ def check_feature_map(x, channels: int, owner: str) -> None:
         raise TypeError(f"{owner} expects a floating-point input, got {x.dtype}")
 
 
-# How the residual branch norm(W_z y) starts (``init`` of the blocks, MODEL.NONLOCAL.INIT).
-RESIDUAL_INITS = ("identity", "small")
-# "small": the norm's affine weight, or with no norm W_z's MSRA weights, times this.
-SMALL_INIT_SCALE = 0.1
+# How the residual branch norm(W_z y) starts (``init`` of the blocks, MODEL.NONLOCAL.INIT), and
+# the factor on the norm's affine weight (or, with no norm, on W_z's MSRA weights) of each.
+RESIDUAL_INIT_SCALES = {"identity": 0.0, "small": 0.1, "standard": 1.0}
+RESIDUAL_INITS = tuple(RESIDUAL_INIT_SCALES)
 
 
 def init_residual_branch(out: nn.Conv2d, norm: nn.Module, init: str = "identity") -> None:
@@ -55,21 +55,23 @@ def init_residual_branch(out: nn.Conv2d, norm: nn.Module, init: str = "identity"
       norm's affine weight and bias are zero (``build_norm`` has checked that the weight trains),
       or with no norm ``out``'s weight and bias, so the block is exactly x. Then theta, phi and g
       get no gradient until that weight has moved.
-    - ``"small"`` (training from scratch): the branch starts small but non-zero, so theta, phi
-      and g learn from the first step: the norm's affine weight is ``SMALL_INIT_SCALE`` (bias
-      zero) and ``out`` keeps its MSRA weights; with no norm, ``out``'s MSRA weights are scaled
-      by ``SMALL_INIT_SCALE`` (bias zero).
+    - ``"small"``: the norm's affine weight is 0.1, or with no norm ``out``'s MSRA weights are
+      scaled by 0.1; the branch starts small but non-zero and theta, phi and g learn from the
+      first step.
+    - ``"standard"`` (training from scratch): every layer at its standard initialisation, as any
+      other layer trained from scratch: the norm's affine weight 1, or ``out``'s MSRA weights.
+
+    Biases of the scaled layer start at zero.
     """
-    if init not in RESIDUAL_INITS:
+    if init not in RESIDUAL_INIT_SCALES:
         raise ValueError(f"init={init!r} is not one of {RESIDUAL_INITS}")
+    scale = RESIDUAL_INIT_SCALES[init]
     scaled = out if norm is None else norm
     with torch.no_grad():
-        if init == "identity":
-            scaled.weight.zero_()
-        elif norm is None:
-            out.weight.mul_(SMALL_INIT_SCALE)
+        if norm is None:
+            out.weight.mul_(scale)
         else:
-            norm.weight.fill_(SMALL_INIT_SCALE)
+            norm.weight.fill_(scale)
         bias = getattr(scaled, "bias", None)
         if isinstance(bias, nn.Parameter):
             bias.zero_()
