@@ -171,3 +171,17 @@ def test_memory_is_linear_in_elements(kernel):
     assert largest <= 4 * 16 * 64 * 64 * 4, (
         f"largest allocation {largest / 1e6:.1f} MB vs {elements}^2 matrix"
     )
+
+
+@pytest.mark.parametrize("kernel", CGNL_KERNELS)
+def test_half_precision_block_is_finite_at_res4_size(kernel):
+    """A block converted with .half(): the Taylor terms of a res4 map reach ~1e7, beyond float16;
+    W_z and the norm take them in float32 and return float16."""
+    torch.manual_seed(0)
+    block = CGNLBlock2d(1024, kernel=kernel).half()
+    x = torch.randn(1, 1024, 50, 84).half()
+    assert torch.equal(block(x), x)  # still exactly the identity at initialisation
+    with torch.no_grad():
+        block.norm.weight.fill_(0.5)
+    for z in (block(x), block(x, valid_sizes=[(30, 84)])):
+        assert z.dtype == torch.float16 and torch.isfinite(z).all()

@@ -185,3 +185,33 @@ def test_uniform_attention_gives_a_ratio_of_one(datasets_dir, tmp_path):
     (block,) = result["blocks"].values()
     assert block["specificity"] == pytest.approx(0.0, abs=1e-9)  # every query's map is the same
     assert block["specificity_at_init"] > 0.01
+
+
+ABLATION_REPORT = [
+    "--config-files", config("longrange_baseline.yaml"), config("longrange_NL.yaml"), "--seeds", "0", "1", "2",
+    "--from-summaries", os.path.join(REPO_ROOT, "docs", "ablation_runs"), "--no-costs", "--per-category",
+    "--category-mean", "team=team_red,team_green",
+]  # fmt: skip
+
+
+def test_committed_ablation_table_is_rebuilt_from_the_committed_run_summaries(tmp_path):
+    """docs/ablation_table.md comes from docs/ablation_runs/ alone: nothing is retrained."""
+    import run_seeds
+
+    table, plot = tmp_path / "table.md", tmp_path / "ablation.png"
+    assert run_seeds.main([*ABLATION_REPORT, "--table", str(table), "--plot", str(plot)]) == 0
+
+    def rows(text):
+        return [line for line in text.splitlines() if line.startswith("|")]
+
+    committed = open(os.path.join(REPO_ROOT, "docs", "ablation_table.md")).read()
+    assert rows(table.read_text()) == rows(committed) and len(rows(committed)) > 10
+    assert plot.stat().st_size > 10_000
+
+
+def test_from_summaries_names_a_missing_summary(tmp_path, capsys):
+    import run_seeds
+
+    args = [*ABLATION_REPORT[:6], "7", *ABLATION_REPORT[7:]]  # a seed that was never run
+    with pytest.raises(SystemExit, match="no summary .*seed7.json"):
+        run_seeds.main(args)

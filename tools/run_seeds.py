@@ -115,6 +115,7 @@ def train_one(config_file: str, seed: int, directory: str, num_gpus: int, opts: 
         "opts": opts,
         "num_gpus": num_gpus,
         "cpu": cpu_model(),
+        "logical_cpus": os.cpu_count(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "commit": git_commit(),
@@ -233,30 +234,55 @@ def _tasks_of(runs: List[dict]):
     return [(t, label) for t, label in TASKS if all(t in r["metrics"] for r in runs)]
 
 
+def _columns(runs: List[dict], per_category=False):
+    """
+    [(label, run -> value)]: each task's AP, then with ``per_category`` the box AP of each
+    category, and of each group {name: [categories]} of ``per_category`` as their mean.
+    """
+    columns = [(label, lambda r, t=t: r["metrics"][t]) for t, label in _tasks_of(runs)]
+    if per_category and all("bbox" in r["all_metrics"] for r in runs):
+        names = [k[3:] for k in runs[0]["all_metrics"]["bbox"] if k.startswith("AP-")]
+        groups = per_category if isinstance(per_category, dict) else {}
+        for group, members in groups.items():
+            columns.append(
+                (
+                    f"box AP {group}",
+                    lambda r, m=members: statistics.mean(
+                        r["all_metrics"]["bbox"][f"AP-{c}"] for c in m
+                    ),
+                )
+            )
+        columns += [
+            (f"box AP {name}", lambda r, k=name: r["all_metrics"]["bbox"][f"AP-{k}"])
+            for name in names
+        ]
+    return columns
+
+
 def _mean_std(values: List[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.pstdev(values):.1f}"
 
 
-def seed_tables(results: Dict[str, List[dict]]) -> List[str]:
+def seed_tables(results: Dict[str, List[dict]], per_category: bool = False) -> List[str]:
     """Per config: a row per seed, then mean ± std, min and max of every AP and the wall time."""
     lines = []
     for config_file, config_runs in results.items():
-        tasks = _tasks_of(config_runs)
+        columns = _columns(config_runs, per_category)
         lines += [f"### `{config_name(config_file)}` ({len(config_runs)} seeds)", ""]
-        lines.append("| seed | " + " | ".join(label for _, label in tasks) + " | wall |")
-        lines.append("|---" * (len(tasks) + 2) + "|")
+        lines.append("| seed | " + " | ".join(label for label, _ in columns) + " | wall |")
+        lines.append("|---" * (len(columns) + 2) + "|")
         for r in config_runs:
-            aps = " | ".join(f"{r['metrics'][t]:.1f}" for t, _ in tasks)
+            aps = " | ".join(f"{value(r):.1f}" for _, value in columns)
             lines.append(f"| {r['seed']} | {aps} | {format_duration(r['wall_s'])} |")
         walls = [r["wall_s"] for r in config_runs]
         rows = (("mean ± std", _mean_std, statistics.mean), ("min", min, min), ("max", max, max))
         for name, ap_stat, wall_stat in rows:
-            cells = [ap_stat([r["metrics"][t] for r in config_runs]) for t, _ in tasks]
+            cells = [ap_stat([value(r) for r in config_runs]) for _, value in columns]
             cells = [c if isinstance(c, str) else f"{c:.1f}" for c in cells]
             lines.append(
                 f"| **{name}** | " + " | ".join(cells) + f" | {format_duration(wall_stat(walls))} |"
             )
-        lines.append("")
+        lines.append(f"\nTotal wall time: {format_duration(sum(walls))}.\n")
     return lines
 
 
@@ -274,21 +300,23 @@ def model_costs(config_file: str, opts: List[str]) -> dict:
     return {"params": result["params"], "flops": result["flops"], "size": (height, width)}
 
 
-def ablation_table(results: Dict[str, List[dict]], costs: Dict[str, dict]) -> List[str]:
+def ablation_table(
+    results: Dict[str, List[dict]], costs: Dict[str, dict], per_category: bool = False
+) -> List[str]:
     """One row per config: AP mean ± std and per-seed values, train time, params, FLOPs overhead."""
     configs = list(results)
-    tasks = _tasks_of([r for rs in results.values() for r in rs])
+    columns = _columns([r for rs in results.values() for r in rs], per_category)
     base = costs.get(configs[0])
     header = "| config | seeds | " + " | ".join(
-        f"{label} (mean ± std) | {label} per seed" for _, label in tasks
+        f"{label} (mean ± std) | {label} per seed" for label, _ in columns
     )
     header += " | train time (mean) | params (M) | GFLOPs | FLOPs vs first |"
-    lines = [header, "|---" * (3 + 2 * len(tasks) + 3) + "|"]
+    lines = [header, "|---" * (3 + 2 * len(columns) + 3) + "|"]
     for config_file in configs:
         runs = results[config_file]
         cells = []
-        for t, _ in tasks:
-            values = [r["metrics"][t] for r in runs]
+        for _, value in columns:
+            values = [value(r) for r in runs]
             cells += [_mean_std(values), ", ".join(f"{v:.1f}" for v in values)]
         train = [r["train_s"] for r in runs if r.get("train_s") is not None]
         cost = costs.get(config_file)
@@ -425,12 +453,21 @@ def plot(results: Dict[str, List[dict]], path: str) -> None:
     plt.close(fig)
 
 
-def report(results: Dict[str, List[dict]], command: str, opts: List[str], with_costs: bool) -> str:
+def report(
+    results: Dict[str, List[dict]],
+    command: str,
+    opts: List[str],
+    with_costs: bool,
+    per_category: bool = False,
+) -> str:
     runs = [r for rs in results.values() for r in rs]
+    cpus = runs[0].get("logical_cpus")
     lines = [
         f"Command: `{command}`",
         "",
-        f"Machine: {runs[0]['cpu']}, {os.cpu_count()} logical CPUs, OMP_NUM_THREADS="
+        f"Machine: {runs[0]['cpu']}"
+        + (f", {cpus} logical CPUs" if cpus else "")
+        + ", OMP_NUM_THREADS="
         f"{runs[0].get('omp_num_threads') or 'unset'}; wall time per run is the whole train_net.py "
         "process (dataset generation when missing, training, evaluation); train time is Detectron2's "
         "total training time (iterations only).",
@@ -438,12 +475,19 @@ def report(results: Dict[str, List[dict]], command: str, opts: List[str], with_c
     ]
     if len(results) > 1:
         costs = {c: model_costs(c, opts) for c in results} if with_costs else {}
-        lines += ["### Ablation", "", *ablation_table(results, costs), ""]
+        lines += ["### Ablation", "", *ablation_table(results, costs, per_category), ""]
     comparison = paper_table(results, opts)
     if comparison:
         lines += ["### Paper comparison", "", *comparison, ""]
-    lines += seed_tables(results)
+    lines += seed_tables(results, per_category)
     return "\n".join(lines)
+
+
+def _category_group(text: str):
+    name, _, members = text.partition("=")
+    if not name or not members:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=CATEGORY,CATEGORY,...")
+    return name, members.split(",")
 
 
 def parse_args(argv=None):
@@ -468,6 +512,17 @@ def parse_args(argv=None):
         help="train nothing: build the table and plot from the summaries in SUMMARY_DIR",
     )
     parser.add_argument("--plot", help="write the AP-per-seed and training-loss plot to this PNG")
+    parser.add_argument(
+        "--per-category", action="store_true", help="also tabulate the box AP of every category"
+    )
+    parser.add_argument(
+        "--category-mean",
+        action="append",
+        default=[],
+        metavar="NAME=CAT1,CAT2",
+        type=_category_group,
+        help="with --per-category, also a column NAME: the mean box AP of these categories",
+    )
     parser.add_argument(
         "--no-costs", action="store_true", help="leave params/FLOPs out of the ablation table"
     )
@@ -506,7 +561,8 @@ def main(argv=None) -> int:
         except RuntimeError as e:
             sys.exit(f"error: {e}")
     command = "python tools/run_seeds.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = report(results, command, list(args.opts), with_costs=not args.no_costs)
+    per_category = args.per_category and (dict(args.category_mean) or True)
+    text = report(results, command, list(args.opts), not args.no_costs, per_category=per_category)
     print(text)
     if args.table:
         os.makedirs(os.path.dirname(os.path.abspath(args.table)), exist_ok=True)

@@ -64,10 +64,18 @@ def first_nonlocal(module):
 
 
 def capture_input(block):
+    """
+    Record the block's input as ``store["x"]``: cropped to the image's valid region when the
+    model passed valid sizes (MODEL.NONLOCAL.MASK_PADDING), as the block computed it.
+    """
     store = {}
-    handle = block.register_forward_pre_hook(
-        lambda mod, args: store.__setitem__("x", args[0].detach())
-    )
+
+    def record(module, args, kwargs):
+        x, sizes = args[0].detach(), kwargs.get("valid_sizes")
+        store["x"] = x if sizes is None else x[..., : sizes[0][0], : sizes[0][1]]
+        store["grid_height"] = x.shape[-2]
+
+    handle = block.register_forward_pre_hook(record, with_kwargs=True)
     return store, handle
 
 
@@ -137,7 +145,8 @@ def main(argv=None):
     handle.remove()
     features_handle.remove()
     x, features = store["x"], store["features"]
-    stride = resized.shape[0] / x.shape[-2]  # padding only adds rows/cols at the end
+    divisibility = model.backbone.size_divisibility or 1  # the batch is padded to a multiple
+    stride = -(-resized.shape[0] // divisibility) * divisibility / store["grid_height"]
     if args.queries:
         points = np.array([[float(v) for v in q.split(",")] for q in args.queries])
     else:

@@ -77,6 +77,29 @@ def init_residual_branch(out: nn.Conv2d, norm: nn.Module, init: str = "identity"
             bias.zero_()
 
 
+def _call_in(module: nn.Module, dtype: torch.dtype, x: torch.Tensor) -> torch.Tensor:
+    """
+    ``module(x)`` with its parameters and buffers in ``dtype`` (wider than their own); buffers the
+    call updates (BatchNorm's running statistics) are copied back.
+    """
+    params = {n: p.to(dtype) for n, p in module.named_parameters()}
+    buffers = {n: b.to(dtype) if b.is_floating_point() else b for n, b in module.named_buffers()}
+    out = torch.func.functional_call(module, {**params, **buffers}, (x,))
+    with torch.no_grad():
+        for name, own in module.named_buffers():
+            if buffers[name] is not own:
+                own.copy_(buffers[name])
+    return out
+
+
+def _apply_in(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` computed in x's dtype where the module's own is narrower (a ``.half()`` block)."""
+    own = next(module.parameters()).dtype
+    if torch.promote_types(x.dtype, own) == own:
+        return module(x.to(own))
+    return _call_in(module, x.dtype, x)
+
+
 def residual_branch(out: nn.Conv2d, norm: nn.Module, y: torch.Tensor) -> torch.Tensor:
     """
     norm(out(y)) with autocast disabled, in the dtype of ``out``'s weight:
@@ -84,13 +107,14 @@ def residual_branch(out: nn.Conv2d, norm: nn.Module, y: torch.Tensor) -> torch.T
 
     y from the dot-product, concatenation and CGNL operations is unbounded (it grows with
     the activations cubed), so under mixed precision W_z and the norm stay in float32
-    rather than overflow float16.
+    rather than overflow float16. A block converted to half precision (``.half()``) computes
+    them in y's float32 too, and returns the normalised branch in its own dtype.
     """
     with torch.autocast(device_type=y.device.type, enabled=False):
-        branch = out(y.to(out.weight.dtype))
+        branch = _apply_in(out, y)
         if norm is not None:
-            branch = norm(branch)
-    return branch
+            branch = _apply_in(norm, branch)
+        return branch.to(out.weight.dtype)
 
 
 class ResidualBlock2d(nn.Module):
@@ -138,8 +162,9 @@ class ResidualBlock2d(nn.Module):
             return x + residual_branch(self.out, self.norm, self.transform(x))
         ys = [self.transform(x[index, :, :h, :w]) for index, h, w in groups]
         with torch.autocast(device_type=x.device.type, enabled=False):
-            pieces = [self.out(y.to(self.out.weight.dtype)) for y in ys]
-            pieces = norm_over_valid(self.norm, pieces)
+            pieces = [_apply_in(self.out, y) for y in ys]
+            pieces = norm_over_valid(self.norm, pieces, _apply_in)
+        pieces = [piece.to(self.out.weight.dtype) for piece in pieces]
         branch = x.new_zeros(x.shape, dtype=pieces[0].dtype)
         for (index, h, w), piece in zip(groups, pieces):
             branch[index, :, :h, :w] = piece

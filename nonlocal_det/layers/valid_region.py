@@ -63,7 +63,9 @@ def _is_batch_norm(norm: nn.Module) -> bool:
     return isinstance(norm, nn.modules.batchnorm._BatchNorm)
 
 
-def norm_over_valid(norm: Optional[nn.Module], pieces: List[torch.Tensor]) -> List[torch.Tensor]:
+def norm_over_valid(
+    norm: Optional[nn.Module], pieces: List[torch.Tensor], apply=lambda module, x: module(x)
+) -> List[torch.Tensor]:
     """
     ``norm`` applied to W_z's outputs on the valid rectangles, (b_k, C, h_k, w_k) each, with
     statistics over valid positions only.
@@ -71,15 +73,15 @@ def norm_over_valid(norm: Optional[nn.Module], pieces: List[torch.Tensor]) -> Li
     A batch norm gets every piece's positions at once, packed as one (1, C, 1, L) map: its
     statistics (and running-statistics update) are those of the L valid positions. Any other
     norm is taken to normalise each image on its own (GroupNorm, LayerNorm) and gets each piece
-    as it is.
+    as it is. ``apply(norm, x)`` computes ``norm(x)``.
     """
     if norm is None:
         return pieces
     if not _is_batch_norm(norm) or len(pieces) == 1:
-        return [norm(piece) for piece in pieces]
+        return [apply(norm, piece) for piece in pieces]
     channels = pieces[0].shape[1]
     flat = [piece.transpose(0, 1).reshape(channels, -1) for piece in pieces]  # (C, b h w) each
-    packed = norm(torch.cat(flat, dim=1)[None, :, None, :])[0, :, 0]  # (C, L)
+    packed = apply(norm, torch.cat(flat, dim=1)[None, :, None, :])[0, :, 0]  # (C, L)
     out = []
     for piece, values in zip(pieces, packed.split([f.shape[1] for f in flat], dim=1)):
         b, _, h, w = piece.shape
