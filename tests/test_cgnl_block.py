@@ -173,13 +173,14 @@ def test_memory_is_linear_in_elements(kernel):
     )
 
 
-@pytest.mark.parametrize("kernel", CGNL_KERNELS)
-def test_half_precision_block_is_finite_at_res4_size(kernel):
-    """A block converted with .half(): the Taylor terms of a res4 map reach ~1e7, beyond float16;
-    W_z and the norm take them in float32 and return float16."""
+@pytest.mark.parametrize("kernel", ["dot", "embedded_gaussian"])
+def test_half_precision_block_is_finite(kernel):
+    """A block converted with .half(): the group sums of a res4-sized map reach 1e6-1e10, beyond
+    float16; W_z and the norm take them in float32 and return float16."""
     torch.manual_seed(0)
-    block = CGNLBlock2d(1024, kernel=kernel).half()
-    x = torch.randn(1, 1024, 50, 84).half()
+    block = CGNLBlock2d(64, kernel=kernel).half()
+    x = (3 * torch.randn(1, 64, 50, 84)).half()
+    assert block.generalized_op(x).abs().max() > 1e6
     assert torch.equal(block(x), x)  # still exactly the identity at initialisation
     with torch.no_grad():
         block.norm.weight.fill_(0.5)
