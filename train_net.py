@@ -42,7 +42,7 @@ from detectron2.evaluation import (
 )
 from detectron2.utils.logger import setup_logger
 
-from nonlocal_det.checkpoint import AtomicDetectionCheckpointer
+from nonlocal_det.checkpoint import AtomicDetectionCheckpointer, reading_weights
 from nonlocal_det.checks import amp_settings, check_amp, check_weights
 from nonlocal_det.config import config_kind, get_nonlocal_cfg, get_nonlocal_lazy_config
 from nonlocal_det.data.validation import (
@@ -158,7 +158,8 @@ def do_train(args, cfg):
             else None,
         ]
     )
-    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    with reading_weights("train.init_checkpoint", cfg.train.init_checkpoint):
+        checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
     # the checkpoint holds the iteration that just finished
     start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
     trainer.train(start_iter, cfg.train.max_iter)
@@ -172,9 +173,10 @@ def main_lazy(args):
         model = instantiate(cfg.model)
         model.to(cfg.train.device)
         model = create_ddp_model(model)
-        DetectionCheckpointer(model, save_dir=cfg.train.output_dir).resume_or_load(
-            cfg.train.init_checkpoint, resume=args.resume
-        )
+        with reading_weights("train.init_checkpoint", cfg.train.init_checkpoint):
+            DetectionCheckpointer(model, save_dir=cfg.train.output_dir).resume_or_load(
+                cfg.train.init_checkpoint, resume=args.resume
+            )
         return do_test(cfg, model)
     check_amp(cfg)
     do_train(args, cfg)
@@ -188,9 +190,10 @@ def main(args):
     if args.eval_only:
         model = Trainer.build_model(cfg)
         check_weights(cfg, resume=False)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        with reading_weights("MODEL.WEIGHTS", cfg.MODEL.WEIGHTS):
+            DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+                cfg.MODEL.WEIGHTS, resume=args.resume
+            )
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
@@ -204,7 +207,13 @@ def main(args):
 
 
 def parse_args(argv=None):
-    args = default_argument_parser().parse_args(argv)
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks of user errors (NONLOCAL_DET_DEBUG=1)"
+    )
+    args = parser.parse_args(argv)
+    if args.debug:
+        os.environ["NONLOCAL_DET_DEBUG"] = "1"  # inherited by the launched processes
     if not args.config_file:
         args.config_file = QUICKSTART_CONFIG
         shown = os.path.relpath(QUICKSTART_CONFIG)

@@ -1,22 +1,23 @@
 """Up-front checks of a config's inputs (YAML or LazyConfig), so that a missing file gives a message, not a traceback."""
 
 import os
+import zipfile
 
 from detectron2.utils.file_io import PathManager
 
 from .checkpoint import LAST_CHECKPOINT_FILE
+from .errors import BadDataError, ConfigError, MissingInputError, UnsupportedSetupError
 
-
-class MissingInputError(RuntimeError):
-    """A weight file or dataset that cannot be found or downloaded."""
-
-
-class BadDataError(RuntimeError):
-    """A dataset whose files or annotations cannot be used as they are."""
-
-
-class UnsupportedSetupError(RuntimeError):
-    """A config this machine cannot run as asked."""
+__all__ = [
+    "BadDataError",
+    "ConfigError",
+    "MissingInputError",
+    "UnsupportedSetupError",
+    "amp_settings",
+    "check_amp",
+    "check_checkpoint_file",
+    "check_weights",
+]
 
 
 AMP_PRECISIONS = ("float16", "bfloat16")
@@ -92,3 +93,33 @@ def check_weights(cfg, resume: bool):
         raise MissingInputError(
             f"{key}={weights!r}: {local} is not a file. Pass an existing checkpoint."
         )
+    check_checkpoint_file(local, key)
+
+
+def check_checkpoint_file(path: str, key: str) -> None:
+    """
+    MissingInputError unless ``path`` looks like a checkpoint: a torch zip archive (``.pth``)
+    whose central directory is intact, or a pickle (Detectron2's ``.pkl``, legacy ``.pth``),
+    read from the file's first and last bytes only.
+    """
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path):
+                return
+        except (zipfile.BadZipFile, OSError) as e:
+            raise MissingInputError(
+                f"{key}={path!r} is a damaged checkpoint archive ({e}); copy or download it again."
+            ) from None
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head[:1] == b"\x80" and head[1:2] and head[1] <= 5:  # a pickle, protocol 2..5
+        return
+    if head == b"PK":
+        raise MissingInputError(
+            f"{key}={path!r} is a truncated or damaged torch checkpoint (its zip directory is "
+            "missing); copy or download it again."
+        )
+    raise MissingInputError(
+        f"{key}={path!r} is not a checkpoint (neither a torch .pth archive nor a Detectron2 .pkl "
+        "pickle); pass the model_final.pth a training run wrote, or a model-zoo .pkl."
+    )

@@ -1,8 +1,14 @@
 """Config keys of nonlocal_det, in Detectron2's ``add_*_config`` style, and loading YAML and LazyConfig files."""
 
+import difflib
 import os
+import re
+from typing import List
 
+import yaml
 from detectron2.config import CfgNode as CN
+
+from .errors import ConfigError
 
 
 def add_nonlocal_config(cfg):
@@ -64,6 +70,11 @@ def add_nonlocal_config(cfg):
     # CGNL: width gamma of the Gaussian RBF kernel.
     cfg.MODEL.NONLOCAL.CGNL.GAMMA = 1e-4
 
+    # Before training: read every image file's header (exists, is an image, has the annotation
+    # file's width and height). False skips these reads for data you trust; annotations are
+    # always checked (nonlocal_det/data/coco_checks.py).
+    cfg.DATALOADER.CHECK_IMAGES = True
+
     # Mixed precision (SOLVER.AMP.ENABLED, CUDA only): "float16" (Detectron2's default) or
     # "bfloat16". The non-local attention itself always runs in float32.
     cfg.SOLVER.AMP.PRECISION = "float16"
@@ -74,19 +85,59 @@ def add_nonlocal_config(cfg):
     cfg.MODEL.ROI_KEYPOINT_HEAD.NONLOCAL_EVERY = 2
 
 
+def _config_keys(node, prefix: str = "") -> List[str]:
+    """Every full key of a CfgNode or DictConfig ("MODEL.NONLOCAL.MODE", ...)."""
+    keys = []
+    for name, value in node.items():
+        full = f"{prefix}{name}"
+        keys += _config_keys(value, full + ".") if hasattr(value, "items") else [full]
+    return keys
+
+
+def unknown_key_error(key: str, cfg, where: str) -> ConfigError:
+    """'<where>: KEY is not a config key; did you mean <nearest>?'."""
+    nearest = difflib.get_close_matches(key, _config_keys(cfg), n=1, cutoff=0.6)
+    hint = (
+        f"; did you mean {nearest[0]}?"
+        if nearest
+        else " (add_nonlocal_config adds nonlocal_det's keys)."
+    )
+    return ConfigError(f"{where}: {key} is not a config key{hint}")
+
+
+_UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
+
+
+def _merging(cfg, merge, where: str) -> None:
+    """``merge()``, with Detectron2's KeyError/AssertionError/ValueError and YAML errors as ConfigError."""
+    try:
+        merge()
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where} is not valid YAML: {' '.join(str(e).split())}") from None
+    except (KeyError, AssertionError, ValueError) as e:
+        message = str(e.args[0]) if e.args else str(e)
+        unknown = _UNKNOWN_KEY.search(message)
+        if unknown:
+            raise unknown_key_error(unknown.group(1), cfg, where) from None
+        raise ConfigError(f"{where}: {message}") from None
+
+
 def get_nonlocal_cfg(config_file: str, opts=()):
     """
     A Detectron2 config with the nonlocal_det keys, merged from ``config_file`` and
     ``opts`` (KEY VALUE ...), not frozen. ``MODEL.DEVICE`` falls back to "cpu" when it asks
     for CUDA and none is available, so configs run unchanged on CPU-only machines.
+
+    Raises ConfigError for YAML syntax errors, unknown keys (with the nearest existing key) and
+    values of the wrong type, naming the file or the command line.
     """
     import torch
     from detectron2.config import get_cfg
 
     cfg = get_cfg()
     add_nonlocal_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    _merging(cfg, lambda: cfg.merge_from_file(config_file), f"--config-file {config_file}")
+    _merging(cfg, lambda: cfg.merge_from_list(list(opts)), "command-line override")
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     return cfg
@@ -121,11 +172,29 @@ def get_nonlocal_lazy_config(config_file: str, overrides=()):
     A LazyConfig loaded from ``config_file`` with ``overrides`` ("key=value" ...) applied, as
     Detectron2's lazyconfig_train_net.py does. ``train.device`` falls back to "cpu" when it asks
     for CUDA and none is available, as ``get_nonlocal_cfg`` does for YAML configs.
+
+    Raises ConfigError for a Python syntax error in the file and for overrides of keys the
+    config does not have (with the nearest existing key).
     """
     import torch
     from detectron2.config import LazyConfig
+    from omegaconf import OmegaConf
 
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), list(overrides))
+    try:
+        cfg = LazyConfig.load(config_file)
+    except SyntaxError as e:
+        cause = e.__cause__ if isinstance(e.__cause__, SyntaxError) else e  # Detectron2 wraps it
+        raise ConfigError(
+            f"--config-file {config_file}: Python syntax error at line {cause.lineno}: {cause.msg}"
+        ) from None
+    missing = object()
+    for override in overrides:
+        key, sep, _ = override.partition("=")
+        if not sep:
+            raise ConfigError(f"override {override!r}: LazyConfig overrides are key=value")
+        if OmegaConf.select(cfg, key.strip(), default=missing) is missing:
+            raise unknown_key_error(key.strip(), cfg, "command-line override")
+    cfg = LazyConfig.apply_overrides(cfg, list(overrides))
     if str(cfg.train.device).startswith("cuda") and not torch.cuda.is_available():
         cfg.train.device = "cpu"
     return cfg

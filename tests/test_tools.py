@@ -97,7 +97,8 @@ def test_demo_draws_every_image(images, tmp_path, config, capsys):
     import demo
 
     demo.main(["--config-file", config_path(config), "--input", str(images), "--output", str(tmp_path),
-               "--confidence-threshold", "0.0", "INPUT.MIN_SIZE_TEST", "128", "MODEL.WEIGHTS", ""])  # fmt: skip
+               "--confidence-threshold", "0.0", "--random-weights", "INPUT.MIN_SIZE_TEST", "128",
+               "MODEL.WEIGHTS", ""])  # fmt: skip
     for src in sorted(images.iterdir()):
         drawing = cv2.imread(str(tmp_path / src.name))
         assert drawing is not None and drawing.shape == cv2.imread(str(src)).shape
@@ -107,7 +108,9 @@ def test_demo_draws_every_image(images, tmp_path, config, capsys):
 def test_demo_names_a_missing_input(tmp_path):
     import demo
 
-    with pytest.raises(SystemExit, match="nope.png.* neither an image file nor a folder"):
+    from nonlocal_det.errors import MissingInputError
+
+    with pytest.raises(MissingInputError, match="nope.png.* neither an image file nor a folder"):
         demo.main(["--config-file", config_path("quickstart.yaml"), "--input", str(tmp_path / "nope.png"),
                    "--output", str(tmp_path)])  # fmt: skip
 
@@ -155,7 +158,8 @@ def test_visualize_attention_writes_backbone_and_keypoint_head_pictures(
 
     image = sorted(images.iterdir())[0]
     visualize_attention.main(["--config-file", config_path(config), "--input", str(image), "--output", str(tmp_path),
-                              "--person-box", "40,30,120,150", "INPUT.MIN_SIZE_TEST", "128", "MODEL.WEIGHTS", "", *opts])  # fmt: skip
+                              "--person-box", "40,30,120,150", "--random-weights", "INPUT.MIN_SIZE_TEST", "128",
+                              "MODEL.WEIGHTS", "", *opts])  # fmt: skip
     written = sorted(p.name for p in tmp_path.iterdir())
     assert len(written) == 2, capsys.readouterr().out
     assert "_backbone_" in written[0] and "_keypoint_head_" in written[1]
@@ -166,15 +170,19 @@ def test_visualize_attention_writes_backbone_and_keypoint_head_pictures(
 def test_visualize_attention_refuses_a_model_without_blocks(images, tmp_path):
     import visualize_attention
 
-    with pytest.raises(SystemExit, match="no NonLocalBlock2d in its backbone"):
+    from nonlocal_det.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="the model has no non-local block"):
         visualize_attention.main(["--config-file", config_path("mask_rcnn_R50_baseline.yaml"),
                                   "--input", str(sorted(images.iterdir())[0]), "--output", str(tmp_path),
-                                  "MODEL.WEIGHTS", ""])  # fmt: skip
+                                  "--random-weights", "MODEL.WEIGHTS", ""])  # fmt: skip
 
 
 def test_tools_name_unreachable_weights(images, tmp_path):
     import demo
 
-    with pytest.raises(SystemExit, match="MODEL.WEIGHTS='/no/such/model.pth'"):
+    from nonlocal_det.errors import MissingInputError
+
+    with pytest.raises(MissingInputError, match="MODEL.WEIGHTS='/no/such/model.pth'"):
         demo.main(["--config-file", config_path("quickstart.yaml"), "--input", str(images), "--output", str(tmp_path),
                    "MODEL.WEIGHTS", "/no/such/model.pth"])  # fmt: skip

@@ -23,10 +23,17 @@ What a trained model's non-local blocks attend to, over the config's first test 
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 import torch
+
+from nonlocal_det.errors import exit_on_user_error
+from nonlocal_det.utils.tool_config import (
+    add_model_arguments,
+    apply_debug,
+    build_trained_model,
+    load_config,
+)
 
 
 def cue_and_query_cells(lamp_box, gt_boxes, grid_hw, stride, key_cell):
@@ -70,30 +77,11 @@ def _stride(model, image_height: int, grid_height: int) -> float:
     return -(-image_height // divisibility) * divisibility / grid_height
 
 
-def nonlocal_blocks(model):
-    """{name: block} of every non-local block of the model; CGNL blocks refused with the reason."""
-    from nonlocal_det.layers import CGNLBlock2d, NonLocalBlock2d
-
-    if any(isinstance(m, CGNLBlock2d) for m in model.modules()):
-        raise ValueError(
-            "the model's blocks are CGNL blocks, which have no per-query attention map to measure: "
-            "their kernel couples every (position, channel) element of a channel group (Yue et al., "
-            "sec. 3.3), computed as one compact sum per group"
-        )
-    blocks = {n: m for n, m in model.named_modules() if isinstance(m, NonLocalBlock2d)}
-    if not blocks:
-        raise ValueError(
-            "the model has no non-local block (MODEL.BACKBONE.NAME, ROI_KEYPOINT_HEAD.NAME)"
-        )
-    return blocks
-
-
-def measure(cfg, max_images=None):
+def measure(cfg, max_images=None, random_ok=False):
     """
     {"images", "blocks": {name: {"specificity", "specificity_at_init", "maps"}}, "lamp": {...} or
     None} over the config's first test set.
     """
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.data import DatasetCatalog
     from detectron2.data import transforms as T
     from detectron2.data.detection_utils import read_image
@@ -102,6 +90,7 @@ def measure(cfg, max_images=None):
 
     from nonlocal_det.analysis.attention import (
         BlockInputs,
+        attention_blocks,
         cue_mass,
         mean,
         query_maps,
@@ -111,10 +100,9 @@ def measure(cfg, max_images=None):
     dataset = cfg.DATASETS.TEST[0]
     lamps = _lamp_boxes(dataset)
     torch.manual_seed(0)
-    at_init = dict(nonlocal_blocks(build_model(cfg).eval()))
-    model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    blocks = nonlocal_blocks(model)
+    at_init = attention_blocks(build_model(cfg).eval())
+    model = build_trained_model(cfg, random_ok)
+    blocks = attention_blocks(model)
     backbone_block = next((n for n in blocks if n.startswith("backbone.")), None)
     aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
 
@@ -204,24 +192,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config-file", required=True)
     parser.add_argument("--max-images", type=int)
     parser.add_argument("--output", help="also write the result as JSON here")
-    parser.add_argument(
-        "opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS path"
-    )
+    add_model_arguments(parser)
     args = parser.parse_args(argv)
-
+    apply_debug(args)
     import nonlocal_det  # noqa: F401  (registers the models and datasets)
-    from nonlocal_det.checks import MissingInputError, check_weights
-    from nonlocal_det.config import get_nonlocal_cfg
 
-    cfg = get_nonlocal_cfg(args.config_file, args.opts)
-    try:
-        check_weights(cfg, resume=False)
-        result = measure(cfg, args.max_images)
-    except (MissingInputError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    result = measure(load_config(args), args.max_images, args.random_weights)
     print(report(result))
     if args.output:
         with open(args.output, "w") as f:
@@ -230,4 +208,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

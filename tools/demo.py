@@ -5,14 +5,24 @@ masks, keypoints).
 
     python tools/demo.py --config-file configs/quickstart.yaml --input img1.png dir/ \
         --output out_dir MODEL.WEIGHTS output/quickstart/model_final.pth
+
+Without trained weights (MODEL.WEIGHTS empty, or a checkpoint of another config) it stops,
+unless --random-weights says a random model is intended.
 """
 
 import argparse
 import glob
 import os
-import sys
 
 import cv2
+
+from nonlocal_det.errors import MissingInputError, exit_on_user_error
+from nonlocal_det.utils.tool_config import (
+    add_model_arguments,
+    apply_debug,
+    build_trained_model,
+    load_config,
+)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -29,9 +39,9 @@ def expand_inputs(inputs):
         elif os.path.isfile(item):
             paths.append(item)
         else:
-            raise FileNotFoundError(f"--input {item!r} is neither an image file nor a folder")
+            raise MissingInputError(f"--input {item!r} is neither an image file nor a folder")
     if not paths:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {inputs}")
+        raise MissingInputError(f"--input: no images ({', '.join(IMAGE_EXTENSIONS)}) in {inputs}")
     return paths
 
 
@@ -39,37 +49,31 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config-file", required=True)
     parser.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
     parser.add_argument("--output", required=True, help="folder for the drawings")
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
-    parser.add_argument(
-        "opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS path"
-    )
+    add_model_arguments(parser)
     args = parser.parse_args(argv)
+    apply_debug(args)
 
     from detectron2.data import MetadataCatalog
     from detectron2.engine import DefaultPredictor
     from detectron2.utils.visualizer import ColorMode, Visualizer
 
-    from nonlocal_det.checks import MissingInputError, check_weights
-    from nonlocal_det.config import get_nonlocal_cfg
-
-    cfg = get_nonlocal_cfg(args.config_file, args.opts)
+    cfg = load_config(args, frozen=False)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
-    cfg.freeze()
-    try:
-        paths = expand_inputs(args.input)
-        check_weights(cfg, resume=False)
-    except (FileNotFoundError, MissingInputError) as e:
-        sys.exit(f"error: {e}")
-    predictor = DefaultPredictor(cfg)
+    paths = expand_inputs(args.input)
+    model = build_trained_model(cfg, random_ok=args.random_weights)
+    predictor_cfg = cfg.clone()
+    predictor_cfg.MODEL.WEIGHTS = ""  # the checked model below replaces the predictor's own
+    predictor = DefaultPredictor(predictor_cfg)
+    predictor.model = model
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
     os.makedirs(args.output, exist_ok=True)
     for path in paths:
         image = cv2.imread(path, cv2.IMREAD_COLOR)
         if image is None:
-            sys.exit(f"error: {path} could not be read as an image")
+            raise MissingInputError(f"--input: {path} could not be read as an image")
         instances = predictor(image)["instances"].to("cpu")
         drawing = Visualizer(
             image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE
@@ -80,4 +84,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

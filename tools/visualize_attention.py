@@ -12,11 +12,18 @@ first head block on the highest-scoring detected person. Weights come from the b
 
 import argparse
 import os
-import sys
 
 import cv2
 import numpy as np
 import torch
+
+from nonlocal_det.errors import ConfigError, MissingInputError, exit_on_user_error
+from nonlocal_det.utils.tool_config import (
+    add_model_arguments,
+    apply_debug,
+    build_trained_model,
+    load_config,
+)
 
 TOP_K = 20
 
@@ -54,13 +61,10 @@ def top_keys(block, x, queries_rc, to_image):
     return to_image(queries_rc.float()), keys, values
 
 
-def first_nonlocal(module):
-    from nonlocal_det.layers import NonLocalBlock2d
+def _has_blocks(module) -> bool:
+    from nonlocal_det.layers import CGNLBlock2d, NonLocalBlock2d
 
-    for name, m in module.named_modules():
-        if isinstance(m, NonLocalBlock2d):
-            return name, m
-    return None, None
+    return any(isinstance(m, (NonLocalBlock2d, CGNLBlock2d)) for m in module.modules())
 
 
 def capture_input(block):
@@ -79,58 +83,58 @@ def capture_input(block):
     return store, handle
 
 
+def _point(text: str):
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected x,y in image pixels") from None
+    return x, y
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config-file", required=True)
     parser.add_argument("--input", required=True, help="an image")
     parser.add_argument("--output", required=True, help="folder for the PNGs")
     parser.add_argument(
         "--queries",
-        nargs="*",
-        default=None,
-        help="query points x,y in image pixels (default: 3 points)",
+        action="append",
+        type=_point,
+        help="a query point x,y in image pixels; repeat the flag for several (default: 3 points)",
     )
     parser.add_argument(
         "--person-box",
         help="x0,y0,x1,y1 in image pixels: the person box for the keypoint-head picture "
         "(default: the highest-scoring detected person)",
     )
-    parser.add_argument(
-        "opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS path"
-    )
+    add_model_arguments(parser)
     args = parser.parse_args(argv)
+    apply_debug(args)
     if args.person_box is not None and len(args.person_box.split(",")) != 4:
         parser.error(f"--person-box takes x0,y0,x1,y1 (4 numbers), got {args.person_box!r}")
 
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.data import transforms as T
-    from detectron2.modeling import build_model
     from detectron2.structures import Boxes
 
-    from nonlocal_det.checks import MissingInputError, check_weights
-    from nonlocal_det.config import get_nonlocal_cfg
+    from nonlocal_det.analysis.attention import attention_blocks
 
-    cfg = get_nonlocal_cfg(args.config_file, args.opts)
+    cfg = load_config(args)
     image = cv2.imread(args.input, cv2.IMREAD_COLOR)
     if image is None:
-        sys.exit(f"error: {args.input} could not be read as an image")
-    try:
-        check_weights(cfg, resume=False)
-    except MissingInputError as e:
-        sys.exit(f"error: {e}")
-    model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    backbone_name, backbone_block = first_nonlocal(model.backbone)
-    if backbone_block is None:
-        sys.exit(
-            "error: the model has no NonLocalBlock2d in its backbone (is MODEL.BACKBONE.NAME a non-local backbone?)"
-        )
-    head = getattr(model.roi_heads, "keypoint_head", None) if cfg.MODEL.KEYPOINT_ON else None
-    head_name, head_block = first_nonlocal(head) if head is not None else (None, None)
-
+        raise MissingInputError(f"--input {args.input} could not be read as an image")
     height, width = image.shape[:2]
+    outside = [(x, y) for x, y in args.queries or [] if not (0 <= x < width and 0 <= y < height)]
+    if outside:
+        raise ConfigError(
+            f"--queries {outside} lie outside the {width}x{height} image {args.input} (x, y in pixels)"
+        )
+    model = build_trained_model(cfg, random_ok=args.random_weights)
+    backbone_name, backbone_block = next(iter(attention_blocks(model.backbone).items()))
+    head = getattr(model.roi_heads, "keypoint_head", None) if cfg.MODEL.KEYPOINT_ON else None
+    head_blocks = attention_blocks(head) if head is not None and _has_blocks(head) else {}
+    head_name, head_block = next(iter(head_blocks.items()), (None, None))
+
     aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
     resized = aug.get_transform(image).apply_image(image)
     scale_y, scale_x = resized.shape[0] / height, resized.shape[1] / width
@@ -148,7 +152,7 @@ def main(argv=None):
     divisibility = model.backbone.size_divisibility or 1  # the batch is padded to a multiple
     stride = -(-resized.shape[0] // divisibility) * divisibility / store["grid_height"]
     if args.queries:
-        points = np.array([[float(v) for v in q.split(",")] for q in args.queries])
+        points = np.array(args.queries)
     else:
         points = np.array(
             [[width * 0.3, height * 0.4], [width * 0.5, height * 0.5], [width * 0.7, height * 0.6]]
@@ -214,4 +218,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

@@ -18,7 +18,30 @@ from typing import Dict, List, Optional
 
 import torch
 
-__all__ = ["query_specificity", "query_maps", "cue_mass", "BlockInputs"]
+__all__ = ["query_specificity", "query_maps", "cue_mass", "BlockInputs", "attention_blocks"]
+
+
+def attention_blocks(module) -> Dict[str, torch.nn.Module]:
+    """
+    {name: block} of every ``NonLocalBlock2d`` in ``module``, in order. ConfigError for CGNL
+    blocks, which have no per-query map to show or measure, and when there is no block.
+    """
+    from ..errors import ConfigError
+    from ..layers import CGNLBlock2d, NonLocalBlock2d
+
+    if any(isinstance(m, CGNLBlock2d) for m in module.modules()):
+        raise ConfigError(
+            "the model's blocks are CGNL blocks (MODEL.NONLOCAL.BLOCK 'CGNL'), which have no "
+            "per-query attention map: their kernel couples every (position, channel) element of a "
+            "channel group (Yue et al., sec. 3.3), computed as one compact sum per group"
+        )
+    blocks = {n: m for n, m in module.named_modules() if isinstance(m, NonLocalBlock2d)}
+    if not blocks:
+        raise ConfigError(
+            "the model has no non-local block: set MODEL.BACKBONE.NAME 'build_nonlocal_backbone' "
+            "or MODEL.ROI_KEYPOINT_HEAD.NAME 'KRCNNConvDeconvUpsampleNLHead'"
+        )
+    return blocks
 
 
 def query_maps(block, x: torch.Tensor, valid_size=None) -> torch.Tensor:

@@ -31,6 +31,7 @@ from detectron2.data.detection_utils import check_metadata_consistency
 from detectron2.utils.file_io import PathManager
 
 from ..checks import BadDataError, MissingInputError
+from . import coco_checks
 from .datasets import ensure_generated_datasets
 
 logger = logging.getLogger(__name__)
@@ -78,10 +79,33 @@ def load_dataset(name: str) -> List[Dict]:
     return dicts
 
 
+def check_coco_file(name: str, check_images: bool) -> None:
+    """
+    For a dataset registered from a COCO json (``json_file`` in its metadata): every problem of
+    its annotations and, with ``check_images``, of its image files (``coco_checks``), raised
+    together as one BadDataError.
+    """
+    meta = MetadataCatalog.get(name)
+    json_file = meta.get("json_file", None)
+    if not json_file:
+        return
+    with PathManager.open(json_file) as f:
+        coco = json.load(f)
+    problems = coco_checks.annotation_problems(coco)
+    if check_images:
+        problems += coco_checks.image_problems(coco, meta.get("image_root", ""))
+    if problems:
+        raise BadDataError(
+            coco_checks.format_problems(f"Dataset {name!r} ({json_file})", problems)
+            + "\n  (DATALOADER.CHECK_IMAGES False skips the image-file checks)"
+        )
+
+
 def check_dataset_dicts(name: str, dicts: List[Dict], cfg) -> None:
     """Raise BadDataError naming files whose images are missing or whose labels the model cannot use."""
     if not isinstance(dicts, list):
         return
+    check_coco_file(name, cfg.DATALOADER.CHECK_IMAGES)
     missing = [d["file_name"] for d in dicts if not os.path.isfile(d["file_name"])]
     if missing:
         raise BadDataError(

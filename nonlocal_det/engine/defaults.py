@@ -21,7 +21,7 @@ A LazyConfig run (train_net.py) builds these objects itself, through their publi
 import torch
 from detectron2.engine import AMPTrainer, DefaultTrainer
 
-from ..checkpoint import AtomicDetectionCheckpointer
+from ..checkpoint import AtomicDetectionCheckpointer, reading_weights
 from ..distributed import check_sync_bn_device, cpu_ddp_support
 from .results import write_final_metrics
 
@@ -55,6 +55,11 @@ class NonLocalDefaultTrainer(DefaultTrainer):
             self.checkpointer.model, self.cfg.OUTPUT_DIR, **self.checkpointer.checkpointables
         )
         return super().build_hooks()
+
+    def resume_or_load(self, resume=True):
+        """DefaultTrainer's, with an unreadable MODEL.WEIGHTS (or last checkpoint) named in one line."""
+        with reading_weights("MODEL.WEIGHTS", self.cfg.MODEL.WEIGHTS):
+            super().resume_or_load(resume)
 
     @classmethod
     def build_model(cls, cfg):

@@ -18,6 +18,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone import ResNet
 from torch import nn
 
+from ..errors import ConfigError
 from .block_factory import nonlocal_block_factory
 from .resnet_blocks import RunsNonLocalAfter, with_nonlocal_block
 
@@ -77,13 +78,13 @@ def _resolve_indices(stage: str, indices: Sequence[int], num_blocks: int, key: s
             or not isinstance(index, int)
             or not -num_blocks <= index < num_blocks
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"{key} = {list(indices)}: block index {index!r} does not exist; {stage} has "
                 f"{num_blocks} blocks, so indices must be in [{-num_blocks}, {num_blocks - 1}]"
             )
         resolved.append(index % num_blocks)
     if len(set(resolved)) != len(resolved):
-        raise ValueError(f"{key} = {list(indices)} names the same block twice")
+        raise ConfigError(f"{key} = {list(indices)} names the same block twice")
     return sorted(resolved)
 
 
@@ -115,11 +116,11 @@ def insert_nonlocal_blocks(
     """
     for stage, indices in positions.items():
         if stage not in STAGE_NAMES:
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown stage {stage!r} in non-local positions; expected one of {STAGE_NAMES}"
             )
         if stage not in stages:
-            raise ValueError(
+            raise ConfigError(
                 f"{key_of(stage)} = {list(indices)} places non-local blocks in {stage}, but this "
                 f"ResNet builds only {list(stages)} (in C4 models res5 is part of the RoI head). "
                 f"Clear {key_of(stage)} or output a later stage (MODEL.RESNETS.OUT_FEATURES)."
@@ -155,6 +156,51 @@ _NONLOCAL_BACKBONES = (
 )
 
 
+def _head_features(cfg) -> List[str]:
+    """The backbone outputs the config's heads read."""
+    if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE:
+        return list(cfg.MODEL.RETINANET.IN_FEATURES)
+    return list(dict.fromkeys([*cfg.MODEL.RPN.IN_FEATURES, *cfg.MODEL.ROI_HEADS.IN_FEATURES]))
+
+
+def _backbone_for(features: List[str], meta_architecture: str) -> str:
+    if "RetinaNet" in meta_architecture:
+        return "build_retinanet_resnet_fpn_backbone"
+    if all(f.startswith("res") for f in features):
+        return "build_resnet_backbone"
+    return "build_resnet_fpn_backbone"
+
+
+def _build_for_the_heads(
+    cfg, input_shape: ShapeSpec, backbone_name: str, name_key: str
+) -> Backbone:
+    """
+    The backbone ``backbone_name`` builds, checked against the features the config's heads
+    read: a C4 or RetinaNet config with the default (FPN) backbone stops with the key and the
+    value to use, not with an assertion from inside Detectron2's FPN or a KeyError at p7.
+    """
+    features = _head_features(cfg)
+    suggested = _backbone_for(features, cfg.MODEL.META_ARCHITECTURE)
+    fix = f"set {name_key.split(' ')[0]} {suggested!r}" if suggested != backbone_name else ""
+
+    def mismatch(detail: str) -> ConfigError:
+        return ConfigError(
+            f"{name_key}={backbone_name!r} {detail}; this config's heads read {features} "
+            f"(MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}): {fix or 'check the IN_FEATURES keys'}."
+        )
+
+    try:
+        backbone = BACKBONE_REGISTRY.get(backbone_name)(cfg, input_shape)
+    except (AssertionError, KeyError) as e:
+        if not fix:
+            raise
+        raise mismatch(f"cannot be built from this config ({type(e).__name__}: {e})") from None
+    missing = [f for f in features if f not in backbone.output_shape()]
+    if missing:
+        raise mismatch(f"builds the outputs {list(backbone.output_shape())}, without {missing}")
+    return backbone
+
+
 def _warn_if_padding_not_masked(cfg) -> None:
     from .meta_arch import PADDING_AWARE_META_ARCHITECTURES
 
@@ -180,21 +226,21 @@ def _with_nonlocal_blocks(
     cfg, input_shape: ShapeSpec, backbone_name: str, name_key: str
 ) -> Backbone:
     if backbone_name in _NONLOCAL_BACKBONES:
-        raise ValueError(
+        raise ConfigError(
             f"{name_key}={backbone_name!r} is a non-local backbone itself; name the Detectron2 "
             "backbone to add blocks to, e.g. 'build_resnet_fpn_backbone'."
         )
     if backbone_name not in BACKBONE_REGISTRY:
-        raise ValueError(
+        raise ConfigError(
             f"{name_key}={backbone_name!r} is not a registered backbone; registered: "
             f"{sorted(name for name, _ in BACKBONE_REGISTRY)}"
         )
     nonlocal_block = nonlocal_block_factory(cfg)  # checks MODEL.NONLOCAL before anything is built
     _warn_if_padding_not_masked(cfg)
-    backbone = BACKBONE_REGISTRY.get(backbone_name)(cfg, input_shape)
+    backbone = _build_for_the_heads(cfg, input_shape, backbone_name, name_key)
     resnet = find_resnet(backbone)
     if resnet is None:
-        raise ValueError(
+        raise ConfigError(
             f"{name_key}={backbone_name!r} builds a {type(backbone).__name__} with no Detectron2 ResNet "
             "(neither the backbone nor its bottom_up); non-local blocks attach to ResNet stages."
         )

@@ -9,6 +9,7 @@ from typing import Callable, Dict, Optional
 from detectron2.config import configurable
 from torch import nn
 
+from ..errors import ConfigError
 from ..layers import CGNL_KERNELS, NONLOCAL_MODES, RESIDUAL_INITS, CGNLBlock2d, NonLocalBlock2d
 from ..layers.norm import detectron2_norm
 
@@ -67,7 +68,7 @@ def nonlocal_block_factory(
             name with a trainable affine weight (``layers.norm.detectron2_norm``).
 
     Raises:
-        ValueError now for an unknown block, argument, mode, kernel or norm, and when a block
+        ConfigError (a ValueError) now for an unknown block, argument, mode, kernel or norm, and when a block
         is built for a channel count that ``reduction`` / ``groups`` do not divide.
     """
     keys = config_keys or {}
@@ -76,17 +77,20 @@ def nonlocal_block_factory(
         return keys.get(arg, arg)
 
     if block not in BLOCK_CLASSES:
-        raise ValueError(f"{key('block')}={block!r} is not one of {tuple(BLOCK_CLASSES)}")
+        raise ConfigError(f"{key('block')}={block!r} is not one of {tuple(BLOCK_CLASSES)}")
     block_class = BLOCK_CLASSES[block]
     try:
         inspect.signature(block_class).bind(1, **kwargs)
     except TypeError as e:
-        raise ValueError(f"{key('block')}={block!r}: {block_class.__name__} {e}") from None
+        raise ConfigError(f"{key('block')}={block!r}: {block_class.__name__} {e}") from None
     for arg, choices in _CHOICES.items():
         if arg in kwargs and kwargs[arg] not in choices:
-            raise ValueError(f"{key(arg)}={kwargs[arg]!r} is not one of {choices}")
+            raise ConfigError(f"{key(arg)}={kwargs[arg]!r} is not one of {choices}")
     if isinstance(kwargs.get("norm"), str):
-        kwargs["norm"] = detectron2_norm(kwargs["norm"], key("norm"))
+        try:
+            kwargs["norm"] = detectron2_norm(kwargs["norm"], key("norm"))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     def build(channels: int) -> nn.Module:
         try:
@@ -95,7 +99,7 @@ def nonlocal_block_factory(
             size_keys = (
                 ", ".join(key(arg) for arg in _SIZE_ARGS if arg in kwargs) or "its arguments"
             )
-            raise ValueError(
+            raise ConfigError(
                 f"Cannot build a {block} block for {channels} channels from {size_keys}: {e}"
             ) from e
 

@@ -11,6 +11,7 @@ from detectron2.modeling.roi_heads.keypoint_head import (
 )
 from torch import nn
 
+from ..errors import ConfigError
 from .block_factory import nonlocal_block_factory
 
 __all__ = ["KRCNNConvDeconvUpsampleNLHead"]
@@ -56,12 +57,12 @@ class KRCNNConvDeconvUpsampleNLHead(BaseKeypointRCNNHead, nn.Sequential):
         """
         super().__init__(num_keypoints=num_keypoints, **kwargs)
         if num_nonlocal < 0 or nonlocal_every < 1:
-            raise ValueError(
+            raise ConfigError(
                 "MODEL.ROI_KEYPOINT_HEAD.NUM_NONLOCAL must be >= 0 and NONLOCAL_EVERY >= 1, got "
                 f"{num_nonlocal} and {nonlocal_every}"
             )
         if num_nonlocal * nonlocal_every > len(conv_dims):
-            raise ValueError(
+            raise ConfigError(
                 f"MODEL.ROI_KEYPOINT_HEAD.NUM_NONLOCAL={num_nonlocal} blocks, one every "
                 f"NONLOCAL_EVERY={nonlocal_every} convs, need {num_nonlocal * nonlocal_every} "
                 f"convs, but the head has {len(conv_dims)} (CONV_DIMS)"

@@ -16,6 +16,8 @@ from detectron2.layers import CNNBlockBase
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock, DeformBottleneckBlock
 from torch import nn
 
+from ..errors import ConfigError
+
 __all__ = [
     "RunsNonLocalAfter",
     "NonLocalBasicBlock",
@@ -91,7 +93,7 @@ def with_nonlocal_block(
     """
     variant = NONLOCAL_VARIANTS.get(type(block))
     if variant is None:
-        raise ValueError(
+        raise ConfigError(
             f"{where} is a {type(block).__module__}.{type(block).__qualname__}; non-local blocks attach to "
             f"Detectron2's {', '.join(c.__name__ for c in NONLOCAL_VARIANTS)} only. For another block class, "
             "define its variant as `class NonLocalMyBlock(RunsNonLocalAfter, MyBlock)` "
@@ -106,7 +108,7 @@ def with_nonlocal_block(
             **block_args,
         )
     except TypeError as e:  # arguments of another block class
-        raise ValueError(
+        raise ConfigError(
             f"{where}: cannot rebuild this {type(block).__name__} from {source}: {e}"
         ) from None
     if not any(p.requires_grad for p in block.parameters()):
@@ -114,7 +116,7 @@ def with_nonlocal_block(
     for name, layer in block.named_children():
         built, expected = (" ".join(repr(m).split()) for m in (getattr(rebuilt, name, None), layer))
         if built != expected:
-            raise ValueError(
+            raise ConfigError(
                 f"{where}: rebuilt from {source}, its {name} is {built}, but the backbone built {expected}. "
                 f"Non-local blocks attach to ResNets whose blocks are built from {source}, as "
                 "Detectron2's build_resnet_backbone builds them."

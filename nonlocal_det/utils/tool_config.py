@@ -1,0 +1,56 @@
+"""
+Config and weights for the tools that look at a trained model (demo, attention pictures and
+measures): one argument set, one loading path, the errors of ``nonlocal_det.errors``.
+"""
+
+import argparse
+import os
+
+__all__ = ["add_model_arguments", "apply_debug", "load_config", "build_trained_model"]
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config-file, --random-weights, --debug, and config overrides after the options."""
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="accept a model without (or with mismatched) trained weights, e.g. to try the tool",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks of errors (NONLOCAL_DET_DEBUG=1)"
+    )
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        help="config overrides KEY VALUE ..., after every option (e.g. MODEL.WEIGHTS path)",
+    )
+
+
+def apply_debug(args) -> None:
+    if getattr(args, "debug", False):
+        os.environ["NONLOCAL_DET_DEBUG"] = "1"
+
+
+def load_config(args, frozen: bool = True):
+    """The YAML config of ``args`` (ConfigError for bad files, keys, values), weights checked."""
+    from ..checks import check_weights
+    from ..config import get_nonlocal_cfg
+
+    cfg = get_nonlocal_cfg(args.config_file, args.opts)
+    if cfg.MODEL.WEIGHTS:
+        check_weights(cfg, resume=False)
+    if frozen:
+        cfg.freeze()
+    return cfg
+
+
+def build_trained_model(cfg, random_ok: bool):
+    """``build_model(cfg)`` in eval mode with MODEL.WEIGHTS loaded (``load_trained_weights``)."""
+    from detectron2.modeling import build_model
+
+    from ..checkpoint import load_trained_weights
+
+    model = build_model(cfg).eval()
+    load_trained_weights(model, cfg.MODEL.WEIGHTS, random_ok=random_ok)
+    return model
