@@ -111,7 +111,7 @@ CONFIG = os.path.join(CONFIG_DIR, "mask_rcnn_R50_NL.yaml")
 def test_train_net_two_processes_with_torch_sync_bn_on_cpu_says_what_to_do(dataset_root):
     rc, log = run_train_net(dataset_root, "--num-gpus", "2", "--dist-url", "auto", *TINY, "MODEL.NONLOCAL.NORM", "SyncBN",
                             "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(dataset_root / "syncbn"))  # fmt: skip
-    from nonlocal_det.engine import USER_ERROR_EXIT_CODE
+    from nonlocal_det.errors import USER_ERROR_EXIT_CODE
 
     assert rc == USER_ERROR_EXIT_CODE  # the worker's own exit, passed on by the launching process
     assert "error: MODEL.NONLOCAL.NORM='SyncBN': torch's SyncBatchNorm runs on CUDA only" in log

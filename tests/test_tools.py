@@ -107,7 +107,6 @@ def test_demo_draws_every_image(images, tmp_path, config, capsys):
 
 def test_demo_names_a_missing_input(tmp_path):
     import demo
-
     from nonlocal_det.errors import MissingInputError
 
     with pytest.raises(MissingInputError, match="nope.png.* neither an image file nor a folder"):
@@ -169,7 +168,6 @@ def test_visualize_attention_writes_backbone_and_keypoint_head_pictures(
 
 def test_visualize_attention_refuses_a_model_without_blocks(images, tmp_path):
     import visualize_attention
-
     from nonlocal_det.errors import ConfigError
 
     with pytest.raises(ConfigError, match="the model has no non-local block"):
@@ -180,7 +178,6 @@ def test_visualize_attention_refuses_a_model_without_blocks(images, tmp_path):
 
 def test_tools_name_unreachable_weights(images, tmp_path):
     import demo
-
     from nonlocal_det.errors import MissingInputError
 
     with pytest.raises(MissingInputError, match="MODEL.WEIGHTS='/no/such/model.pth'"):

@@ -12,7 +12,7 @@ MODEL.RPN.POST_NMS_TOPK_TEST (1000) proposals and the mask/keypoint heads see
 TEST.DETECTIONS_PER_IMAGE (100) detections, in every model alike.
 
     python tools/analyze_model.py --config-file configs/mask_rcnn_R101_NL.yaml --size 800 1333
-    python tools/analyze_model.py --overhead-table --output docs/overhead.md
+    python tools/analyze_model.py --overhead-table --output output/overhead.md
 """
 
 import argparse

@@ -252,7 +252,7 @@ def machine_description(device):
     return desc
 
 
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -278,7 +278,11 @@ def main():
     )
     parser.add_argument("--output", default=os.path.join("output", "benchmarks.md"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.child:
         run_child(json.loads(args.child))
         return

@@ -11,7 +11,7 @@ lr 0, because a randomly initialised ResNet with FrozenBN diverges after one rea
 iteration (CPU: profiler memory timeline; CUDA: max_memory_allocated).
 
     python tools/benchmark_model.py --pairs mask_rcnn_R50_baseline.yaml:mask_rcnn_R50_NL.yaml \
-        --size 800 1333 --output docs/model_benchmarks.md
+        --size 800 1333 --output output/model_benchmarks.md
 """
 
 import argparse

@@ -1,0 +1,233 @@
+"""
+Every user mistake of issue 20, end to end through train_net.py or the tool: a non-zero exit, the
+message naming the file, record or key (and the fix), no traceback, and for bad data no training
+iteration. The annotation checks themselves: tests/test_coco_checks.py.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers import CONFIG_DIR, REPO_ROOT, TINY, generate_synthetic_under, run_train_net
+
+pytestmark = pytest.mark.detectron2
+
+TOOLS = os.path.join(REPO_ROOT, "tools")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """The small generated dataset under workdir/datasets, and a trained-shaped checkpoint."""
+    root = generate_synthetic_under(tmp_path_factory.mktemp("user_errors"), train=6, val=2)
+    return root
+
+
+def fresh_copy(workdir, tmp_path):
+    import shutil
+
+    shutil.copytree(workdir / "datasets", tmp_path / "datasets")
+    return tmp_path
+
+
+def assert_user_error(rc, log, *named):
+    assert rc != 0, log[-2000:]
+    assert "Traceback" not in log, log[-3000:]
+    for words in named:
+        assert words in log, (words, log[-2000:])
+
+
+def assert_nothing_trained(log):
+    assert "Starting training" not in log and " iter: " not in log
+
+
+def run_tool(cwd, tool, *args):
+    env = dict(os.environ, DETECTRON2_DATASETS=str(cwd / "datasets"))
+    env.pop("NONLOCAL_DET_DEBUG", None)
+    proc = subprocess.run([sys.executable, os.path.join(TOOLS, tool), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------- data
+
+
+def _edit_train_json(root, edit):
+    path = root / "datasets" / "nonlocal_synthetic" / "annotations" / "train.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_negative_box_width_stops_before_training(workdir, tmp_path):
+    root = fresh_copy(workdir, tmp_path)
+
+    def negative_width(data):
+        data["annotations"][3]["bbox"][2] = -20.0
+
+    json_file = _edit_train_json(root, negative_width)
+    rc, log = run_train_net(root, *TINY, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(root / "o"))
+    assert_user_error(rc, log, str(json_file), "annotation 4 ", "bbox", "negative width")
+    assert_nothing_trained(log)
+
+
+def test_file_that_is_not_an_image_stops_before_training(workdir, tmp_path):
+    root = fresh_copy(workdir, tmp_path)
+    image = root / "datasets" / "nonlocal_synthetic" / "train" / "000002.png"
+    image.write_text("not a png")
+    rc, log = run_train_net(root, *TINY, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(root / "o"))
+    assert_user_error(rc, log, str(image), "is not an image", "DATALOADER.CHECK_IMAGES False")
+    assert_nothing_trained(log)
+
+
+def test_several_problems_are_listed_together(workdir, tmp_path):
+    root = fresh_copy(workdir, tmp_path)
+
+    def several(data):
+        data["annotations"][0]["bbox"][3] = float("nan")
+        data["annotations"][1]["segmentation"] = [[1.0, 2.0, 3.0, 4.0]]
+        data["annotations"][2]["category_id"] = 9
+        data["images"][1]["width"] = 300
+
+    _edit_train_json(root, several)
+    rc, log = run_train_net(root, *TINY, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(root / "o"))
+    assert_user_error(rc, log, "4 problem(s)", "annotation 1 ", "annotation 2 ", "annotation 3 ",
+                      "300x192 in the JSON, but the file is 256x192")  # fmt: skip
+    assert_nothing_trained(log)
+
+
+def test_image_checks_can_be_skipped(workdir, tmp_path):
+    """DATALOADER.CHECK_IMAGES False: a wrong JSON size is then Detectron2's own error, later."""
+    root = fresh_copy(workdir, tmp_path)
+    rc, log = run_train_net(root, *TINY, "SOLVER.MAX_ITER", "1", "DATALOADER.CHECK_IMAGES", "False",
+                            "OUTPUT_DIR", str(root / "o"))  # fmt: skip
+    assert rc == 0, log[-2000:]
+
+
+# ---------------------------------------------------------------- weights
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated"])
+def test_unreadable_weights_are_named_by_train_net_and_demo(workdir, tmp_path, kind):
+    weights = tmp_path / "model.pth"
+    if kind == "text":
+        weights.write_text("these are not weights\n")
+    else:
+        torch.save({"model": {"w": torch.zeros(1000)}}, weights)
+        weights.write_bytes(weights.read_bytes()[:-300])
+    rc, log = run_train_net(workdir, *TINY, "--eval-only", "MODEL.WEIGHTS", str(weights),
+                            "OUTPUT_DIR", str(tmp_path / "o"))  # fmt: skip
+    assert_user_error(rc, log, f"MODEL.WEIGHTS='{weights}'")
+    image = workdir / "datasets" / "nonlocal_synthetic" / "val" / "000001.png"
+    rc, log = run_tool(workdir, "demo.py", "--config-file", os.path.join(CONFIG_DIR, "quickstart.yaml"),
+                       "--input", str(image), "--output", str(tmp_path / "d"), "MODEL.WEIGHTS", str(weights))  # fmt: skip
+    assert_user_error(rc, log, f"MODEL.WEIGHTS='{weights}'")
+
+
+def test_tools_refuse_random_and_mismatched_weights(workdir, tmp_path):
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from helpers import load_cfg
+
+    image = workdir / "datasets" / "nonlocal_synthetic" / "val" / "000001.png"
+    quickstart = os.path.join(CONFIG_DIR, "quickstart.yaml")
+    demo = ["--input", str(image), "--output", str(tmp_path / "d")]
+    rc, log = run_tool(workdir, "demo.py", "--config-file", quickstart, *demo)
+    assert_user_error(rc, log, "MODEL.WEIGHTS is empty", "--random-weights")
+    # a checkpoint of the quickstart model with CGNL... of another block: W_z of another width
+    model = build_model(load_cfg("quickstart.yaml", "MODEL.NONLOCAL.REDUCTION", "4"))
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("other")
+    other = str(tmp_path / "other.pth")
+    rc, log = run_tool(
+        workdir, "attention_mass.py", "--config-file", quickstart, "MODEL.WEIGHTS", other
+    )
+    assert_user_error(
+        rc, log, f"MODEL.WEIGHTS='{other}' does not fit", "of another shape", "--random-weights"
+    )
+    rc, log = run_tool(workdir, "demo.py", "--config-file", quickstart, *demo, "--random-weights")
+    assert rc == 0, log[-2000:]
+
+
+# ---------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize(
+    "opts,named",
+    [
+        (["MODEL.NONLOCAL.MODE", "softmax"], "MODEL.NONLOCAL.MODE='softmax' is not one of"),
+        (["MODEL.NONLOCAL.RES4", "[7]"], "MODEL.NONLOCAL.RES4 = [7]: block index 7 does not exist"),
+        (["MODEL.NONLOCAL.NORM", "FrozenBN"], "MODEL.NONLOCAL.NORM='FrozenBN' is not allowed"),
+        (["MODEL.NONLOCAL.NORM", "bogus"], "MODEL.NONLOCAL.NORM='bogus' is not a known norm"),
+        (["MODEL.NONLOCAL.MOD", "softmax"], "MODEL.NONLOCAL.MOD is not a config key; did you mean MODEL.NONLOCAL.MODE?"),
+    ],
+)  # fmt: skip
+def test_bad_config_values_and_keys_in_one_line(workdir, opts, named):
+    rc, log = run_train_net(workdir, *TINY, *opts, "OUTPUT_DIR", str(workdir / "c"))
+    assert_user_error(rc, log, named)
+    error_lines = [line for line in log.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and named in error_lines[0]
+
+
+def test_yaml_syntax_error_and_debug_traceback(workdir, tmp_path):
+    config = tmp_path / "broken.yaml"
+    config.write_text(
+        f"_BASE_: {os.path.join(CONFIG_DIR, 'quickstart.yaml')}\nMODEL:\n  NONLOCAL:\n    MODE: [unclosed\n"
+    )
+    rc, log = run_train_net(workdir, "--config-file", str(config), config=None)
+    assert_user_error(rc, log, f"--config-file {config} is not valid YAML", "line 4")
+    rc, log = run_train_net(workdir, "--debug", "--config-file", str(config), config=None)
+    assert rc != 0 and "Traceback" in log and "ConfigError" in log
+
+
+@pytest.mark.parametrize(
+    "zoo_config,expected",
+    [
+        ("COCO-InstanceSegmentation/mask_rcnn_R_50_C4_3x.yaml", "'build_resnet_backbone'"),
+        ("COCO-Detection/retinanet_R_50_FPN_3x.yaml", "'build_retinanet_resnet_fpn_backbone'"),
+    ],
+)
+def test_readme_keys_on_c4_and_retinanet_name_the_backbone_to_use(workdir, zoo_config, expected):
+    from detectron2 import model_zoo
+
+    rc, log = run_train_net(workdir, "--config-file", model_zoo.get_config_file(zoo_config), "--eval-only",
+                            "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.BACKBONE.NAME", "build_nonlocal_backbone",
+                            "DATASETS.TEST", "('nonlocal_synthetic_val',)", config=None)  # fmt: skip
+    assert_user_error(rc, log, "MODEL.NONLOCAL.BACKBONE_NAME='build_resnet_fpn_backbone'", expected)
+
+
+# ---------------------------------------------------------------- the attention tools
+
+
+def test_visualize_attention_queries_and_overrides(workdir, tmp_path):
+    image = workdir / "datasets" / "nonlocal_synthetic" / "val" / "000001.png"
+    args = ["--config-file", os.path.join(CONFIG_DIR, "quickstart.yaml"), "--input", str(image),
+            "--output", str(tmp_path), "--random-weights"]  # fmt: skip
+    rc, log = run_tool(workdir, "visualize_attention.py", *args, "--queries", "100,50", "--queries", "200,100",
+                       "INPUT.MIN_SIZE_TEST", "128", "MODEL.WEIGHTS", "")  # fmt: skip
+    assert rc == 0, log[-2000:]
+    rc, log = run_tool(
+        workdir, "visualize_attention.py", *args, "--queries", "300,50", "MODEL.WEIGHTS", ""
+    )
+    assert_user_error(rc, log, "--queries [(300.0, 50.0)] lie outside the 256x192 image")
+    cgnl = os.path.join(CONFIG_DIR, "mask_rcnn_R50_CGNL.yaml")
+    rc, log = run_tool(workdir, "visualize_attention.py", *args[2:], "--config-file", cgnl,
+                       "MODEL.WEIGHTS", "", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64")  # fmt: skip
+    assert_user_error(rc, log, "CGNL blocks", "no per-query attention map")
+
+
+def test_benchmark_tools_write_under_output_by_default():
+    """A smoke run never writes over the committed tables under docs/."""
+    sys.path.insert(0, TOOLS)
+    import analyze_model
+    import benchmark_blocks
+
+    assert benchmark_blocks.parse_args([]).output == os.path.join("output", "benchmarks.md")
+    assert benchmark_blocks.parse_args(["--padding"]).output.startswith("output")
+    for tool in (analyze_model, "benchmark_model"):
+        source = open(os.path.join(TOOLS, f"{getattr(tool, '__name__', tool)}.py")).read()
+        assert "--output docs/" not in source  # documented commands write under output/ too
