@@ -43,15 +43,15 @@ from detectron2.evaluation import (
 from detectron2.utils.logger import setup_logger
 
 from nonlocal_det.checkpoint import AtomicDetectionCheckpointer, reading_weights
-from nonlocal_det.checks import amp_settings, check_amp, check_weights
 from nonlocal_det.config import config_kind, get_nonlocal_cfg, get_nonlocal_lazy_config
-from nonlocal_det.data.validation import (
+from nonlocal_det.data.loading import (
     check_datasets,
     evaluation_dataset_dicts,
     training_dataset_dicts,
 )
 from nonlocal_det.distributed import check_sync_bn_device, create_ddp_model
 from nonlocal_det.engine import NonLocalDefaultTrainer, launch_reporting_errors, write_final_metrics
+from nonlocal_det.preflight import amp_settings, check_amp, check_weights
 
 logger = logging.getLogger("nonlocal_det")
 

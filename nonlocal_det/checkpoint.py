@@ -10,28 +10,9 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from .errors import ConfigError, MissingInputError
+from .io import atomic_write
 
 LAST_CHECKPOINT_FILE = "last_checkpoint"
-
-
-@contextlib.contextmanager
-def atomic_write(path: str, mode: str = "wb"):
-    """
-    Open a temporary file next to ``path`` for writing and move it onto ``path`` only once it is
-    complete and on disk. A process killed while writing leaves ``path`` as it was (the old
-    file, or none) and at worst a stray ``path.tmp-<pid>``, which nothing reads.
-    """
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX and Windows when both are on one filesystem
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
 
 
 class AtomicDetectionCheckpointer(DetectionCheckpointer):

@@ -10,6 +10,10 @@ from detectron2.config import CfgNode as CN
 
 from .errors import ConfigError
 
+# The meta-architectures that pass each image's valid size to the non-local blocks
+# (MODEL.NONLOCAL.MASK_PADDING; nonlocal_det/modeling/meta_arch.py).
+PADDING_AWARE_META_ARCHITECTURES = ("NonLocalGeneralizedRCNN", "NonLocalRetinaNet")
+
 
 def add_nonlocal_config(cfg):
     """
@@ -154,7 +158,7 @@ def config_kind(config_file: str) -> str:
     """
     from detectron2.utils.file_io import PathManager
 
-    from .checks import MissingInputError, UnsupportedSetupError
+    from .preflight import MissingInputError, UnsupportedSetupError
 
     kind = CONFIG_KINDS.get(os.path.splitext(config_file)[1].lower())
     if kind is None:

@@ -6,7 +6,7 @@ import detectron2.engine.defaults as d2_defaults
 import detectron2.utils.comm as comm
 from torch import nn
 
-from .checks import UnsupportedSetupError
+from .preflight import UnsupportedSetupError
 
 
 def create_ddp_model(model: nn.Module, **kwargs) -> nn.Module:

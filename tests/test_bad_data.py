@@ -66,8 +66,8 @@ def _cfg(name, *opts):
 
 
 def _training_error(name, root, *opts):
-    from nonlocal_det.checks import BadDataError
-    from nonlocal_det.data.validation import training_dataset_dicts
+    from nonlocal_det.data.loading import training_dataset_dicts
+    from nonlocal_det.preflight import BadDataError
 
     _register(name, root)
     with pytest.raises(BadDataError) as info:
@@ -157,8 +157,8 @@ def test_annotation_file_without_images_is_an_error(dataset):
 
 
 def test_unregistered_dataset_is_named():
-    from nonlocal_det.checks import BadDataError
-    from nonlocal_det.data.validation import training_dataset_dicts
+    from nonlocal_det.data.loading import training_dataset_dicts
+    from nonlocal_det.preflight import BadDataError
 
     with pytest.raises(BadDataError, match="Dataset 'my_unregistered_set' is not registered"):
         training_dataset_dicts(_cfg("my_unregistered_set"))

@@ -26,7 +26,7 @@ def test_matches_full_matrix_reference(kernel, order, groups, use_scale, size):
     )
     x = torch.randn(2, 16, *size, dtype=torch.float64)
     torch.testing.assert_close(
-        block.generalized_op(x), reference_cgnl_op(block, x), rtol=1e-9, atol=1e-10
+        block.transform(x), reference_cgnl_op(block, x), rtol=1e-9, atol=1e-10
     )
     torch.testing.assert_close(block(x), reference_forward(block, x), rtol=1e-9, atol=1e-10)
 
@@ -57,7 +57,7 @@ def test_groups_are_independent():
     x = torch.randn(1, 8, 4, 4, dtype=torch.float64)
     x2 = x.clone()
     x2[:, 0:2] += 1.0
-    changed = (block.generalized_op(x) - block.generalized_op(x2)).abs().amax(dim=(0, 2, 3))
+    changed = (block.transform(x) - block.transform(x2)).abs().amax(dim=(0, 2, 3))
     assert (changed[0:2] > 0).all() and (changed[2:] == 0).all()
 
 
@@ -180,7 +180,7 @@ def test_half_precision_block_is_finite(kernel):
     torch.manual_seed(0)
     block = CGNLBlock2d(64, kernel=kernel).half()
     x = (3 * torch.randn(1, 64, 50, 84)).half()
-    assert block.generalized_op(x).abs().max() > 1e6
+    assert block.transform(x).abs().max() > 1e6
     assert torch.equal(block(x), x)  # still exactly the identity at initialisation
     with torch.no_grad():
         block.norm.weight.fill_(0.5)

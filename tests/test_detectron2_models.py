@@ -33,7 +33,7 @@ if HAS_DETECTRON2:
     from nonlocal_det.config import get_nonlocal_cfg
     from nonlocal_det.layers import CGNLBlock2d, NonLocalBlock2d
     from nonlocal_det.modeling import has_nonlocal
-    from nonlocal_det.modeling.resnet_blocks import with_nonlocal_block
+    from nonlocal_det.modeling.resnet_blocks import nonlocal_variant
 
     @BACKBONE_REGISTRY.register()
     def build_test_backbone_without_resnet(cfg, input_shape):
@@ -590,7 +590,7 @@ def test_block_not_built_as_the_arguments_say_is_refused():
     )
     args = {"bottleneck_channels": 64, "num_groups": 1, "norm": "FrozenBN", "dilation": 1}
     with pytest.raises(ValueError, match=r"res3.0: rebuilt from MODEL.RESNETS, its conv1 is"):
-        with_nonlocal_block(
+        nonlocal_variant(
             block,
             torch.nn.Identity(),
             {**args, "stride_in_1x1": True},
@@ -600,14 +600,14 @@ def test_block_not_built_as_the_arguments_say_is_refused():
     with pytest.raises(
         ValueError, match="res3.0: cannot rebuild this BottleneckBlock from MODEL.RESNETS"
     ):
-        with_nonlocal_block(
+        nonlocal_variant(
             block,
             torch.nn.Identity(),
             {**args, "deform_modulated": True},
             where="res3.0",
             source="MODEL.RESNETS",
         )
-    rebuilt = with_nonlocal_block(
+    rebuilt = nonlocal_variant(
         block, torch.nn.Identity(), {**args, "stride_in_1x1": False}, where="res3.0", source=""
     )
     x = torch.randn(1, 128, 8, 8)

@@ -83,8 +83,8 @@ def test_naive_sync_bn_n_in_a_block_equals_bn_on_the_whole_batch(tmp_path, split
 def _sync_bn_check_worker(out_dir):
     import detectron2.utils.comm as comm
 
-    from nonlocal_det.checks import UnsupportedSetupError
     from nonlocal_det.distributed import check_sync_bn_device
+    from nonlocal_det.preflight import UnsupportedSetupError
 
     cfg = load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.NONLOCAL.NORM", "SyncBN")
     try:

@@ -24,7 +24,7 @@ def test_matches_full_matrix_reference(mode, sub_sample, size):
     block = randomize(NonLocalBlock2d(8, mode=mode, sub_sample=sub_sample, norm="GN"))
     x = torch.randn(2, 8, *size, dtype=torch.float64)
     torch.testing.assert_close(
-        block.nonlocal_op(x), reference_nonlocal_op(block, x), rtol=1e-9, atol=1e-10
+        block.transform(x), reference_nonlocal_op(block, x), rtol=1e-9, atol=1e-10
     )
     torch.testing.assert_close(block(x), reference_forward(block, x), rtol=1e-9, atol=1e-10)
 
@@ -57,7 +57,7 @@ def test_reference_is_the_papers_formula():
                 c = n
             y[i] = (f[:, None] * G).sum(0) / c
         torch.testing.assert_close(reference_nonlocal_op(block, x)[0].flatten(1).T, y)
-        torch.testing.assert_close(block.nonlocal_op(x)[0].flatten(1).T, y)
+        torch.testing.assert_close(block.transform(x)[0].flatten(1).T, y)
 
 
 def test_odd_sizes_pool_last_row_and_column():

@@ -5,21 +5,18 @@ names a generated dataset that is missing.
 """
 
 import argparse
-import os
 
-from . import long_range, synthetic
+from .generated import GENERATED_DATASETS
 
-GENERATORS = {
-    "synthetic": ("nonlocal_synthetic", synthetic),
-    "long_range": ("nonlocal_longrange", long_range),
-}
+# --dataset names: the generator modules' ("synthetic", "long_range")
+BY_GENERATOR = {d.generator.__name__.rsplit(".", 1)[-1]: d for d in GENERATED_DATASETS.values()}
 
 
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--dataset", choices=sorted(GENERATORS), default="synthetic")
+    parser.add_argument("--dataset", choices=sorted(BY_GENERATOR), default="synthetic")
     parser.add_argument(
         "--out", help="output directory (default: $DETECTRON2_DATASETS/<dataset directory>)"
     )
@@ -31,8 +28,9 @@ def main():
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    directory, generator = GENERATORS[args.dataset]
-    out = args.out or os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), directory)
+    dataset = BY_GENERATOR[args.dataset]
+    generator = dataset.generator
+    out = args.out or dataset.root()
     sizes = dict(generator.DEFAULT_SIZES)
     sizes.update(
         {split: n for split, n in (("train", args.train), ("val", args.val)) if n is not None}

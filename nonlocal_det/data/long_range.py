@@ -19,7 +19,6 @@ val from separate random streams. Generation is deterministic for a seed.
     python -m nonlocal_det.data --dataset long_range
 """
 
-import json
 import math
 import os
 from typing import Dict
@@ -27,6 +26,7 @@ from typing import Dict
 import cv2
 import numpy as np
 
+from ..io import write_json
 from .synthetic import polygon_from_mask
 
 TEAMS = ["team_red", "team_green"]
@@ -149,13 +149,10 @@ def generate_split(out_dir: str, split: str, num_images: int, *, seed: int = 0) 
         "min_gap_px": MIN_GAP,
     }
     json_path = os.path.join(out_dir, "annotations", f"{split}.json")
-    tmp = json_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(
-            {"info": info, "images": images, "annotations": annotations, "categories": categories},
-            f,
-        )
-    os.replace(tmp, json_path)
+    write_json(
+        json_path,
+        {"info": info, "images": images, "annotations": annotations, "categories": categories},
+    )
     return json_path
 
 

@@ -10,13 +10,14 @@ numpy and OpenCV; registering it needs Detectron2.
     python -m nonlocal_det.data --out datasets/nonlocal_synthetic
 """
 
-import json
 import math
 import os
 from typing import Dict, List
 
 import cv2
 import numpy as np
+
+from ..io import write_json
 
 CATEGORIES = ["person", "circle", "square", "triangle"]
 KEYPOINT_NAMES = (
@@ -219,14 +220,11 @@ def generate_split(
     ]
     categories[0].update(supercategory="person", keypoints=list(KEYPOINT_NAMES), skeleton=SKELETON)
     json_path = os.path.join(out_dir, "annotations", f"{split}.json")
-    tmp = json_path + ".tmp"
-    with open(tmp, "w") as f:
-        info = {"description": "nonlocal_det generated dataset", "version": VERSION, "seed": seed}
-        json.dump(
-            {"info": info, "images": images, "annotations": annotations, "categories": categories},
-            f,
-        )
-    os.replace(tmp, json_path)
+    info = {"description": "nonlocal_det generated dataset", "version": VERSION, "seed": seed}
+    write_json(
+        json_path,
+        {"info": info, "images": images, "annotations": annotations, "categories": categories},
+    )
     return json_path
 
 

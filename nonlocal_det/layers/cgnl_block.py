@@ -6,8 +6,7 @@ import torch
 
 from .aggregation import compute_dtype
 from .norm import NormSpec
-from .residual import ResidualBlock2d, conv1x1
-from .validation import require_divisible
+from .residual import ResidualBlock2d, conv1x1, require_divisible
 
 __all__ = ["CGNLBlock2d", "CGNL_KERNELS", "taylor_coefficients"]
 
@@ -124,10 +123,10 @@ class CGNLBlock2d(ResidualBlock2d):
         coeffs = taylor_coefficients(self.kernel, self.order, self.gamma)
         return [(math.sqrt(c), p) for p, c in enumerate(coeffs)]
 
-    def generalized_op(self, x: torch.Tensor) -> torch.Tensor:
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
         """Y' of eq. 12 for all groups: (B, C, H, W) -> (B, inner_channels, H, W), float32 or wider."""
         batch, _, height, width = x.shape
-        t, p, g = self.theta(x), self.phi(x), self.g(x)
+        t, p, g = self.theta(x), self.phi(x), self.g(x)  # (B, inner, H, W) each
         dtype = compute_dtype(t, p, g)
         with torch.autocast(device_type=x.device.type, enabled=False):
             # (B, G, N * C'): each group's elements as one vector, as in eq. 7.
@@ -138,7 +137,7 @@ class CGNLBlock2d(ResidualBlock2d):
             if self.kernel == "gaussian_rbf":
                 # The per-element factors exp(-gamma t_i^2), exp(-gamma p_j^2) of the RBF.
                 g = g * torch.exp(-self.gamma * p * p)
-            y = torch.zeros_like(t)
+            y = torch.zeros_like(t)  # (B, G, N * C')
             for alpha, power in self._expansion():
                 z = alpha * (p.pow(power) * g).sum(dim=-1, keepdim=True)  # (B, G, 1)
                 y = y + (alpha * z) * t.pow(power)
@@ -146,7 +145,4 @@ class CGNLBlock2d(ResidualBlock2d):
                 y = y * torch.exp(-self.gamma * t * t)
             if self.use_scale:
                 y = y / p.shape[-1] ** 0.5  # not math.sqrt: a trace would freeze the size
-        return y.reshape(batch, self.inner_channels, height, width)
-
-    def transform(self, x: torch.Tensor) -> torch.Tensor:
-        return self.generalized_op(x)
+        return y.reshape(batch, self.inner_channels, height, width)  # (B, inner, H, W)

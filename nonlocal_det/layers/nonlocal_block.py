@@ -14,8 +14,7 @@ from .aggregation import (
     softmax_aggregate,
 )
 from .norm import NormSpec
-from .residual import ResidualBlock2d, check_feature_map, conv1x1
-from .validation import require_divisible
+from .residual import ResidualBlock2d, check_feature_map, conv1x1, require_divisible
 
 __all__ = ["NonLocalBlock2d", "NONLOCAL_MODES"]
 
@@ -113,10 +112,14 @@ class NonLocalBlock2d(ResidualBlock2d):
         pooled phi(x), pooled g(x); x itself as queries and pooled x as keys in gaussian
         mode (Dq = C there, inner otherwise).
         """
-        values = self._pool(self.g(x))
+        values = self._pool(self.g(x))  # (B, inner, Hk, Wk)
         if self.mode == "gaussian":
-            return x, self._pool(x), values
-        return self.theta(x), self._pool(self.phi(x)), values
+            return x, self._pool(x), values  # (B, C, H, W), (B, C, Hk, Wk)
+        return (
+            self.theta(x),
+            self._pool(self.phi(x)),
+            values,
+        )  # (B, inner, H, W), (B, inner, Hk, Wk)
 
     def _logit_scale(self) -> float:
         if self.mode == "embedded_gaussian" and self.use_scale:
@@ -141,21 +144,22 @@ class NonLocalBlock2d(ResidualBlock2d):
             y: (B, inner, H, W) in float32 or wider.
         """
         batch, _, height, width = queries.shape
-        q, k, v = queries.flatten(2), keys.flatten(2), values.flatten(2)
+        q, k, v = (
+            queries.flatten(2),
+            keys.flatten(2),
+            values.flatten(2),
+        )  # (B, D, N), (B, D, M), (B, inner, M)
         if self.mode in ("gaussian", "embedded_gaussian"):
-            y = softmax_aggregate(q, k, v, self._logit_scale())
+            y = softmax_aggregate(q, k, v, self._logit_scale())  # (B, inner, N)
         elif self.mode == "dot_product":
             y = dot_product_aggregate(q, k, v)
         else:
             y = concatenation_aggregate(*self._concat_halves(queries, keys), v)
-        return y.reshape(batch, v.shape[1], height, width)
-
-    def nonlocal_op(self, x: torch.Tensor) -> torch.Tensor:
-        """y of eq. 1: (B, C, H, W) -> (B, inner_channels, H, W), before W_z, in float32 or wider."""
-        return self.aggregate(*self.embed(x))
+        return y.reshape(batch, v.shape[1], height, width)  # (B, inner, H, W)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
-        return self.nonlocal_op(x)
+        """y of eq. 1: (B, C, H, W) -> (B, inner_channels, H, W), before W_z, in float32 or wider."""
+        return self.aggregate(*self.embed(x))
 
     @torch.no_grad()
     def attention_for_queries(self, x: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,21 @@ def conv1x1(in_channels: int, out_channels: int, *, bias: bool, groups: int = 1)
     return conv
 
 
+def require_divisible(value: int, divisor: int, value_name: str, divisor_name: str) -> int:
+    """Return ``value // divisor`` after checking both are positive ints and divisor divides."""
+    for name, v in ((value_name, value), (divisor_name, divisor)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{name} must be an int, got {type(v).__name__} ({v!r})")
+        if v <= 0:
+            raise ValueError(f"{name} must be positive, got {v}")
+    if value % divisor:
+        raise ValueError(
+            f"{divisor_name}={divisor} must divide {value_name}={value}; choose a "
+            f"{divisor_name} that divides {value}"
+        )
+    return value // divisor
+
+
 def check_feature_map(x, channels: int, owner: str) -> None:
     """Raise TypeError/ValueError unless x is a (B, channels, H, W) floating tensor."""
     if not isinstance(x, torch.Tensor):
@@ -159,13 +174,15 @@ class ResidualBlock2d(nn.Module):
         check_feature_map(x, self.in_channels, type(self).__name__)
         groups = valid_groups(valid_sizes, x, type(self).__name__)
         if groups is None:
-            return x + residual_branch(self.out, self.norm, self.transform(x))
-        ys = [self.transform(x[index, :, :h, :w]) for index, h, w in groups]
+            y = self.transform(x)  # (B, inner, H, W)
+            return x + residual_branch(self.out, self.norm, y)  # (B, C, H, W)
+        # each group: the images of one valid size (b, C, h, w), computed on that rectangle
+        ys = [self.transform(x[index, :, :h, :w]) for index, h, w in groups]  # (b, inner, h, w)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            pieces = [_apply_in(self.out, y) for y in ys]
+            pieces = [_apply_in(self.out, y) for y in ys]  # (b, C, h, w)
             pieces = norm_over_valid(self.norm, pieces, _apply_in)
         pieces = [piece.to(self.out.weight.dtype) for piece in pieces]
-        branch = x.new_zeros(x.shape, dtype=pieces[0].dtype)
+        branch = x.new_zeros(x.shape, dtype=pieces[0].dtype)  # (B, C, H, W), 0 on padding
         for (index, h, w), piece in zip(groups, pieces):
             branch[index, :, :h, :w] = piece
         return x + branch

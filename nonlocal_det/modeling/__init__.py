@@ -18,7 +18,7 @@ from .resnet_blocks import (
     NonLocalBasicBlock,
     NonLocalBottleneckBlock,
     NonLocalDeformBottleneckBlock,
-    RunsNonLocalAfter,
+    NonLocalMixin,
 )
 
 __all__ = [
@@ -39,5 +39,5 @@ __all__ = [
     "NonLocalBasicBlock",
     "NonLocalBottleneckBlock",
     "NonLocalDeformBottleneckBlock",
-    "RunsNonLocalAfter",
+    "NonLocalMixin",
 ]

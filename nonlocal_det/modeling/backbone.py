@@ -18,9 +18,10 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone import ResNet
 from torch import nn
 
+from ..config import PADDING_AWARE_META_ARCHITECTURES
 from ..errors import ConfigError
 from .block_factory import nonlocal_block_factory
-from .resnet_blocks import RunsNonLocalAfter, with_nonlocal_block
+from .resnet_blocks import NonLocalMixin, nonlocal_variant
 
 __all__ = [
     "build_nonlocal_backbone",
@@ -98,7 +99,7 @@ def insert_nonlocal_blocks(
     source: str,
 ) -> List[str]:
     """
-    Replace chosen residual blocks, in place, by their non-local variants (``with_nonlocal_block``).
+    Replace chosen residual blocks, in place, by their non-local variants (``nonlocal_variant``).
 
     Args:
         stages: {"res2": blocks, ...}: a ResNet's stages (``nn.Sequential``) or the lists of
@@ -130,7 +131,7 @@ def insert_nonlocal_blocks(
         blocks = stages[stage]
         for index in _resolve_indices(stage, indices, len(blocks), key_of(stage)):
             where = f"{stage}.{index}"
-            blocks[index] = with_nonlocal_block(
+            blocks[index] = nonlocal_variant(
                 blocks[index],
                 nonlocal_block(blocks[index].out_channels),
                 block_args(stage),
@@ -202,8 +203,6 @@ def _build_for_the_heads(
 
 
 def _warn_if_padding_not_masked(cfg) -> None:
-    from .meta_arch import PADDING_AWARE_META_ARCHITECTURES
-
     meta_architecture = cfg.MODEL.META_ARCHITECTURE
     if (
         cfg.MODEL.NONLOCAL.MASK_PADDING
@@ -222,7 +221,7 @@ def _warn_if_padding_not_masked(cfg) -> None:
         )
 
 
-def _with_nonlocal_blocks(
+def _build_nonlocal_backbone(
     cfg, input_shape: ShapeSpec, backbone_name: str, name_key: str
 ) -> Backbone:
     if backbone_name in _NONLOCAL_BACKBONES:
@@ -275,7 +274,7 @@ def build_nonlocal_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
     or has as ``bottom_up``, a Detectron2 ResNet built from MODEL.RESNETS), with the non-local
     blocks of MODEL.NONLOCAL after the residual blocks MODEL.NONLOCAL.RES2..RES5 name.
     """
-    return _with_nonlocal_blocks(
+    return _build_nonlocal_backbone(
         cfg, input_shape, cfg.MODEL.NONLOCAL.BACKBONE_NAME, "MODEL.NONLOCAL.BACKBONE_NAME"
     )
 
@@ -283,7 +282,7 @@ def build_nonlocal_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
 @BACKBONE_REGISTRY.register()
 def build_resnet_nl_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
     """``build_nonlocal_backbone`` around ``build_resnet_backbone``, whatever BACKBONE_NAME says."""
-    return _with_nonlocal_blocks(
+    return _build_nonlocal_backbone(
         cfg, input_shape, "build_resnet_backbone", "build_resnet_nl_backbone wraps"
     )
 
@@ -291,7 +290,7 @@ def build_resnet_nl_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
 @BACKBONE_REGISTRY.register()
 def build_resnet_nl_fpn_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
     """``build_nonlocal_backbone`` around ``build_resnet_fpn_backbone``, whatever BACKBONE_NAME says."""
-    return _with_nonlocal_blocks(
+    return _build_nonlocal_backbone(
         cfg, input_shape, "build_resnet_fpn_backbone", "build_resnet_nl_fpn_backbone wraps"
     )
 
@@ -343,4 +342,4 @@ def make_nonlocal_stages(
 
 def has_nonlocal(block: nn.Module) -> bool:
     """Whether a residual block runs a non-local block after itself."""
-    return isinstance(block, RunsNonLocalAfter)
+    return isinstance(block, NonLocalMixin)

@@ -17,7 +17,7 @@ module with BatchNorm statistics does. With ``mask_padding=False`` the classes a
 """
 
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -26,12 +26,9 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, RetinaNet
 from torch import nn
 
 from .backbone import find_resnet
-from .resnet_blocks import RunsNonLocalAfter
+from .resnet_blocks import NonLocalMixin
 
 __all__ = ["NonLocalGeneralizedRCNN", "NonLocalRetinaNet", "valid_sizes_in_blocks"]
-
-# Meta-architectures that pass valid sizes to the non-local blocks.
-PADDING_AWARE_META_ARCHITECTURES = ("NonLocalGeneralizedRCNN", "NonLocalRetinaNet")
 
 
 def _exporting() -> bool:
@@ -58,7 +55,7 @@ def valid_sizes_in_blocks(backbone: nn.Module, image_sizes: Sequence[Tuple[int, 
     for stage in resnet.stages:
         for block in stage:
             stride *= block.stride
-            if isinstance(block, RunsNonLocalAfter):
+            if isinstance(block, NonLocalMixin):
                 assigned.append((block, block.valid_sizes))
                 block.valid_sizes = [
                     (math.ceil(h / stride), math.ceil(w / stride)) for h, w in image_sizes
@@ -75,15 +72,11 @@ def _image_sizes(batched_inputs: List[Dict]) -> List[Tuple[int, int]]:
     return [tuple(x["image"].shape[-2:]) for x in batched_inputs]
 
 
-def _mask_padding_from_config(cfg) -> Dict:
-    return {"mask_padding": cfg.MODEL.NONLOCAL.MASK_PADDING}
-
-
-@META_ARCH_REGISTRY.register()
-class NonLocalGeneralizedRCNN(GeneralizedRCNN):
+class MaskPaddingMixin:
     """
-    Detectron2's ``GeneralizedRCNN`` whose backbone's non-local blocks compute each image on its
-    valid region (``mask_padding``, MODEL.NONLOCAL.MASK_PADDING).
+    The padding part of ``NonLocalGeneralizedRCNN`` and ``NonLocalRetinaNet``, placed before
+    Detectron2's meta-architecture: the ``mask_padding`` argument (MODEL.NONLOCAL.MASK_PADDING),
+    and ``forward`` run inside ``valid_sizes_in_blocks``.
     """
 
     @configurable
@@ -91,44 +84,38 @@ class NonLocalGeneralizedRCNN(GeneralizedRCNN):
         """
         Args:
             mask_padding: pass each image's valid size to the non-local blocks; False: exactly
-                Detectron2's GeneralizedRCNN (blocks attend over the padded map, as the paper).
-            kwargs: GeneralizedRCNN's arguments.
+                Detectron2's meta-architecture (blocks attend over the padded map, as the paper).
+            kwargs: the Detectron2 meta-architecture's arguments.
         """
         super().__init__(**kwargs)
         self.mask_padding = mask_padding
 
     @classmethod
     def from_config(cls, cfg):
-        return {**super().from_config(cfg), **_mask_padding_from_config(cfg)}
+        return {**super().from_config(cfg), "mask_padding": cfg.MODEL.NONLOCAL.MASK_PADDING}
+
+    def _valid_sizes_of(self, batched_inputs):
+        if not self.mask_padding:
+            return nullcontext()
+        return valid_sizes_in_blocks(self.backbone, _image_sizes(batched_inputs))
 
     def forward(self, batched_inputs):
-        if not self.mask_padding:
-            return super().forward(batched_inputs)
-        with valid_sizes_in_blocks(self.backbone, _image_sizes(batched_inputs)):
+        with self._valid_sizes_of(batched_inputs):
             return super().forward(batched_inputs)
 
+
+@META_ARCH_REGISTRY.register()
+class NonLocalGeneralizedRCNN(MaskPaddingMixin, GeneralizedRCNN):
+    """
+    Detectron2's ``GeneralizedRCNN`` whose backbone's non-local blocks compute each image on its
+    valid region (``mask_padding``, MODEL.NONLOCAL.MASK_PADDING).
+    """
+
     def inference(self, batched_inputs, detected_instances=None, do_postprocess: bool = True):
-        if not self.mask_padding:
-            return super().inference(batched_inputs, detected_instances, do_postprocess)
-        with valid_sizes_in_blocks(self.backbone, _image_sizes(batched_inputs)):
+        with self._valid_sizes_of(batched_inputs):
             return super().inference(batched_inputs, detected_instances, do_postprocess)
 
 
 @META_ARCH_REGISTRY.register()
-class NonLocalRetinaNet(RetinaNet):
+class NonLocalRetinaNet(MaskPaddingMixin, RetinaNet):
     """Detectron2's ``RetinaNet`` with ``mask_padding`` as in ``NonLocalGeneralizedRCNN``."""
-
-    @configurable
-    def __init__(self, *, mask_padding: bool = True, **kwargs):
-        super().__init__(**kwargs)
-        self.mask_padding = mask_padding
-
-    @classmethod
-    def from_config(cls, cfg):
-        return {**super().from_config(cfg), **_mask_padding_from_config(cfg)}
-
-    def forward(self, batched_inputs):
-        if not self.mask_padding:
-            return super().forward(batched_inputs)
-        with valid_sizes_in_blocks(self.backbone, _image_sizes(batched_inputs)):
-            return super().forward(batched_inputs)

@@ -19,19 +19,20 @@ from torch import nn
 from ..errors import ConfigError
 
 __all__ = [
-    "RunsNonLocalAfter",
+    "NonLocalMixin",
     "NonLocalBasicBlock",
     "NonLocalBottleneckBlock",
     "NonLocalDeformBottleneckBlock",
     "NONLOCAL_VARIANTS",
-    "with_nonlocal_block",
+    "nonlocal_variant",
 ]
 
 
-class RunsNonLocalAfter:
+class NonLocalMixin:
     """
-    Mixin placed before a ``CNNBlockBase`` subclass: the block's own forward, then
-    ``nonlocal_block`` on its output, (B, C_in, H, W) -> (B, C_out, H / stride, W / stride).
+    The non-local part of a residual block's non-local variant, placed before a ``CNNBlockBase``
+    subclass: the block's own forward, then ``nonlocal_block`` on its output,
+    (B, C_in, H, W) -> (B, C_out, H / stride, W / stride).
 
     ``valid_sizes``: None, or per image of the batch being computed, its valid (h, w) on this
     block's output grid, passed to ``nonlocal_block``; set only for the duration of one model
@@ -50,15 +51,15 @@ class RunsNonLocalAfter:
         return self.nonlocal_block(y, valid_sizes=self.valid_sizes)
 
 
-class NonLocalBasicBlock(RunsNonLocalAfter, BasicBlock):
+class NonLocalBasicBlock(NonLocalMixin, BasicBlock):
     """Detectron2's ``BasicBlock`` (R18, R34), then ``nonlocal_block``."""
 
 
-class NonLocalBottleneckBlock(RunsNonLocalAfter, BottleneckBlock):
+class NonLocalBottleneckBlock(NonLocalMixin, BottleneckBlock):
     """Detectron2's ``BottleneckBlock`` (R50 and deeper, ResNeXt), then ``nonlocal_block``."""
 
 
-class NonLocalDeformBottleneckBlock(RunsNonLocalAfter, DeformBottleneckBlock):
+class NonLocalDeformBottleneckBlock(NonLocalMixin, DeformBottleneckBlock):
     """Detectron2's ``DeformBottleneckBlock`` (``DEFORM_ON_PER_STAGE``), then ``nonlocal_block``."""
 
 
@@ -70,7 +71,7 @@ NONLOCAL_VARIANTS = {
 }
 
 
-def with_nonlocal_block(
+def nonlocal_variant(
     block: CNNBlockBase, nonlocal_block: nn.Module, block_args: Dict, *, where: str, source: str
 ):
     """
@@ -96,7 +97,7 @@ def with_nonlocal_block(
         raise ConfigError(
             f"{where} is a {type(block).__module__}.{type(block).__qualname__}; non-local blocks attach to "
             f"Detectron2's {', '.join(c.__name__ for c in NONLOCAL_VARIANTS)} only. For another block class, "
-            "define its variant as `class NonLocalMyBlock(RunsNonLocalAfter, MyBlock)` "
+            "define its variant as `class NonLocalMyBlock(NonLocalMixin, MyBlock)` "
             "(nonlocal_det.modeling.resnet_blocks) and build the stage with it."
         )
     try:

@@ -34,8 +34,8 @@ def apply_debug(args) -> None:
 
 def load_config(args, frozen: bool = True):
     """The YAML config of ``args`` (ConfigError for bad files, keys, values), weights checked."""
-    from ..checks import check_weights
     from ..config import get_nonlocal_cfg
+    from ..preflight import check_weights
 
     cfg = get_nonlocal_cfg(args.config_file, args.opts)
     if cfg.MODEL.WEIGHTS:

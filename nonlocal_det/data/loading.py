@@ -30,7 +30,7 @@ from detectron2.data.build import (
 from detectron2.data.detection_utils import check_metadata_consistency
 from detectron2.utils.file_io import PathManager
 
-from ..checks import BadDataError, MissingInputError
+from ..preflight import BadDataError, MissingInputError
 from . import coco_checks
 from .datasets import ensure_generated_datasets
 

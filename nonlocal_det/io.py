@@ -1,0 +1,34 @@
+"""Files written whole or not at all: checkpoints, generated datasets, run summaries."""
+
+import contextlib
+import json
+import os
+
+__all__ = ["atomic_write", "write_json"]
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "wb"):
+    """
+    Open a temporary file next to ``path`` for writing and move it onto ``path`` only once it is
+    complete and on disk. A process killed while writing leaves ``path`` as it was (the old
+    file, or none) and at worst a stray ``path.tmp-<pid>``, which nothing reads.
+    """
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX and Windows when both are on one filesystem
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def write_json(path: str, obj, **dump_kwargs) -> None:
+    """``json.dump(obj)`` to ``path`` through :func:`atomic_write`, creating its folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, **dump_kwargs)
