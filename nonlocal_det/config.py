@@ -1,4 +1,7 @@
-"""Config keys of nonlocal_det, in Detectron2's ``add_*_config`` style, and loading YAML and LazyConfig files."""
+"""
+Config keys of nonlocal_det, in Detectron2's ``add_*_config`` style, and loading YAML and LazyConfig
+files.
+"""
 
 import difflib
 import os
@@ -113,7 +116,10 @@ _UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
 
 
 def _merging(cfg, merge, where: str) -> None:
-    """``merge()``, with Detectron2's KeyError/AssertionError/ValueError and YAML errors as ConfigError."""
+    """
+    ``merge()``, with Detectron2's KeyError/AssertionError/ValueError and YAML errors as
+    ConfigError.
+    """
     try:
         merge()
     except yaml.YAMLError as e:
@@ -163,7 +169,8 @@ def config_kind(config_file: str) -> str:
     kind = CONFIG_KINDS.get(os.path.splitext(config_file)[1].lower())
     if kind is None:
         raise UnsupportedSetupError(
-            f"--config-file {config_file}: not a config kind train_net.py reads; it accepts YAML configs "
+            f"--config-file {config_file}: not a config kind train_net.py reads; it accepts YAML "
+            "configs "
             "(.yaml, .yml) and LazyConfig Python files (.py)."
         )
     if not PathManager.exists(config_file):

@@ -38,7 +38,8 @@ def cpu_ddp_support():
     if getattr(d2_defaults, "create_ddp_model", None) is not _DETECTRON2_CREATE_DDP_MODEL:
         raise RuntimeError(
             "detectron2.engine.defaults.create_ddp_model is not the function nonlocal_det knows; "
-            "this Detectron2 differs from the one nonlocal_det supports (see tests/test_detectron2_internals.py)."
+            "this Detectron2 differs from the one nonlocal_det supports (see "
+            "tests/test_detectron2_internals.py)."
         )
     d2_defaults.create_ddp_model = create_ddp_model
     try:
@@ -47,8 +48,13 @@ def cpu_ddp_support():
         d2_defaults.create_ddp_model = _DETECTRON2_CREATE_DDP_MODEL
 
 
-_NORM_KEYS = ("MODEL.NONLOCAL.NORM", "MODEL.RESNETS.NORM", "MODEL.FPN.NORM", "MODEL.ROI_BOX_HEAD.NORM",
-              "MODEL.ROI_MASK_HEAD.NORM")  # fmt: skip
+_NORM_KEYS = (
+    "MODEL.NONLOCAL.NORM",
+    "MODEL.RESNETS.NORM",
+    "MODEL.FPN.NORM",
+    "MODEL.ROI_BOX_HEAD.NORM",
+    "MODEL.ROI_MASK_HEAD.NORM",
+)
 
 
 def check_sync_bn_device(cfg, model: nn.Module) -> None:
@@ -74,8 +80,10 @@ def check_sync_bn_device(cfg, model: nn.Module) -> None:
             else "norm='naiveSyncBN_N' where the config has 'SyncBN'"
         )
     raise UnsupportedSetupError(
-        f"{problem}: torch's SyncBatchNorm runs on CUDA only, and this is a multi-process CPU run. Use "
-        f"Detectron2's all-reduce version, which works with gloo: {fix} (the _N variant weights each "
+        f"{problem}: torch's SyncBatchNorm runs on CUDA only, and this is a multi-process CPU run. "
+        "Use "
+        f"Detectron2's all-reduce version, which works with gloo: {fix} (the _N variant weights "
+        "each "
         "process by its batch size, which differs between processes in RoI heads)."
     )
 

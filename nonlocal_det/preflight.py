@@ -1,4 +1,7 @@
-"""Up-front checks of a config's inputs (YAML or LazyConfig), so that a missing file gives a message, not a traceback."""
+"""
+Up-front checks of a config's inputs (YAML or LazyConfig), so that a missing file gives a message,
+not a traceback.
+"""
 
 import os
 import zipfile
@@ -44,7 +47,8 @@ def check_amp(cfg) -> None:
     yaml = _is_yaml(cfg)
     if precision not in AMP_PRECISIONS:
         raise UnsupportedSetupError(
-            f"{prefix}{'PRECISION' if yaml else 'precision'}={precision!r} is not one of {AMP_PRECISIONS}."
+            f"{prefix}{'PRECISION' if yaml else 'precision'}={precision!r} is not one of "
+            f"{AMP_PRECISIONS}."
         )
     if device == "cpu":
         enabled_key, off = (
@@ -53,7 +57,8 @@ def check_amp(cfg) -> None:
             else (f"{prefix}enabled", f"{prefix}enabled=False")
         )
         raise UnsupportedSetupError(
-            f"{enabled_key}=True needs a CUDA device (Detectron2's AMPTrainer runs on CUDA only) and "
+            f"{enabled_key}=True needs a CUDA device (Detectron2's AMPTrainer runs on CUDA only) "
+            "and "
             f"this run is on the CPU. Pass `{off}`, or run on a machine with a GPU."
         )
 

@@ -91,7 +91,10 @@ def load_cfg(config_name: str, *opts):
 
 
 def is_nonlocal_key(key: str) -> bool:
-    """Whether a state-dict key or module name belongs to a non-local block (backbone or keypoint head)."""
+    """
+    Whether a state-dict key or module name belongs to a non-local block (backbone or keypoint
+    head).
+    """
     return ".nonlocal_block" in key or key.startswith("nonlocal_block") or "nonlocal_fcn" in key
 
 
@@ -113,7 +116,9 @@ def randomize_nonlocal_norms(model, value=0.5):
 
 
 def load_checkpoint(model, path):
-    """Load ``path`` into ``model`` with Detectron2's checkpointer; returns the incompatible keys."""
+    """
+    Load ``path`` into ``model`` with Detectron2's checkpointer; returns the incompatible keys.
+    """
     from detectron2.checkpoint import DetectionCheckpointer
 
     class Recording(DetectionCheckpointer):
@@ -151,17 +156,56 @@ def training_input(height=96, width=128, num_classes=1, keypoints=True, seed=0):
 
 # A small, fast Mask + keypoint R-CNN on the generated dataset (for configs/mask_rcnn_R50_NL.yaml).
 TINY = [
-    "MODEL.WEIGHTS", "", "MODEL.MASK_ON", "True", "MODEL.KEYPOINT_ON", "True",
-    "MODEL.ROI_HEADS.NUM_CLASSES", "4", "MODEL.ROI_KEYPOINT_HEAD.NAME", "KRCNNConvDeconvUpsampleNLHead",
-    "MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE", "0",
-    "DATASETS.TRAIN", "('nonlocal_synthetic_train',)", "DATASETS.TEST", "('nonlocal_synthetic_val',)",
-    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.001", "SOLVER.STEPS", "()", "SOLVER.CHECKPOINT_PERIOD", "2",
-    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "192", "INPUT.MIN_SIZE_TEST", "128",
-    "INPUT.MAX_SIZE_TEST", "192", "DATALOADER.NUM_WORKERS", "0", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200",
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+    "MODEL.WEIGHTS",
+    "",
+    "MODEL.MASK_ON",
+    "True",
+    "MODEL.KEYPOINT_ON",
+    "True",
+    "MODEL.ROI_HEADS.NUM_CLASSES",
+    "4",
+    "MODEL.ROI_KEYPOINT_HEAD.NAME",
+    "KRCNNConvDeconvUpsampleNLHead",
+    "MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE",
+    "0",
+    "DATASETS.TRAIN",
+    "('nonlocal_synthetic_train',)",
+    "DATASETS.TEST",
+    "('nonlocal_synthetic_val',)",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "SOLVER.BASE_LR",
+    "0.001",
+    "SOLVER.STEPS",
+    "()",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "2",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(128,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "192",
+    "INPUT.MIN_SIZE_TEST",
+    "128",
+    "INPUT.MAX_SIZE_TEST",
+    "192",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+    "200",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    "64",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+    "0.0",
     # from random weights: normalise activations (FrozenBN with identity statistics explodes)
-    "MODEL.RESNETS.NORM", "GN", "MODEL.FPN.NORM", "GN", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-]  # fmt: skip
+    "MODEL.RESNETS.NORM",
+    "GN",
+    "MODEL.FPN.NORM",
+    "GN",
+    "MODEL.RESNETS.DEPTH",
+    "18",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    "64",
+]
 
 
 def run_train_net(tmp_path, *args, config="mask_rcnn_R50_NL.yaml"):
@@ -186,7 +230,10 @@ def import_train_net():
 
 
 def training_records(output_dir):
-    """The training records of OUTPUT_DIR/metrics.json (evaluation results are logged there too, without losses)."""
+    """
+    The training records of OUTPUT_DIR/metrics.json (evaluation results are logged there too,
+    without losses).
+    """
     with open(os.path.join(output_dir, "metrics.json")) as f:
         records = [json.loads(line) for line in f if line.strip()]
     return [r for r in records if "total_loss" in r]

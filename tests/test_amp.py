@@ -20,10 +20,28 @@ from helpers import (
 pytestmark = pytest.mark.detectron2
 
 FLOAT16_MAX = 65504.0
-SMALL_MODEL = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.RESNETS.NORM", "GN",
-               "MODEL.FPN.NORM", "GN", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
-               "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200", "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.ROI_MASK_HEAD.CONV_DIM", "64",
-               "MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS", "(64, 64, 64, 64, 64, 64, 64, 64)", "MODEL.ROI_BOX_HEAD.FC_DIM", "256"]  # fmt: skip
+SMALL_MODEL = [
+    "MODEL.RESNETS.DEPTH",
+    "18",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    "64",
+    "MODEL.RESNETS.NORM",
+    "GN",
+    "MODEL.FPN.NORM",
+    "GN",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    "64",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+    "200",
+    "MODEL.FPN.OUT_CHANNELS",
+    "64",
+    "MODEL.ROI_MASK_HEAD.CONV_DIM",
+    "64",
+    "MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS",
+    "(64, 64, 64, 64, 64, 64, 64, 64)",
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    "256",
+]
 MODELS = {
     "mask_rcnn": ("mask_rcnn_R50_NL.yaml", []),
     "keypoint_rcnn": (
@@ -109,7 +127,8 @@ def test_autocast_training_steps_stay_finite(model_name, dtype):
         assert not torch.equal(before[key], dict(model.named_parameters())[key]), (
             f"{key} did not train"
         )
-    # The attention logits are far outside float16's range: only a float32 softmax keeps them finite.
+    # The attention logits are far outside float16's range: only a float32 softmax keeps them
+    # finite.
     assert max(largest_logit.values()) > FLOAT16_MAX, largest_logit
 
 
@@ -122,8 +141,20 @@ def test_train_net_amp_on_cuda(tmp_path, precision):
 
     synthetic.generate(str(tmp_path / "datasets" / "nonlocal_synthetic"), {"train": 6, "val": 2})
     out = tmp_path / "out"
-    rc, log = run_train_net(tmp_path, *TINY, "MODEL.DEVICE", "cuda", "SOLVER.AMP.ENABLED", "True",
-                            "SOLVER.AMP.PRECISION", precision, "SOLVER.MAX_ITER", "5", "OUTPUT_DIR", str(out))  # fmt: skip
+    rc, log = run_train_net(
+        tmp_path,
+        *TINY,
+        "MODEL.DEVICE",
+        "cuda",
+        "SOLVER.AMP.ENABLED",
+        "True",
+        "SOLVER.AMP.PRECISION",
+        precision,
+        "SOLVER.MAX_ITER",
+        "5",
+        "OUTPUT_DIR",
+        str(out),
+    )
     assert rc == 0, log[-3000:]
     records = training_records(out)
     assert records and all(torch.isfinite(torch.tensor(r["total_loss"])) for r in records)
@@ -133,8 +164,18 @@ def test_amp_precision_must_be_a_half_type(tmp_path):
     from nonlocal_det.data import synthetic
 
     synthetic.generate(str(tmp_path / "datasets" / "nonlocal_synthetic"), {"train": 2, "val": 1})
-    rc, log = run_train_net(tmp_path, *TINY, "SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", "float8",
-                            "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(tmp_path / "o"))  # fmt: skip
+    rc, log = run_train_net(
+        tmp_path,
+        *TINY,
+        "SOLVER.AMP.ENABLED",
+        "True",
+        "SOLVER.AMP.PRECISION",
+        "float8",
+        "SOLVER.MAX_ITER",
+        "1",
+        "OUTPUT_DIR",
+        str(tmp_path / "o"),
+    )
     assert rc != 0
     assert "SOLVER.AMP.PRECISION='float8' is not one of ('float16', 'bfloat16')" in log
     assert "Traceback" not in log

@@ -1,4 +1,7 @@
-"""Bad and unusual data: each case trains correctly or stops with a message naming the file and the problem."""
+"""
+Bad and unusual data: each case trains correctly or stops with a message naming the file and the
+problem.
+"""
 
 import json
 import os
@@ -182,7 +185,9 @@ def test_train_net_reports_bad_data_without_a_traceback(dataset):
 
 
 def _make_unusual(root, split, data):
-    """Grayscale, RGBA and 20x24 px images, keypoints outside their box, an image without annotations."""
+    """
+    Grayscale, RGBA and 20x24 px images, keypoints outside their box, an image without annotations.
+    """
     images = data["images"]
     image_dir = root / split
 
@@ -198,8 +203,17 @@ def _make_unusual(root, split, data):
     tiny[5:15, 6:18] = 220
     cv2.imwrite(str(image_dir / images[2]["file_name"]), tiny)
     images[2].update(height=20, width=24)
-    square = {"id": 10**6, "image_id": images[2]["id"], "category_id": 3, "iscrowd": 0, "bbox": [6, 5, 12, 10],
-              "area": 120.0, "segmentation": [[6, 5, 18, 5, 18, 15, 6, 15]], "keypoints": [0] * 51, "num_keypoints": 0}  # fmt: skip
+    square = {
+        "id": 10**6,
+        "image_id": images[2]["id"],
+        "category_id": 3,
+        "iscrowd": 0,
+        "bbox": [6, 5, 12, 10],
+        "area": 120.0,
+        "segmentation": [[6, 5, 18, 5, 18, 15, 6, 15]],
+        "keypoints": [0] * 51,
+        "num_keypoints": 0,
+    }
     data["annotations"] = [a for a in data["annotations"] if a["image_id"] != images[2]["id"]] + [
         square
     ]
@@ -226,7 +240,10 @@ def _make_unusual(root, split, data):
 
 
 def test_unusual_but_valid_images_train_and_evaluate(dataset):
-    """Grayscale, RGBA, tiny images, keypoints outside boxes, an unannotated image: all used, none fatal."""
+    """
+    Grayscale, RGBA, tiny images, keypoints outside boxes, an unannotated image: all used, none
+    fatal.
+    """
     root, json_file, data = dataset
     assert _make_unusual(root, "train", data), "no person with keypoints to move"
     with open(root / "annotations" / "val.json") as f:

@@ -68,8 +68,21 @@ def test_resume_restores_optimizer_scheduler_and_iteration(synthetic_in):
     from nonlocal_det.config import get_nonlocal_cfg
 
     train_net = import_train_net()
-    opts = [*TINY, "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "4", "SOLVER.STEPS", "(2,)", "SOLVER.WARMUP_ITERS", "3",
-            "OUTPUT_DIR", str(synthetic_in / "out"), "MODEL.DEVICE", "cpu"]  # fmt: skip
+    opts = [
+        *TINY,
+        "DATASETS.TEST",
+        "()",
+        "SOLVER.MAX_ITER",
+        "4",
+        "SOLVER.STEPS",
+        "(2,)",
+        "SOLVER.WARMUP_ITERS",
+        "3",
+        "OUTPUT_DIR",
+        str(synthetic_in / "out"),
+        "MODEL.DEVICE",
+        "cpu",
+    ]
     cfg = get_nonlocal_cfg(os.path.join(REPO_ROOT, "configs", "mask_rcnn_R50_NL.yaml"), opts)
     first = train_net.Trainer(cfg)
     assert type(first.checkpointer).__name__ == "AtomicDetectionCheckpointer"
@@ -121,11 +134,20 @@ def test_sigkill_then_resume_continues_from_the_last_checkpoint(tmp_path):
         str(out),
     ]
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"))
-    cmd = [sys.executable, os.path.join(REPO_ROOT, "train_net.py"),
-           "--config-file", os.path.join(REPO_ROOT, "configs", "mask_rcnn_R50_NL.yaml")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        os.path.join(REPO_ROOT, "train_net.py"),
+        "--config-file",
+        os.path.join(REPO_ROOT, "configs", "mask_rcnn_R50_NL.yaml"),
+    ]
     with open(tmp_path / "killed.log", "w") as log:
-        proc = subprocess.Popen([*cmd, *TINY, *schedule, "SOLVER.MAX_ITER", "500"], env=env, cwd=tmp_path,
-                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen(
+            [*cmd, *TINY, *schedule, "SOLVER.MAX_ITER", "500"],
+            env=env,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         # Kill once a few checkpoints exist, preferably while the next one is being written.
         deadline = time.time() + 600
         while time.time() < deadline and proc.poll() is None:
@@ -150,8 +172,14 @@ def test_sigkill_then_resume_continues_from_the_last_checkpoint(tmp_path):
     assert last_name == f"model_{last_iter:07d}.pth"
 
     max_iter = last_iter + 3
-    proc = subprocess.run([*cmd, "--resume", *TINY, *schedule, "SOLVER.MAX_ITER", str(max_iter)], env=env,
-                          cwd=tmp_path, capture_output=True, text=True, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [*cmd, "--resume", *TINY, *schedule, "SOLVER.MAX_ITER", str(max_iter)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     assert f"Starting training from iteration {last_iter + 1}" in log

@@ -11,14 +11,30 @@ from nonlocal_det.data.coco_checks import annotation_problems, format_problems, 
 
 GOOD = {
     "images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}],
-    "categories": [{"id": 1, "name": "person", "keypoints": ["nose", "eye"]}, {"id": 2, "name": "box"}],
-    "annotations": [
-        {"id": 7, "image_id": 1, "category_id": 1, "bbox": [2, 3, 10, 12], "iscrowd": 0,
-         "segmentation": [[2, 3, 12, 3, 12, 15]], "keypoints": [4, 5, 2, 6, 7, 1]},
-        {"id": 8, "image_id": 1, "category_id": 2, "bbox": [30, 20, 20, 20], "iscrowd": 0,
-         "segmentation": {"counts": "abc", "size": [30, 40]}},
+    "categories": [
+        {"id": 1, "name": "person", "keypoints": ["nose", "eye"]},
+        {"id": 2, "name": "box"},
     ],
-}  # fmt: skip
+    "annotations": [
+        {
+            "id": 7,
+            "image_id": 1,
+            "category_id": 1,
+            "bbox": [2, 3, 10, 12],
+            "iscrowd": 0,
+            "segmentation": [[2, 3, 12, 3, 12, 15]],
+            "keypoints": [4, 5, 2, 6, 7, 1],
+        },
+        {
+            "id": 8,
+            "image_id": 1,
+            "category_id": 2,
+            "bbox": [30, 20, 20, 20],
+            "iscrowd": 0,
+            "segmentation": {"counts": "abc", "size": [30, 40]},
+        },
+    ],
+}
 
 
 def problems_after(edit):
@@ -35,19 +51,67 @@ def test_a_good_file_has_no_problem():
     "edit,field,words",
     [
         (lambda c: c["annotations"][0]["bbox"].__setitem__(2, -20), "bbox", "negative width"),
-        (lambda c: c["annotations"][0]["bbox"].__setitem__(3, float("nan")), "bbox", "not 4 finite numbers"),
-        (lambda c: c["annotations"][0].__setitem__("bbox", [1, 2, 3]), "bbox", "not 4 finite numbers"),
-        (lambda c: c["annotations"][0].__setitem__("bbox", [50, 40, 5, 5]), "bbox", "entirely outside the 40x30 image"),
-        (lambda c: c["annotations"][0].__setitem__("segmentation", [[1, 2, 3, 4]]), "segmentation[0]", "has 4 coordinates"),
-        (lambda c: c["annotations"][0].__setitem__("segmentation", [[1, 2, 3, 4, 5, 6, 7]]), "segmentation[0]", "has 7"),
-        (lambda c: c["annotations"][0].__setitem__("segmentation", [[1, 2, 3, float("inf"), 5, 6]]), "segmentation[0]", "finite"),
-        (lambda c: c["annotations"][1].__setitem__("segmentation", {"counts": "a", "size": [10, 10]}), "segmentation", "size [10, 10]"),
-        (lambda c: c["annotations"][0].__setitem__("keypoints", [4, 5, 2]), "keypoints", "has 1 points"),
-        (lambda c: c["annotations"][0].__setitem__("keypoints", [4, 5, 2, 6, 7, 3]), "keypoints", "visibility [3]"),
-        (lambda c: c["annotations"][0].__setitem__("category_id", 9), "category_id", "9 is not among"),
-        (lambda c: c["annotations"][0].__setitem__("image_id", 5), "image_id", "not in the file's images"),
+        (
+            lambda c: c["annotations"][0]["bbox"].__setitem__(3, float("nan")),
+            "bbox",
+            "not 4 finite numbers",
+        ),
+        (
+            lambda c: c["annotations"][0].__setitem__("bbox", [1, 2, 3]),
+            "bbox",
+            "not 4 finite numbers",
+        ),
+        (
+            lambda c: c["annotations"][0].__setitem__("bbox", [50, 40, 5, 5]),
+            "bbox",
+            "entirely outside the 40x30 image",
+        ),
+        (
+            lambda c: c["annotations"][0].__setitem__("segmentation", [[1, 2, 3, 4]]),
+            "segmentation[0]",
+            "has 4 coordinates",
+        ),
+        (
+            lambda c: c["annotations"][0].__setitem__("segmentation", [[1, 2, 3, 4, 5, 6, 7]]),
+            "segmentation[0]",
+            "has 7",
+        ),
+        (
+            lambda c: c["annotations"][0].__setitem__(
+                "segmentation", [[1, 2, 3, float("inf"), 5, 6]]
+            ),
+            "segmentation[0]",
+            "finite",
+        ),
+        (
+            lambda c: c["annotations"][1].__setitem__(
+                "segmentation", {"counts": "a", "size": [10, 10]}
+            ),
+            "segmentation",
+            "size [10, 10]",
+        ),
+        (
+            lambda c: c["annotations"][0].__setitem__("keypoints", [4, 5, 2]),
+            "keypoints",
+            "has 1 points",
+        ),
+        (
+            lambda c: c["annotations"][0].__setitem__("keypoints", [4, 5, 2, 6, 7, 3]),
+            "keypoints",
+            "visibility [3]",
+        ),
+        (
+            lambda c: c["annotations"][0].__setitem__("category_id", 9),
+            "category_id",
+            "9 is not among",
+        ),
+        (
+            lambda c: c["annotations"][0].__setitem__("image_id", 5),
+            "image_id",
+            "not in the file's images",
+        ),
     ],
-)  # fmt: skip
+)
 def test_each_problem_names_the_record_and_field(edit, field, words):
     (problem,) = problems_after(edit)
     assert problem.field == field and words in problem.problem
@@ -79,12 +143,14 @@ def test_image_files_exist_are_images_and_have_the_json_size(tmp_path):
     Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "a.png")
     (tmp_path / "b.png").write_text("not an image")
     Image.fromarray(np.zeros((30, 41, 3), np.uint8)).save(tmp_path / "c.png")
-    coco = {"images": [
-        {"id": 1, "file_name": "a.png", "width": 40, "height": 30},
-        {"id": 2, "file_name": "b.png", "width": 40, "height": 30},
-        {"id": 3, "file_name": "c.png", "width": 40, "height": 30},
-        {"id": 4, "file_name": "d.png", "width": 40, "height": 30},
-    ]}  # fmt: skip
+    coco = {
+        "images": [
+            {"id": 1, "file_name": "a.png", "width": 40, "height": 30},
+            {"id": 2, "file_name": "b.png", "width": 40, "height": 30},
+            {"id": 3, "file_name": "c.png", "width": 40, "height": 30},
+            {"id": 4, "file_name": "d.png", "width": 40, "height": 30},
+        ]
+    }
     problems = {p.record: p for p in image_problems(coco, str(tmp_path))}
     assert set(problems) == {"image 2 (b.png)", "image 3 (c.png)", "image 4 (d.png)"}
     assert "is not an image" in problems["image 2 (b.png)"].problem

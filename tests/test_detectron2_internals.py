@@ -13,7 +13,10 @@ pytestmark = pytest.mark.detectron2
 
 
 def test_default_trainer_builds_ddp_through_the_module_level_create_ddp_model():
-    """(1) cpu_ddp_support replaces detectron2.engine.defaults.create_ddp_model while the trainer is built."""
+    """
+    (1) cpu_ddp_support replaces detectron2.engine.defaults.create_ddp_model while the trainer is
+    built.
+    """
     import detectron2.engine.defaults as d2_defaults
     from detectron2.engine import DefaultTrainer
 
@@ -46,8 +49,17 @@ def test_trainer_sets_amp_precision_and_checkpoints_atomically(synthetic_in):
     from nonlocal_det.config import get_nonlocal_cfg
     from nonlocal_det.engine import NonLocalDefaultTrainer
 
-    opts = [*TINY, "MODEL.DEVICE", "cpu", "SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", "bfloat16",
-            "OUTPUT_DIR", str(synthetic_in / "out")]  # fmt: skip
+    opts = [
+        *TINY,
+        "MODEL.DEVICE",
+        "cpu",
+        "SOLVER.AMP.ENABLED",
+        "True",
+        "SOLVER.AMP.PRECISION",
+        "bfloat16",
+        "OUTPUT_DIR",
+        str(synthetic_in / "out"),
+    ]
     cfg = get_nonlocal_cfg(os.path.join(CONFIG_DIR, "mask_rcnn_R50_NL.yaml"), opts)
     with pytest.warns(
         UserWarning, match="CUDA is not available"

@@ -1,4 +1,6 @@
-"""Non-local backbones and keypoint head inside real Detectron2 models (skipped without Detectron2)."""
+"""
+Non-local backbones and keypoint head inside real Detectron2 models (skipped without Detectron2).
+"""
 
 import copy
 import logging
@@ -51,11 +53,17 @@ def uses_nonlocal_backbone(cfg):
 
 def test_all_table_rows_shipped():
     expected = {
-        "mask_rcnn_R50_baseline.yaml", "mask_rcnn_R50_NL.yaml", "mask_rcnn_R101_baseline.yaml",
-        "mask_rcnn_R101_NL.yaml", "mask_rcnn_X152_baseline.yaml", "mask_rcnn_X152_NL.yaml",
-        "keypoint_rcnn_R101_baseline.yaml", "keypoint_rcnn_R101_NL_head.yaml",
-        "keypoint_rcnn_R101_NL_head_backbone.yaml", "mask_rcnn_R50_CGNL.yaml",
-    }  # fmt: skip
+        "mask_rcnn_R50_baseline.yaml",
+        "mask_rcnn_R50_NL.yaml",
+        "mask_rcnn_R101_baseline.yaml",
+        "mask_rcnn_R101_NL.yaml",
+        "mask_rcnn_X152_baseline.yaml",
+        "mask_rcnn_X152_NL.yaml",
+        "keypoint_rcnn_R101_baseline.yaml",
+        "keypoint_rcnn_R101_NL_head.yaml",
+        "keypoint_rcnn_R101_NL_head_backbone.yaml",
+        "mask_rcnn_R50_CGNL.yaml",
+    }
     assert expected <= set(SHIPPED_CONFIGS)
 
 
@@ -478,7 +486,9 @@ def _same_outputs(a, b, msg=""):
     ],
 )
 def test_whole_model_pickles_and_deepcopies(config, opts, tmp_path):
-    """torch.save(model) + torch.load(weights_only=False), and copy.deepcopy, give the same model."""
+    """
+    torch.save(model) + torch.load(weights_only=False), and copy.deepcopy, give the same model.
+    """
     cfg = load_cfg(config, *opts, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
     torch.manual_seed(0)
     model = _perturb(build_model(cfg)).eval()
@@ -505,10 +515,21 @@ STOCK_FAMILIES = {
     "cascade_mask_rcnn": "Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml",
 }
 SMALL_STOCK = [
-    "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200",
-    "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",
-]  # fmt: skip
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.WEIGHTS",
+    "",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+    "200",
+    "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "100",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    "64",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+    "0.0",
+    "MODEL.RETINANET.SCORE_THRESH_TEST",
+    "0.0",
+]
 
 
 @pytest.mark.parametrize("family", sorted(STOCK_FAMILIES))
@@ -571,20 +592,41 @@ def test_stock_detectron2_configs_gain_blocks_through_keys(family, tmp_path):
 @pytest.mark.parametrize(
     "opts,words",
     [
-        (["MODEL.NONLOCAL.BACKBONE_NAME", "build_nonlocal_backbone"], "is a non-local backbone itself"),
-        (["MODEL.NONLOCAL.BACKBONE_NAME", "build_resnet_fpn"], "'build_resnet_fpn' is not a registered backbone"),
-        (["MODEL.NONLOCAL.BACKBONE_NAME", "build_test_backbone_without_resnet"], "with no Detectron2 ResNet"),
-        (["MODEL.NONLOCAL.BACKBONE_NAME", "build_resnet_backbone", "MODEL.RESNETS.OUT_FEATURES", "['res4']",
-          "MODEL.NONLOCAL.RES5", "[0]"], r"places non-local blocks in res5, but this ResNet builds only \['res2', 'res3', 'res4'\]"),
+        (
+            ["MODEL.NONLOCAL.BACKBONE_NAME", "build_nonlocal_backbone"],
+            "is a non-local backbone itself",
+        ),
+        (
+            ["MODEL.NONLOCAL.BACKBONE_NAME", "build_resnet_fpn"],
+            "'build_resnet_fpn' is not a registered backbone",
+        ),
+        (
+            ["MODEL.NONLOCAL.BACKBONE_NAME", "build_test_backbone_without_resnet"],
+            "with no Detectron2 ResNet",
+        ),
+        (
+            [
+                "MODEL.NONLOCAL.BACKBONE_NAME",
+                "build_resnet_backbone",
+                "MODEL.RESNETS.OUT_FEATURES",
+                "['res4']",
+                "MODEL.NONLOCAL.RES5",
+                "[0]",
+            ],
+            r"places non-local blocks in res5, but this ResNet builds only \['res2', 'res3', "
+            r"'res4'\]",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_backbone_name_fails_at_build_naming_the_key(opts, words):
     with pytest.raises(ValueError, match=words):
         build_backbone(load_cfg("mask_rcnn_R50_NL.yaml", *opts))
 
 
 def test_block_not_built_as_the_arguments_say_is_refused():
-    """A block is replaced only by its exact non-local rebuild: another stride placement is caught."""
+    """
+    A block is replaced only by its exact non-local rebuild: another stride placement is caught.
+    """
     block = BottleneckBlock(
         128, 256, bottleneck_channels=64, stride=2, stride_in_1x1=False, norm="FrozenBN"
     )

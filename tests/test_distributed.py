@@ -50,8 +50,15 @@ def _sync_bn_worker(out_dir, split_name, norm_name):
     grads = {n: p.grad.clone() for n, p in block.named_parameters()}
     for g in grads.values():
         dist.all_reduce(g)
-    torch.save({"y": y.detach(), "grads": grads, "running_mean": block.norm.running_mean,
-                "running_var": block.norm.running_var}, os.path.join(out_dir, f"rank{rank}.pth"))  # fmt: skip
+    torch.save(
+        {
+            "y": y.detach(),
+            "grads": grads,
+            "running_mean": block.norm.running_mean,
+            "running_var": block.norm.running_var,
+        },
+        os.path.join(out_dir, f"rank{rank}.pth"),
+    )
 
 
 @pytest.mark.parametrize("split_name", sorted(SPLITS))
@@ -109,8 +116,20 @@ CONFIG = os.path.join(CONFIG_DIR, "mask_rcnn_R50_NL.yaml")
 
 
 def test_train_net_two_processes_with_torch_sync_bn_on_cpu_says_what_to_do(dataset_root):
-    rc, log = run_train_net(dataset_root, "--num-gpus", "2", "--dist-url", "auto", *TINY, "MODEL.NONLOCAL.NORM", "SyncBN",
-                            "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(dataset_root / "syncbn"))  # fmt: skip
+    rc, log = run_train_net(
+        dataset_root,
+        "--num-gpus",
+        "2",
+        "--dist-url",
+        "auto",
+        *TINY,
+        "MODEL.NONLOCAL.NORM",
+        "SyncBN",
+        "SOLVER.MAX_ITER",
+        "1",
+        "OUTPUT_DIR",
+        str(dataset_root / "syncbn"),
+    )
     from nonlocal_det.errors import USER_ERROR_EXIT_CODE
 
     assert rc == USER_ERROR_EXIT_CODE  # the worker's own exit, passed on by the launching process
@@ -121,10 +140,21 @@ def test_train_net_two_processes_with_torch_sync_bn_on_cpu_says_what_to_do(datas
 # Same images in every global batch whatever the process count: no flips, every anchor and every
 # proposal sampled (so the samplers' random choices make no difference), one image size.
 DETERMINISTIC = [
-    "INPUT.RANDOM_FLIP", "none", "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "1000000",
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "1000000", "MODEL.NONLOCAL.NORM", "naiveSyncBN_N",
-    "SOLVER.IMS_PER_BATCH", "4", "SEED", "7", "SOLVER.CHECKPOINT_PERIOD", "1000",
-]  # fmt: skip
+    "INPUT.RANDOM_FLIP",
+    "none",
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE",
+    "1000000",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    "1000000",
+    "MODEL.NONLOCAL.NORM",
+    "naiveSyncBN_N",
+    "SOLVER.IMS_PER_BATCH",
+    "4",
+    "SEED",
+    "7",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "1000",
+]
 ITERATIONS = 20
 LOSS_KEYS = (
     "total_loss",
@@ -173,8 +203,19 @@ def dataset_root(tmp_path_factory):
 def test_two_process_cpu_run_trains_and_evaluates(dataset_root):
     """`train_net.py --num-gpus 2` on a CPU machine: 2 gloo processes, synchronised NL norms."""
     out = dataset_root / "p2"
-    rc, log = run_train_net(dataset_root, "--num-gpus", "2", "--dist-url", "auto", *TINY, *DETERMINISTIC, "SOLVER.MAX_ITER", "2",
-                            "OUTPUT_DIR", str(out))  # fmt: skip
+    rc, log = run_train_net(
+        dataset_root,
+        "--num-gpus",
+        "2",
+        "--dist-url",
+        "auto",
+        *TINY,
+        *DETERMINISTIC,
+        "SOLVER.MAX_ITER",
+        "2",
+        "OUTPUT_DIR",
+        str(out),
+    )
     assert rc == 0, log[-3000:]
     assert "Starting training from iteration 0" in log
     with open(out / "final_metrics.json") as f:
@@ -274,7 +315,7 @@ def test_two_machines_through_the_launcher_train_and_evaluate(dataset_root):
             text=True,
             env=env,
             cwd=dataset_root,
-        )  # fmt: skip
+        )
         for rank in (0, 1)
     ]
     logs = [p.communicate(timeout=900)[0] for p in procs]

@@ -34,13 +34,33 @@ if HAS_DETECTRON2:
 # R18-FPN with GroupNorm (random weights keep activations in range), few classes and RoIs,
 # and every detection kept so that random models output some.
 SMALL_MODEL = (
-    "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.RESNETS.NORM", "GN",
-    "MODEL.FPN.NORM", "GN", "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.ROI_HEADS.NUM_CLASSES", "3",
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.RPN.PRE_NMS_TOPK_TEST", "200",
-    "MODEL.RPN.POST_NMS_TOPK_TEST", "50", "TEST.DETECTIONS_PER_IMAGE", "10",
-    "MODEL.ROI_BOX_HEAD.FC_DIM", "128", "MODEL.ROI_MASK_HEAD.CONV_DIM", "32",
-    "MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS", "(32, 32, 32, 32, 32, 32, 32, 32)",
-)  # fmt: skip
+    "MODEL.RESNETS.DEPTH",
+    "18",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    "64",
+    "MODEL.RESNETS.NORM",
+    "GN",
+    "MODEL.FPN.NORM",
+    "GN",
+    "MODEL.FPN.OUT_CHANNELS",
+    "64",
+    "MODEL.ROI_HEADS.NUM_CLASSES",
+    "3",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+    "0.0",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST",
+    "200",
+    "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "50",
+    "TEST.DETECTIONS_PER_IMAGE",
+    "10",
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    "128",
+    "MODEL.ROI_MASK_HEAD.CONV_DIM",
+    "32",
+    "MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS",
+    "(32, 32, 32, 32, 32, 32, 32, 32)",
+)
 TRACE_HW = (128, 160)
 OTHER_HW = (100, 200)  # padded to 128 x 224: another feature-map size at every level
 
@@ -144,7 +164,10 @@ def test_traced_model_matches_eager_on_other_image_sizes(config, fields, num_blo
 
 
 def test_traced_keypoint_head_takes_any_number_of_rois():
-    """As Detectron2's own keypoint-head tracing test: RoI counts per image change after tracing, down to zero."""
+    """
+    As Detectron2's own keypoint-head tracing test: RoI counts per image change after tracing, down
+    to zero.
+    """
 
     class HeadOnBoxes(torch.nn.Module):
         def __init__(self, head):
@@ -204,7 +227,9 @@ def small_backbone(config, *opts):
 
 @pytest.fixture(scope="module")
 def nl_backbone():
-    """The NL ResNet-FPN with a block in res3 too: at LARGE, res3 switches to the fused attention path."""
+    """
+    The NL ResNet-FPN with a block in res3 too: at LARGE, res3 switches to the fused attention path.
+    """
     return small_backbone("mask_rcnn_R50_NL.yaml", "MODEL.NONLOCAL.RES3", "[-1]")
 
 
@@ -213,7 +238,10 @@ LARGE = (1, 3, 256, 288)
 
 
 def explicit_paths(net, x):
-    """{NL block name: whether softmax_aggregate builds the N x M matrix (else fused attention) at input x}."""
+    """
+    {NL block name: whether softmax_aggregate builds the N x M matrix (else fused attention) at
+    input x}.
+    """
     paths, handles = {}, []
     for name, module in net.named_modules():
         if isinstance(module, NonLocalBlock2d):
@@ -306,7 +334,8 @@ def require_modules(*names):
     missing = [n for n in names if importlib.util.find_spec(n) is None]
     if missing:
         pytest.skip(
-            f"ONNX export needs packages nonlocal_det does not depend on; missing: {', '.join(missing)} "
+            "ONNX export needs packages nonlocal_det does not depend on; missing: "
+            f"{', '.join(missing)} "
             "(pip install onnx onnxruntime onnxscript)"
         )
 
@@ -343,9 +372,14 @@ def test_mask_rcnn_onnx_matches_eager(tmp_path):
     adapter = TracingAdapter(model, [{"image": example}], inference).eval()
     path = str(tmp_path / "model.onnx")
     torch.onnx.export(
-        adapter, (example,), path, dynamo=False, opset_version=16,
-        input_names=["image"], dynamic_axes={"image": {1: "height", 2: "width"}},
-    )  # fmt: skip
+        adapter,
+        (example,),
+        path,
+        dynamo=False,
+        opset_version=16,
+        input_names=["image"],
+        dynamic_axes={"image": {1: "height", 2: "width"}},
+    )
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     for image in (example, random_image(*OTHER_HW, seed=1)):
         model.mask_padding = image is example  # the export attends over the padding

@@ -1,5 +1,7 @@
-"""LazyConfig: mask_rcnn_R101_NL.py builds the same model as mask_rcnn_R101_NL.yaml, and train_net.py
-trains, resumes and evaluates a LazyConfig as it does a YAML config."""
+"""
+LazyConfig: mask_rcnn_R101_NL.py builds the same model as mask_rcnn_R101_NL.yaml, and
+train_net.py trains, resumes and evaluates a LazyConfig as it does a YAML config.
+"""
 
 import json
 import os
@@ -73,9 +75,12 @@ def test_train_net_trains_resumes_and_evaluates_a_lazy_config(lazy_run_dir):
     assert last_iteration(out) == 5
 
     rc, log = run_train_net(
-        lazy_run_dir, "--eval-only", f"train.output_dir={lazy_run_dir / 'eval'}",
-        f"train.init_checkpoint={out / 'model_final.pth'}", config=TINY_LAZY,
-    )  # fmt: skip
+        lazy_run_dir,
+        "--eval-only",
+        f"train.output_dir={lazy_run_dir / 'eval'}",
+        f"train.init_checkpoint={out / 'model_final.pth'}",
+        config=TINY_LAZY,
+    )
     assert rc == 0, log[-3000:]
     assert "Starting training" not in log
     for task in ("bbox", "segm"):
@@ -101,8 +106,8 @@ def test_other_config_kinds_stop_with_one_line(tmp_path, name):
     rc, log = run_train_net(tmp_path, config=str(tmp_path / name))
     assert rc != 0
     assert (
-        f"error: --config-file {tmp_path / name}: not a config kind train_net.py reads; it accepts YAML "
-        in log
+        f"error: --config-file {tmp_path / name}: not a config kind train_net.py reads; it accepts "
+        "YAML " in log
     )
     assert "(.yaml, .yml) and LazyConfig Python files (.py)" in log
     assert "Traceback" not in log

@@ -17,9 +17,19 @@ pytestmark = pytest.mark.detectron2
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
 
 TINY_RUN = [
-    "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "1",
-    "DATALOADER.NUM_WORKERS", "0", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
-]  # fmt: skip
+    "SOLVER.MAX_ITER",
+    "2",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "SOLVER.STEPS",
+    "()",
+    "SOLVER.WARMUP_ITERS",
+    "1",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+    "0.0",
+]
 
 
 def config(name):
@@ -62,13 +72,31 @@ def test_two_seeds_are_trained_tabulated_and_not_retrained(datasets_dir, tmp_pat
     import run_seeds
 
     table = tmp_path / "seeds.md"
-    args = ["--config-files", config("quickstart.yaml"), "--seeds", "0", "1", "--output-dir", str(tmp_path / "runs"),
-            "--table", str(table), "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
-            "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128", *TINY_RUN]  # fmt: skip
+    args = [
+        "--config-files",
+        config("quickstart.yaml"),
+        "--seeds",
+        "0",
+        "1",
+        "--output-dir",
+        str(tmp_path / "runs"),
+        "--table",
+        str(table),
+        "INPUT.MIN_SIZE_TRAIN",
+        "(96,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "128",
+        "INPUT.MIN_SIZE_TEST",
+        "96",
+        "INPUT.MAX_SIZE_TEST",
+        "128",
+        *TINY_RUN,
+    ]
     assert run_seeds.main(args) == 0
     out = capsys.readouterr().out
     assert re.search(
-        r"\[1/2\] quickstart seed 0: box AP [\d.]+, mask AP [\d.]+, keypoint AP [\d.]+; \dm\d\ds; ETA",
+        r"\[1/2\] quickstart seed 0: box AP [\d.]+, mask AP [\d.]+, keypoint AP [\d.]+; \dm\d\ds; "
+        r"ETA",
         out,
     )
     text = table.read_text()
@@ -100,14 +128,27 @@ def test_ablation_of_two_configs_writes_table_and_plot(datasets_dir, tmp_path):
     import run_seeds
 
     table, plot = tmp_path / "ablation.md", tmp_path / "ablation.png"
-    args = ["--config-files", config("longrange_baseline.yaml"), config("longrange_NL.yaml"), "--seeds", "0",
-            "--output-dir", str(tmp_path / "runs"), "--table", str(table), "--plot", str(plot), *TINY_RUN]  # fmt: skip
+    args = [
+        "--config-files",
+        config("longrange_baseline.yaml"),
+        config("longrange_NL.yaml"),
+        "--seeds",
+        "0",
+        "--output-dir",
+        str(tmp_path / "runs"),
+        "--table",
+        str(table),
+        "--plot",
+        str(plot),
+        *TINY_RUN,
+    ]
     assert run_seeds.main(args) == 0
     text = table.read_text()
     assert "### Ablation" in text
     base, nl = _table_rows(text, "`longrange_baseline`"), _table_rows(text, "`longrange_NL`")
     assert len(base) == len(nl) == 1
-    # seeds | box mean | box per seed | mask mean | mask per seed | train | params | GFLOPs | overhead
+    # seeds | box mean | box per seed | mask mean | mask per seed | train | params | GFLOPs |
+    # overhead
     assert float(nl[0][-3]) > float(base[0][-3]) and float(nl[0][-2]) > float(base[0][-2])
     assert base[0][-1] == "+0.00%" and re.fullmatch(r"\+\d+\.\d\d%", nl[0][-1])
     image = cv2.imread(str(plot))
@@ -118,13 +159,46 @@ def test_paper_mode_prints_the_published_r50_rows_beside_ours(datasets_dir, tmp_
     import run_seeds
 
     table = tmp_path / "paper.md"
-    tiny_coco = ["MODEL.WEIGHTS", "", "DATASETS.TRAIN", "('nonlocal_synthetic_train',)", "DATASETS.TEST",
-                 "('nonlocal_synthetic_val',)", "MODEL.ROI_HEADS.NUM_CLASSES", "4", "MODEL.RESNETS.DEPTH", "18",
-                 "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.RESNETS.NORM", "GN", "MODEL.FPN.NORM", "GN",
-                 "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "96",
-                 "INPUT.MAX_SIZE_TEST", "128", *TINY_RUN]  # fmt: skip
-    args = ["--config-files", config("mask_rcnn_R50_baseline.yaml"), config("mask_rcnn_R50_NL.yaml"), "--seeds", "0",
-            "--output-dir", str(tmp_path / "runs"), "--table", str(table), "--no-costs", *tiny_coco]  # fmt: skip
+    tiny_coco = [
+        "MODEL.WEIGHTS",
+        "",
+        "DATASETS.TRAIN",
+        "('nonlocal_synthetic_train',)",
+        "DATASETS.TEST",
+        "('nonlocal_synthetic_val',)",
+        "MODEL.ROI_HEADS.NUM_CLASSES",
+        "4",
+        "MODEL.RESNETS.DEPTH",
+        "18",
+        "MODEL.RESNETS.RES2_OUT_CHANNELS",
+        "64",
+        "MODEL.RESNETS.NORM",
+        "GN",
+        "MODEL.FPN.NORM",
+        "GN",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(96,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "128",
+        "INPUT.MIN_SIZE_TEST",
+        "96",
+        "INPUT.MAX_SIZE_TEST",
+        "128",
+        *TINY_RUN,
+    ]
+    args = [
+        "--config-files",
+        config("mask_rcnn_R50_baseline.yaml"),
+        config("mask_rcnn_R50_NL.yaml"),
+        "--seeds",
+        "0",
+        "--output-dir",
+        str(tmp_path / "runs"),
+        "--table",
+        str(table),
+        "--no-costs",
+        *tiny_coco,
+    ]
     assert run_seeds.main(args) == 0
     text = table.read_text()
     assert (
@@ -148,7 +222,8 @@ def test_paper_mode_prints_the_published_r50_rows_beside_ours(datasets_dir, tmp_
 def test_cue_cells_are_the_key_cells_under_the_lamp():
     import attention_mass
 
-    # 4 x 8 grid of 16-px cells, 2x2 key cells of 32 px; lamp at x 8..40, y 0..32; a box over cells (1..2, 5..6)
+    # 4 x 8 grid of 16-px cells, 2x2 key cells of 32 px; lamp at x 8..40, y 0..32; a box over cells
+    # (1..2, 5..6)
     queries, cue = attention_mass.cue_and_query_cells(
         (8, 0, 40, 32), [(80, 16, 112, 48)], (4, 8), 16, 2
     )
@@ -188,10 +263,20 @@ def test_uniform_attention_gives_a_ratio_of_one(datasets_dir, tmp_path):
 
 
 ABLATION_REPORT = [
-    "--config-files", config("longrange_baseline.yaml"), config("longrange_NL.yaml"), "--seeds", "0", "1", "2",
-    "--from-summaries", os.path.join(REPO_ROOT, "docs", "ablation_runs"), "--no-costs", "--per-category",
-    "--category-mean", "team=team_red,team_green",
-]  # fmt: skip
+    "--config-files",
+    config("longrange_baseline.yaml"),
+    config("longrange_NL.yaml"),
+    "--seeds",
+    "0",
+    "1",
+    "2",
+    "--from-summaries",
+    os.path.join(REPO_ROOT, "docs", "ablation_runs"),
+    "--no-costs",
+    "--per-category",
+    "--category-mean",
+    "team=team_red,team_green",
+]
 
 
 def test_committed_ablation_table_is_rebuilt_from_the_committed_run_summaries(tmp_path):
@@ -213,5 +298,7 @@ def test_from_summaries_names_a_missing_summary(tmp_path, capsys):
     import run_seeds
 
     args = [*ABLATION_REPORT[:6], "7", *ABLATION_REPORT[7:]]  # a seed that was never run
-    with pytest.raises(SystemExit, match="no summary .*seed7.json"):
+    from nonlocal_det.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no summary .*seed7.json"):
         run_seeds.main(args)

@@ -1,4 +1,6 @@
-"""tools/setup_env.py: the checks that stop a setup before any download, with the fix in the message."""
+"""
+tools/setup_env.py: the checks that stop a setup before any download, with the fix in the message.
+"""
 
 import os
 import sys

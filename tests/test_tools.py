@@ -38,7 +38,8 @@ def test_analyze_model_runs_on_every_shipped_config(config):
 
 def test_analyze_model_counts_one_block_as_its_formula():
     """NL - baseline FLOPs = the block's multiply-adds from its shapes: W_theta, W_phi, W_g, W_z
-    (2 C^2 N), the two pairwise products (N M (C/2 + C/2)) and GroupNorm (5 C N); the RoI work is equal."""
+    (2 C^2 N), the two pairwise products (N M (C/2 + C/2)) and GroupNorm (5 C N); the RoI work
+    is equal."""
     import analyze_model
 
     height, width = 128, 192  # divisible by 32: res4 is exactly (H/16, W/16)
@@ -60,8 +61,18 @@ def test_analyze_model_overhead_table(tmp_path, capsys):
     import analyze_model
 
     out = tmp_path / "overhead.md"
-    analyze_model.main(["--overhead-table", "--size", "64", "96", "--output", str(out),
-                        "--pairs", "mask_rcnn_R50_baseline.yaml:mask_rcnn_R50_NL.yaml"])  # fmt: skip
+    analyze_model.main(
+        [
+            "--overhead-table",
+            "--size",
+            "64",
+            "96",
+            "--output",
+            str(out),
+            "--pairs",
+            "mask_rcnn_R50_baseline.yaml:mask_rcnn_R50_NL.yaml",
+        ]
+    )
     text = out.read_text()
     assert "<5% computation" in text
     (row,) = [line for line in text.splitlines() if line.startswith("| `mask_rcnn_R50_NL.yaml`")]
@@ -75,8 +86,21 @@ def test_benchmark_model_writes_a_table(tmp_path):
     import benchmark_model
 
     out = tmp_path / "bench.md"
-    benchmark_model.main(["--pairs", "mask_rcnn_R50_baseline.yaml:mask_rcnn_R50_NL.yaml", "--size", "64", "96",
-                          "--repeats", "1", "--cycles", "1", "--output", str(out)])  # fmt: skip
+    benchmark_model.main(
+        [
+            "--pairs",
+            "mask_rcnn_R50_baseline.yaml:mask_rcnn_R50_NL.yaml",
+            "--size",
+            "64",
+            "96",
+            "--repeats",
+            "1",
+            "--cycles",
+            "1",
+            "--output",
+            str(out),
+        ]
+    )
     (row,) = [
         line
         for line in out.read_text().splitlines()
@@ -96,9 +120,23 @@ def test_benchmark_model_writes_a_table(tmp_path):
 def test_demo_draws_every_image(images, tmp_path, config, capsys):
     import demo
 
-    demo.main(["--config-file", config_path(config), "--input", str(images), "--output", str(tmp_path),
-               "--confidence-threshold", "0.0", "--random-weights", "INPUT.MIN_SIZE_TEST", "128",
-               "MODEL.WEIGHTS", ""])  # fmt: skip
+    demo.main(
+        [
+            "--config-file",
+            config_path(config),
+            "--input",
+            str(images),
+            "--output",
+            str(tmp_path),
+            "--confidence-threshold",
+            "0.0",
+            "--random-weights",
+            "INPUT.MIN_SIZE_TEST",
+            "128",
+            "MODEL.WEIGHTS",
+            "",
+        ]
+    )
     for src in sorted(images.iterdir()):
         drawing = cv2.imread(str(tmp_path / src.name))
         assert drawing is not None and drawing.shape == cv2.imread(str(src)).shape
@@ -110,8 +148,16 @@ def test_demo_names_a_missing_input(tmp_path):
     from nonlocal_det.errors import MissingInputError
 
     with pytest.raises(MissingInputError, match="nope.png.* neither an image file nor a folder"):
-        demo.main(["--config-file", config_path("quickstart.yaml"), "--input", str(tmp_path / "nope.png"),
-                   "--output", str(tmp_path)])  # fmt: skip
+        demo.main(
+            [
+                "--config-file",
+                config_path("quickstart.yaml"),
+                "--input",
+                str(tmp_path / "nope.png"),
+                "--output",
+                str(tmp_path),
+            ]
+        )
 
 
 def test_top_keys_are_the_largest_entries_of_the_full_matrix():
@@ -156,9 +202,24 @@ def test_visualize_attention_writes_backbone_and_keypoint_head_pictures(
     import visualize_attention
 
     image = sorted(images.iterdir())[0]
-    visualize_attention.main(["--config-file", config_path(config), "--input", str(image), "--output", str(tmp_path),
-                              "--person-box", "40,30,120,150", "--random-weights", "INPUT.MIN_SIZE_TEST", "128",
-                              "MODEL.WEIGHTS", "", *opts])  # fmt: skip
+    visualize_attention.main(
+        [
+            "--config-file",
+            config_path(config),
+            "--input",
+            str(image),
+            "--output",
+            str(tmp_path),
+            "--person-box",
+            "40,30,120,150",
+            "--random-weights",
+            "INPUT.MIN_SIZE_TEST",
+            "128",
+            "MODEL.WEIGHTS",
+            "",
+            *opts,
+        ]
+    )
     written = sorted(p.name for p in tmp_path.iterdir())
     assert len(written) == 2, capsys.readouterr().out
     assert "_backbone_" in written[0] and "_keypoint_head_" in written[1]
@@ -171,9 +232,19 @@ def test_visualize_attention_refuses_a_model_without_blocks(images, tmp_path):
     from nonlocal_det.errors import ConfigError
 
     with pytest.raises(ConfigError, match="the model has no non-local block"):
-        visualize_attention.main(["--config-file", config_path("mask_rcnn_R50_baseline.yaml"),
-                                  "--input", str(sorted(images.iterdir())[0]), "--output", str(tmp_path),
-                                  "--random-weights", "MODEL.WEIGHTS", ""])  # fmt: skip
+        visualize_attention.main(
+            [
+                "--config-file",
+                config_path("mask_rcnn_R50_baseline.yaml"),
+                "--input",
+                str(sorted(images.iterdir())[0]),
+                "--output",
+                str(tmp_path),
+                "--random-weights",
+                "MODEL.WEIGHTS",
+                "",
+            ]
+        )
 
 
 def test_tools_name_unreachable_weights(images, tmp_path):
@@ -181,5 +252,15 @@ def test_tools_name_unreachable_weights(images, tmp_path):
     from nonlocal_det.errors import MissingInputError
 
     with pytest.raises(MissingInputError, match="MODEL.WEIGHTS='/no/such/model.pth'"):
-        demo.main(["--config-file", config_path("quickstart.yaml"), "--input", str(images), "--output", str(tmp_path),
-                   "MODEL.WEIGHTS", "/no/such/model.pth"])  # fmt: skip
+        demo.main(
+            [
+                "--config-file",
+                config_path("quickstart.yaml"),
+                "--input",
+                str(images),
+                "--output",
+                str(tmp_path),
+                "MODEL.WEIGHTS",
+                "/no/such/model.pth",
+            ]
+        )

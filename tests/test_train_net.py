@@ -49,7 +49,10 @@ def test_train_resume_and_eval_only(small_dataset):
 
 
 def test_no_arguments_runs_the_quickstart(small_dataset):
-    """`python train_net.py` = configs/quickstart.yaml; here shortened to 5 iterations on the small dataset."""
+    """
+    `python train_net.py` = configs/quickstart.yaml; here shortened to 5 iterations on the small
+    dataset.
+    """
     out = small_dataset / "quickstart"
     rc, log = run_train_net(
         small_dataset,
@@ -85,8 +88,8 @@ def test_missing_weights_say_what_to_do(small_dataset):
     )
     assert rc != 0
     assert (
-        "MODEL.WEIGHTS='detectron2://ImageNetPretrained/MSRA/R-50-does-not-exist.pkl' could not be found or downloaded"
-        in log
+        "MODEL.WEIGHTS='detectron2://ImageNetPretrained/MSRA/R-50-does-not-exist.pkl' could not be "
+        "found or downloaded" in log
     )
     assert "Traceback" not in log
 
@@ -105,8 +108,18 @@ def test_missing_dataset_says_what_to_do(tmp_path):
 
 
 def test_amp_on_cpu_says_what_to_do(small_dataset):
-    rc, log = run_train_net(small_dataset, *TINY, "SOLVER.AMP.ENABLED", "True", "MODEL.DEVICE", "cpu",
-                            "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(small_dataset / "amp"))  # fmt: skip
+    rc, log = run_train_net(
+        small_dataset,
+        *TINY,
+        "SOLVER.AMP.ENABLED",
+        "True",
+        "MODEL.DEVICE",
+        "cpu",
+        "SOLVER.MAX_ITER",
+        "1",
+        "OUTPUT_DIR",
+        str(small_dataset / "amp"),
+    )
     assert rc != 0
     assert (
         "SOLVER.AMP.ENABLED=True needs a CUDA device" in log and "SOLVER.AMP.ENABLED False" in log

@@ -47,8 +47,14 @@ def assert_nothing_trained(log):
 def run_tool(cwd, tool, *args):
     env = dict(os.environ, DETECTRON2_DATASETS=str(cwd / "datasets"))
     env.pop("NONLOCAL_DET_DEBUG", None)
-    proc = subprocess.run([sys.executable, os.path.join(TOOLS, tool), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, os.path.join(TOOLS, tool), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -95,16 +101,31 @@ def test_several_problems_are_listed_together(workdir, tmp_path):
 
     _edit_train_json(root, several)
     rc, log = run_train_net(root, *TINY, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(root / "o"))
-    assert_user_error(rc, log, "4 problem(s)", "annotation 1 ", "annotation 2 ", "annotation 3 ",
-                      "300x192 in the JSON, but the file is 256x192")  # fmt: skip
+    assert_user_error(
+        rc,
+        log,
+        "4 problem(s)",
+        "annotation 1 ",
+        "annotation 2 ",
+        "annotation 3 ",
+        "300x192 in the JSON, but the file is 256x192",
+    )
     assert_nothing_trained(log)
 
 
 def test_image_checks_can_be_skipped(workdir, tmp_path):
     """DATALOADER.CHECK_IMAGES False: a wrong JSON size is then Detectron2's own error, later."""
     root = fresh_copy(workdir, tmp_path)
-    rc, log = run_train_net(root, *TINY, "SOLVER.MAX_ITER", "1", "DATALOADER.CHECK_IMAGES", "False",
-                            "OUTPUT_DIR", str(root / "o"))  # fmt: skip
+    rc, log = run_train_net(
+        root,
+        *TINY,
+        "SOLVER.MAX_ITER",
+        "1",
+        "DATALOADER.CHECK_IMAGES",
+        "False",
+        "OUTPUT_DIR",
+        str(root / "o"),
+    )
     assert rc == 0, log[-2000:]
 
 
@@ -119,12 +140,29 @@ def test_unreadable_weights_are_named_by_train_net_and_demo(workdir, tmp_path, k
     else:
         torch.save({"model": {"w": torch.zeros(1000)}}, weights)
         weights.write_bytes(weights.read_bytes()[:-300])
-    rc, log = run_train_net(workdir, *TINY, "--eval-only", "MODEL.WEIGHTS", str(weights),
-                            "OUTPUT_DIR", str(tmp_path / "o"))  # fmt: skip
+    rc, log = run_train_net(
+        workdir,
+        *TINY,
+        "--eval-only",
+        "MODEL.WEIGHTS",
+        str(weights),
+        "OUTPUT_DIR",
+        str(tmp_path / "o"),
+    )
     assert_user_error(rc, log, f"MODEL.WEIGHTS='{weights}'")
     image = workdir / "datasets" / "nonlocal_synthetic" / "val" / "000001.png"
-    rc, log = run_tool(workdir, "demo.py", "--config-file", os.path.join(CONFIG_DIR, "quickstart.yaml"),
-                       "--input", str(image), "--output", str(tmp_path / "d"), "MODEL.WEIGHTS", str(weights))  # fmt: skip
+    rc, log = run_tool(
+        workdir,
+        "demo.py",
+        "--config-file",
+        os.path.join(CONFIG_DIR, "quickstart.yaml"),
+        "--input",
+        str(image),
+        "--output",
+        str(tmp_path / "d"),
+        "MODEL.WEIGHTS",
+        str(weights),
+    )
     assert_user_error(rc, log, f"MODEL.WEIGHTS='{weights}'")
 
 
@@ -163,9 +201,12 @@ def test_tools_refuse_random_and_mismatched_weights(workdir, tmp_path):
         (["MODEL.NONLOCAL.RES4", "[7]"], "MODEL.NONLOCAL.RES4 = [7]: block index 7 does not exist"),
         (["MODEL.NONLOCAL.NORM", "FrozenBN"], "MODEL.NONLOCAL.NORM='FrozenBN' is not allowed"),
         (["MODEL.NONLOCAL.NORM", "bogus"], "MODEL.NONLOCAL.NORM='bogus' is not a known norm"),
-        (["MODEL.NONLOCAL.MOD", "softmax"], "MODEL.NONLOCAL.MOD is not a config key; did you mean MODEL.NONLOCAL.MODE?"),
+        (
+            ["MODEL.NONLOCAL.MOD", "softmax"],
+            "MODEL.NONLOCAL.MOD is not a config key; did you mean MODEL.NONLOCAL.MODE?",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_config_values_and_keys_in_one_line(workdir, opts, named):
     rc, log = run_train_net(workdir, *TINY, *opts, "OUTPUT_DIR", str(workdir / "c"))
     assert_user_error(rc, log, named)
@@ -176,7 +217,8 @@ def test_bad_config_values_and_keys_in_one_line(workdir, opts, named):
 def test_yaml_syntax_error_and_debug_traceback(workdir, tmp_path):
     config = tmp_path / "broken.yaml"
     config.write_text(
-        f"_BASE_: {os.path.join(CONFIG_DIR, 'quickstart.yaml')}\nMODEL:\n  NONLOCAL:\n    MODE: [unclosed\n"
+        f"_BASE_: {os.path.join(CONFIG_DIR, 'quickstart.yaml')}\nMODEL:\n  NONLOCAL:\n    MODE: "
+        "[unclosed\n"
     )
     rc, log = run_train_net(workdir, "--config-file", str(config), config=None)
     assert_user_error(rc, log, f"--config-file {config} is not valid YAML", "line 4")
@@ -194,9 +236,21 @@ def test_yaml_syntax_error_and_debug_traceback(workdir, tmp_path):
 def test_readme_keys_on_c4_and_retinanet_name_the_backbone_to_use(workdir, zoo_config, expected):
     from detectron2 import model_zoo
 
-    rc, log = run_train_net(workdir, "--config-file", model_zoo.get_config_file(zoo_config), "--eval-only",
-                            "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.BACKBONE.NAME", "build_nonlocal_backbone",
-                            "DATASETS.TEST", "('nonlocal_synthetic_val',)", config=None)  # fmt: skip
+    rc, log = run_train_net(
+        workdir,
+        "--config-file",
+        model_zoo.get_config_file(zoo_config),
+        "--eval-only",
+        "MODEL.DEVICE",
+        "cpu",
+        "MODEL.WEIGHTS",
+        "",
+        "MODEL.BACKBONE.NAME",
+        "build_nonlocal_backbone",
+        "DATASETS.TEST",
+        "('nonlocal_synthetic_val',)",
+        config=None,
+    )
     assert_user_error(rc, log, "MODEL.NONLOCAL.BACKBONE_NAME='build_resnet_fpn_backbone'", expected)
 
 
@@ -205,18 +259,47 @@ def test_readme_keys_on_c4_and_retinanet_name_the_backbone_to_use(workdir, zoo_c
 
 def test_visualize_attention_queries_and_overrides(workdir, tmp_path):
     image = workdir / "datasets" / "nonlocal_synthetic" / "val" / "000001.png"
-    args = ["--config-file", os.path.join(CONFIG_DIR, "quickstart.yaml"), "--input", str(image),
-            "--output", str(tmp_path), "--random-weights"]  # fmt: skip
-    rc, log = run_tool(workdir, "visualize_attention.py", *args, "--queries", "100,50", "--queries", "200,100",
-                       "INPUT.MIN_SIZE_TEST", "128", "MODEL.WEIGHTS", "")  # fmt: skip
+    args = [
+        "--config-file",
+        os.path.join(CONFIG_DIR, "quickstart.yaml"),
+        "--input",
+        str(image),
+        "--output",
+        str(tmp_path),
+        "--random-weights",
+    ]
+    rc, log = run_tool(
+        workdir,
+        "visualize_attention.py",
+        *args,
+        "--queries",
+        "100,50",
+        "--queries",
+        "200,100",
+        "INPUT.MIN_SIZE_TEST",
+        "128",
+        "MODEL.WEIGHTS",
+        "",
+    )
     assert rc == 0, log[-2000:]
     rc, log = run_tool(
         workdir, "visualize_attention.py", *args, "--queries", "300,50", "MODEL.WEIGHTS", ""
     )
     assert_user_error(rc, log, "--queries [(300.0, 50.0)] lie outside the 256x192 image")
     cgnl = os.path.join(CONFIG_DIR, "mask_rcnn_R50_CGNL.yaml")
-    rc, log = run_tool(workdir, "visualize_attention.py", *args[2:], "--config-file", cgnl,
-                       "MODEL.WEIGHTS", "", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64")  # fmt: skip
+    rc, log = run_tool(
+        workdir,
+        "visualize_attention.py",
+        *args[2:],
+        "--config-file",
+        cgnl,
+        "MODEL.WEIGHTS",
+        "",
+        "MODEL.RESNETS.DEPTH",
+        "18",
+        "MODEL.RESNETS.RES2_OUT_CHANNELS",
+        "64",
+    )
     assert_user_error(rc, log, "CGNL blocks", "no per-query attention map")
 
 

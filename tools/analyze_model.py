@@ -3,13 +3,7 @@
 Parameters and FLOPs (fvcore, through Detectron2's FlopCountAnalysis) of a config at a given
 input size, and the non-local vs baseline overhead table of the shipped configs.
 
-FLOPs follow fvcore's convention: one multiply-add counts as one flop. The model runs in
-inference mode on a random image of the given size with random weights. Random weights would
-make the RoI work depend on chance (degenerate boxes are dropped), so the output layers of the
-RPN, the box predictor and the keypoint head are zeroed (proposals = anchors, uniform scores;
-counting depends on shapes only), RPN NMS is off and the score threshold is 0: the box head sees
-MODEL.RPN.POST_NMS_TOPK_TEST (1000) proposals and the mask/keypoint heads see
-TEST.DETECTIONS_PER_IMAGE (100) detections, in every model alike.
+How the model is run and counted: ``nonlocal_det.analysis.model_costs``.
 
     python tools/analyze_model.py --config-file configs/mask_rcnn_R101_NL.yaml --size 800 1333
     python tools/analyze_model.py --overhead-table --output output/overhead.md
@@ -20,7 +14,8 @@ import datetime
 import os
 import sys
 
-import torch
+from nonlocal_det.analysis.model_costs import analyze
+from nonlocal_det.utils.tables import write_text
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,87 +28,6 @@ OVERHEAD_PAIRS = [
     ("keypoint_rcnn_R101_baseline.yaml", "keypoint_rcnn_R101_NL_head_backbone.yaml"),
     ("mask_rcnn_R50_baseline.yaml", "mask_rcnn_R50_CGNL.yaml"),
 ]
-
-
-def sdpa_flop_jit(inputs, outputs):
-    """aten::scaled_dot_product_attention: q k^T and p v, in multiply-adds."""
-    from fvcore.nn.jit_handles import get_shape
-
-    q, k, v = (get_shape(t) for t in inputs[:3])
-    batch = 1
-    for d in q[:-2]:
-        batch *= d
-    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
-
-
-def load_cfg(config_file, opts=()):
-    from nonlocal_det.config import get_nonlocal_cfg
-
-    fixed = [
-        "MODEL.DEVICE",
-        "cpu",
-        "MODEL.WEIGHTS",
-        "",
-        "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
-        "0.0",
-        "MODEL.RPN.NMS_THRESH",
-        "1.0",
-    ]
-    return get_nonlocal_cfg(config_file, [*fixed, *opts])
-
-
-def fix_roi_workload(model) -> None:
-    """
-    Zero the output layers of the RPN, the box predictor and the keypoint head (of a one-stage
-    detector such as RetinaNet: its head's): valid, weight-independent proposals, detections and
-    heatmaps (random weights can give degenerate boxes and non-finite heatmaps). FLOP counts
-    depend on shapes only.
-    """
-    if not hasattr(model, "proposal_generator"):  # one-stage: RetinaNet
-        for layer in (model.head.cls_score, model.head.bbox_pred):
-            torch.nn.init.zeros_(layer.weight)
-            torch.nn.init.zeros_(layer.bias)
-        return
-    rpn_head = model.proposal_generator.rpn_head
-    layers = [
-        rpn_head.objectness_logits,
-        rpn_head.anchor_deltas,
-        *model.roi_heads.box_predictor.children(),
-    ]
-    keypoint_head = getattr(model.roi_heads, "keypoint_head", None)
-    if keypoint_head is not None:
-        layers.append(keypoint_head.score_lowres)
-    for layer in layers:
-        torch.nn.init.zeros_(layer.weight)
-        torch.nn.init.zeros_(layer.bias)
-
-
-def analyze(config_file, height, width, opts=()):
-    """{"params": int, "flops": total, "by_module": {name: flops}} for one config."""
-    from detectron2.modeling import build_model
-    from detectron2.utils.analysis import FlopCountAnalysis
-
-    cfg = load_cfg(config_file, opts)
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    fix_roi_workload(model)
-    image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(0)) * 255
-    with torch.no_grad():
-        analysis = FlopCountAnalysis(model, [{"image": image}])
-        analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
-        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        by_module = analysis.by_module()
-        total = analysis.total()
-    from nonlocal_det.layers import CGNLBlock2d, NonLocalBlock2d
-
-    return {
-        "blocks": sum(isinstance(m, (NonLocalBlock2d, CGNLBlock2d)) for m in model.modules()),
-        "params": sum(p.numel() for p in model.parameters()),
-        "flops": total,
-        "backbone_flops": by_module.get("model.backbone", 0),
-        "roi_heads_flops": by_module.get("model.roi_heads", 0),
-        "unsupported": dict(analysis.unsupported_ops()),
-    }
 
 
 def overhead_table(height, width, pairs=OVERHEAD_PAIRS):
@@ -131,7 +45,8 @@ def overhead_table(height, width, pairs=OVERHEAD_PAIRS):
             f"| `{nl}` vs `{base}` | {added} | {b['flops'] / 1e9:.1f} | {n['flops'] / 1e9:.1f} | "
             f"{overhead:+.2f}% | {claim} | "
             f"{100 * (n['backbone_flops'] / b['backbone_flops'] - 1):+.2f}% | "
-            f"{b['params'] / 1e6:.1f} | {n['params'] / 1e6:.1f} | {100 * (n['params'] / b['params'] - 1):+.2f}% |"
+            f"{b['params'] / 1e6:.1f} | {n['params'] / 1e6:.1f} | "
+            f"{100 * (n['params'] / b['params'] - 1):+.2f}% |"
         )
     unsupported = sorted({op for r in results.values() for op in r["unsupported"]})
     return lines, unsupported
@@ -162,22 +77,30 @@ def main(argv=None):
             [
                 "# FLOPs and parameters: non-local vs baseline",
                 "",
-                f"Generated by `python tools/analyze_model.py --overhead-table` on {datetime.date.today().isoformat()}, "
-                f"input {height}×{width}, inference, 1000 proposals through the box head and 100 detections through "
+                "Generated by `python tools/analyze_model.py --overhead-table` on "
+                f"{datetime.date.today().isoformat()}, "
+                f"input {height}×{width}, inference, 1000 proposals through the box head and 100 "
+                "detections through "
                 "the mask/keypoint heads (so both models of a row do the same RoI work), "
                 "fvcore counting (1 multiply-add = 1 flop).",
                 "",
-                'The paper (Wang et al. 2018, sec. 6): "a single non-local block only adds <5% computation '
-                "to the baseline model\". A block's own cost is set by the feature map it sees, not by the "
-                "model: 2C²N (W_θ, W_φ, W_g, W_z) + N·M·C (the two pairwise products, M = N/4 after "
+                'The paper (Wang et al. 2018, sec. 6): "a single non-local block only adds <5% '
+                "computation "
+                "to the baseline model\". A block's own cost is set by the feature map it sees, "
+                "not by the "
+                "model: 2C²N (W_θ, W_φ, W_g, W_z) + N·M·C (the two pairwise products, M = N/4 "
+                "after "
                 "sub-sampling) + 5CN (GroupNorm) multiply-adds for C channels and N positions; the "
                 "same block in res4 is therefore a smaller fraction of a deeper baseline.",
                 "",
-                "| model vs baseline | blocks added | baseline GFLOPs | NL GFLOPs | overhead | 1 block <5%? | backbone overhead | baseline params (M) | NL params (M) | params overhead |",
+                "| model vs baseline | blocks added | baseline GFLOPs | NL GFLOPs | overhead | 1 "
+                "block <5%? | backbone overhead | baseline params (M) | NL params (M) | params "
+                "overhead |",
                 "|---|---|---|---|---|---|---|---|---|---|",
                 *rows,
                 "",
-                "Operators fvcore does not count (element-wise ops, RoIAlign and Detectron2's TorchScript "
+                "Operators fvcore does not count (element-wise ops, RoIAlign and Detectron2's "
+                "TorchScript "
                 "post-processing calls; no convolution or matrix product among them): "
                 + (", ".join(f"`{op}`" for op in unsupported) or "none")
                 + ".",
@@ -186,8 +109,7 @@ def main(argv=None):
         )
         print(text)
         if args.output:
-            with open(args.output, "w") as f:
-                f.write(text)
+            write_text(args.output, text)
         return
     if not args.config_file:
         parser.error("--config-file is required unless --overhead-table is given")
@@ -195,7 +117,8 @@ def main(argv=None):
     print(f"config: {args.config_file}, input {height}x{width}")
     print(f"parameters: {r['params'] / 1e6:.2f} M")
     print(
-        f"GFLOPs (fvcore, multiply-adds): total {r['flops'] / 1e9:.2f}, backbone {r['backbone_flops'] / 1e9:.2f}, "
+        f"GFLOPs (fvcore, multiply-adds): total {r['flops'] / 1e9:.2f}, backbone "
+        f"{r['backbone_flops'] / 1e9:.2f}, "
         f"roi_heads {r['roi_heads_flops'] / 1e9:.2f}"
     )
     if r["unsupported"]:

@@ -136,10 +136,12 @@ def measure(cfg, max_images=None, random_ok=False):
                         scale = resized.shape[0] / image.shape[0]
                         grid = tuple(size) if size is not None else tuple(x.shape[-2:])
                         queries, cue = cue_and_query_cells(
-                            np.array(lamp) * scale, np.array(boxes) * scale, grid,
+                            np.array(lamp) * scale,
+                            np.array(boxes) * scale,
+                            grid,
                             _stride(model, resized.shape[0], x.shape[-2]),
                             2 if blocks[name].sub_sample else 1,
-                        )  # fmt: skip
+                        )
                         if len(queries) == 0:
                             continue
                         flat = torch.as_tensor(queries[:, 0] * grid[1] + queries[:, 1])
@@ -181,7 +183,8 @@ def report(result) -> str:
     lamp = result["lamp"]
     if lamp:
         lines.append(
-            f"  {lamp['block']}: over {lamp['queries']} shape queries, {100 * lamp['mass']:.1f}% of the "
+            f"  {lamp['block']}: over {lamp['queries']} shape queries, {100 * lamp['mass']:.1f}% "
+            "of the "
             f"attention falls on the lamp, which holds {100 * lamp['uniform']:.1f}% of the keys: "
             f"{lamp['ratio']:.1f}x uniform"
         )

@@ -21,13 +21,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
-import subprocess
-import sys
-import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from nonlocal_det.utils.machine import describe_machine
+from nonlocal_det.utils.measure import run_child_process, time_and_peak
+from nonlocal_det.utils.tables import write_text
+
 SIZES = {
     # name: (channels, height, width)
     "res4": (1024, 50, 84),  # res4 of an 800x1333 image (stride 16)
@@ -82,9 +81,12 @@ def _masked_sdpa(block, valid_width):
         if q.shape[-1] != v.shape[-1]:  # gaussian mode: q, k have C channels, v inner
             v = F.pad(v, (0, q.shape[-1] - v.shape[-1]))
         y = F.scaled_dot_product_attention(
-            q[:, None].contiguous(), k[:, None].contiguous(), v[:, None].contiguous(),
-            attn_mask=mask[None, None, None], scale=block._logit_scale(),
-        )[:, 0, :, : block.inner_channels]  # fmt: skip
+            q[:, None].contiguous(),
+            k[:, None].contiguous(),
+            v[:, None].contiguous(),
+            attn_mask=mask[None, None, None],
+            scale=block._logit_scale(),
+        )[:, 0, :, : block.inner_channels]
         y = y.transpose(1, 2).reshape(x.shape[0], block.inner_channels, *x.shape[-2:])
         return x + block.norm(block.out(y))
 
@@ -137,25 +139,6 @@ def _build(impl, mode, channels, device, width=None):
     return core
 
 
-def _cpu_peak_bytes(step):
-    """Peak bytes torch's CPU allocator holds during step() above what it held before."""
-    from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import Action
-
-    with profile(
-        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
-    ) as prof:
-        step()
-    current = peak = 0
-    for _, action, _, size in prof._memory_profile().timeline:
-        if action == Action.CREATE:
-            current += size
-        elif action == Action.DESTROY:
-            current -= size
-        peak = max(peak, current)
-    return peak
-
-
 def run_child(spec):
     """Warm-up, one fwd+bwd measured for peak memory, then ``repeats`` timed ones."""
     import torch
@@ -175,50 +158,6 @@ def run_child(spec):
     print(json.dumps(time_and_peak(step, device, spec["repeats"])))
 
 
-def time_and_peak(step, device, repeats, *, with_memory=True):
-    """
-    Warm-up (thread pools, kernel selection, caches), then one step measured for the
-    allocator's extra peak bytes (None without ``with_memory``), then ``repeats`` timed steps.
-    ``step`` must synchronise CUDA itself. Returns {"peak_bytes", "times"}.
-    """
-    import torch
-
-    step()
-    peak = None
-    if with_memory and device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step()
-        peak = torch.cuda.max_memory_allocated() - base
-    elif with_memory:
-        peak = _cpu_peak_bytes(step)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return {"peak_bytes": peak, "times": times}
-
-
-# ---------------------------------------------------------------- parent: the tables
-
-
-def measure(spec, timeout):
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([REPO_ROOT, os.environ.get("PYTHONPATH", "")])
-    )
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout}s"}
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"failed: {tail[:160]}"}
-    return json.loads(lines[-1])
-
-
 def _fmt_ms(r):
     return f"{r['ms']:.1f}" if "ms" in r else "—"
 
@@ -235,21 +174,6 @@ def _ratio(r, ours):
 
 def _notes(results):
     return "; ".join(f"{name}: {r['error']}" for name, r in results.items() if "error" in r)
-
-
-def machine_description(device):
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    desc = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-    if device == "cuda":
-        desc += f", GPU {torch.cuda.get_device_name()}"
-    return desc
 
 
 def parse_args(argv=None):
@@ -317,7 +241,7 @@ def main(argv=None):
             for impl in times:
                 if "error" in results[impl]:
                     continue
-                r = measure(dict(spec, impl=impl), args.timeout)
+                r = run_child_process(__file__, dict(spec, impl=impl), args.timeout)
                 if "error" in r:
                     results[impl] = r
                     continue
@@ -332,7 +256,7 @@ def main(argv=None):
         return results
 
     if args.padding:
-        write(args.output, padding_table(run, args))
+        write_text(args.output, "\n".join(padding_table(run, args)))
         return
     lines = [
         "# Block benchmarks",
@@ -340,7 +264,7 @@ def main(argv=None):
         f"Generated by `python tools/benchmark_blocks.py --device {args.device}` on "
         f"{datetime.date.today().isoformat()}.",
         "",
-        f"Machine: {machine_description(args.device)}.",
+        f"Machine: {describe_machine(args.device)}.",
         "",
         "Batch 1, forward + backward (input and parameter gradients). Each implementation runs "
         f"in its own processes, {args.cycles} per row in turn (A B C A B C), each process a "
@@ -362,7 +286,8 @@ def main(argv=None):
         lines += [
             f"## {size}: C={channels}, {h}×{w} (N={h * w} queries, M={_key_count(h, w)} keys)",
             "",
-            "| block | ours ms | naive ms | mmcv ms | naive/ours | mmcv/ours | ours extra MiB | naive extra MiB | mmcv extra MiB | notes |",
+            "| block | ours ms | naive ms | mmcv ms | naive/ours | mmcv/ours | ours extra MiB | "
+            "naive extra MiB | mmcv extra MiB | notes |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for mode in NL_MODES:
@@ -370,14 +295,17 @@ def main(argv=None):
             ours, naive = r["ours"], r["naive"]
             mmcv = r.setdefault("mmcv", {"error": "not installed"})
             lines.append(
-                f"| NL {mode} | {_fmt_ms(ours)} | {_fmt_ms(naive)} | {_fmt_ms(mmcv)} | {_ratio(naive, ours)} | "
-                f"{_ratio(mmcv, ours)} | {_fmt_mb(ours)} | {_fmt_mb(naive)} | {_fmt_mb(mmcv)} | {_notes(r)} |"
+                f"| NL {mode} | {_fmt_ms(ours)} | {_fmt_ms(naive)} | {_fmt_ms(mmcv)} | "
+                f"{_ratio(naive, ours)} | "
+                f"{_ratio(mmcv, ours)} | {_fmt_mb(ours)} | {_fmt_mb(naive)} | {_fmt_mb(mmcv)} | "
+                f"{_notes(r)} |"
             )
         for kernel in CGNL_KERNELS:
             r = run(["cgnl", "cgnl_naive"], kernel, size)
             ours, naive = r["cgnl"], r["cgnl_naive"]
             lines.append(
-                f"| CGNL {kernel} | {_fmt_ms(ours)} | {_fmt_ms(naive)} | — | {_ratio(naive, ours)} | — | "
+                f"| CGNL {kernel} | {_fmt_ms(ours)} | {_fmt_ms(naive)} | — | {_ratio(naive, ours)} "
+                "| — | "
                 f"{_fmt_mb(ours)} | {_fmt_mb(naive)} | — | {_notes({'naive': naive})} |"
             )
         lines += [
@@ -395,14 +323,7 @@ def main(argv=None):
                 f"{_fmt_mb(ours)} | {_fmt_mb(naive)} | {_notes(r)} |"
             )
         lines.append("")
-    write(args.output, lines)
-
-
-def write(path, lines):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"wrote {path}")
+    write_text(args.output, "\n".join(lines))
 
 
 def padding_table(run, args):
@@ -410,7 +331,7 @@ def padding_table(run, args):
     channels, h, w = SIZES["large"]
     lines = [
         f"Generated by `python tools/benchmark_blocks.py --padding --device {args.device}` on "
-        f"{datetime.date.today().isoformat()}; machine: {machine_description(args.device)}.",
+        f"{datetime.date.today().isoformat()}; machine: {describe_machine(args.device)}.",
         "",
         f"C={channels}, a {h}×{w} map whose last {w - PADDED_VALID_WIDTH} columns are padding "
         f"(valid {h}×{PADDED_VALID_WIDTH}, a third of the keys padded), batch 1, forward + "
@@ -419,7 +340,8 @@ def padding_table(run, args):
         "*masked SDPA*: the alternative for softmax modes, attention over the whole padded map "
         "with the padded keys masked in torch's fused attention. Medians as in benchmarks.md.",
         "",
-        "| block | padded ms | crop ms | padded/crop | masked SDPA ms | padded extra MiB | crop extra MiB | masked SDPA extra MiB | notes |",
+        "| block | padded ms | crop ms | padded/crop | masked SDPA ms | padded extra MiB | crop "
+        "extra MiB | masked SDPA extra MiB | notes |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for mode in NL_MODES:
@@ -429,7 +351,8 @@ def padding_table(run, args):
         sdpa = r.get("masked_sdpa", {"error": "softmax modes only"})
         lines.append(
             f"| NL {mode} | {_fmt_ms(padded)} | {_fmt_ms(crop)} | {_ratio(padded, crop)} | "
-            f"{_fmt_ms(sdpa)} | {_fmt_mb(padded)} | {_fmt_mb(crop)} | {_fmt_mb(sdpa)} | {_notes(r)} |"
+            f"{_fmt_ms(sdpa)} | {_fmt_mb(padded)} | {_fmt_mb(crop)} | {_fmt_mb(sdpa)} | "
+            f"{_notes(r)} |"
         )
     for kernel in CGNL_KERNELS:
         r = run(["cgnl_padded", "cgnl_crop"], kernel, "large")

@@ -11,8 +11,9 @@ Install nonlocal_det and everything it needs, Detectron2 included, into a virtua
 Steps, each done only when its result is missing, so a second run takes seconds:
 
 1. the virtual environment (``python -m venv``);
-2. ``setuptools<81`` (Detectron2 imports ``pkg_resources``), torch / torchvision at the
-   versions ``setup.py`` pins, and this project in editable mode with its ``test`` extra;
+2. this project in editable mode with its ``test`` extra, every package at the version
+   ``constraints.txt`` pins (torch, torchvision, ``setuptools<81``: Detectron2 imports
+   ``pkg_resources``);
 3. Detectron2: the wheel given by ``--detectron2-wheel`` or ``$DETECTRON2_WHEEL`` (a file, or a
    folder holding one for this Python), installed by its path; otherwise Detectron2's official
    source at ``DETECTRON2_COMMIT`` (the commit the shared wheel was built from), built with
@@ -75,13 +76,16 @@ def find_wheel(spec: str, tag: str) -> str:
         )
         if not wheels:
             raise SetupError(
-                f"no detectron2-*.whl in {path} ({WHEEL_ENV} / --detectron2-wheel). Point it at the wheel file."
+                f"no detectron2-*.whl in {path} ({WHEEL_ENV} / --detectron2-wheel). Point it at "
+                "the wheel file."
             )
         matching = [f for f in wheels if f"-{tag}-" in f]
         if not matching:
             raise SetupError(
-                f"the Detectron2 wheels in {path} ({', '.join(wheels)}) are not for this Python ({tag}). "
-                "Use the Python they were built for, or leave the wheel out to build Detectron2 from source."
+                f"the Detectron2 wheels in {path} ({', '.join(wheels)}) are not for this Python "
+                f"({tag}). "
+                "Use the Python they were built for, or leave the wheel out to build Detectron2 "
+                "from source."
             )
         path = os.path.join(path, matching[-1])
     elif not os.path.isfile(path):
@@ -93,21 +97,26 @@ def find_wheel(spec: str, tag: str) -> str:
         )
     if f"-{tag}-" not in name:
         raise SetupError(
-            f"{name} is built for another Python than this environment's ({tag}). Use a wheel built "
-            f"for {tag}, create the environment with the wheel's Python (--python), or leave the wheel "
+            f"{name} is built for another Python than this environment's ({tag}). Use a wheel "
+            "built "
+            f"for {tag}, create the environment with the wheel's Python (--python), or leave the "
+            "wheel "
             "out to build Detectron2 from source."
         )
     return path
 
 
 def source_build_prerequisites() -> None:
-    """Building from source needs git, a C++ compiler and a route to GitHub: say which is missing."""
+    """
+    Building from source needs git, a C++ compiler and a route to GitHub: say which is missing.
+    """
     missing = [tool for tool in ("git",) if shutil.which(tool) is None]
     if not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")):
         missing.append("a C++ compiler (c++/g++/clang++)")
     if missing:
         raise SetupError(
-            f"building Detectron2 from source needs {' and '.join(missing)}, not found on PATH. Install "
+            f"building Detectron2 from source needs {' and '.join(missing)}, not found on PATH. "
+            "Install "
             f"them (Debian/Ubuntu: apt install git build-essential), or pass a prebuilt wheel with "
             f"--detectron2-wheel PATH or {WHEEL_ENV}=PATH."
         )
@@ -115,24 +124,32 @@ def source_build_prerequisites() -> None:
         socket.create_connection(("github.com", 443), timeout=10).close()
     except OSError as e:
         raise SetupError(
-            f"no wheel given and github.com cannot be reached ({e}), so Detectron2's source cannot be "
-            f"fetched. Pass a Detectron2 wheel built for this Python with --detectron2-wheel PATH or "
+            f"no wheel given and github.com cannot be reached ({e}), so Detectron2's source cannot "
+            "be "
+            "fetched. Pass a Detectron2 wheel built for this Python with --detectron2-wheel PATH "
+            "or "
             f"{WHEEL_ENV}=PATH (a file or a folder holding it)."
         ) from None
 
 
+CONSTRAINTS = os.path.join(REPO_ROOT, "constraints.txt")
+
+
 def fingerprint(detectron2_source: str) -> dict:
     """What a finished setup installed from; a change in any of it reruns the install steps."""
-    with open(os.path.join(REPO_ROOT, "setup.py"), "rb") as f:
-        setup_py = hashlib.sha256(f.read()).hexdigest()
-    return {"setup.py": setup_py, "detectron2": detectron2_source, "repo": REPO_ROOT}
+    hashes = {}
+    for name in ("pyproject.toml", "constraints.txt"):
+        with open(os.path.join(REPO_ROOT, name), "rb") as f:
+            hashes[name] = hashlib.sha256(f.read()).hexdigest()
+    return {**hashes, "detectron2": detectron2_source, "repo": REPO_ROOT}
 
 
 def installed_ok(python: str) -> bool:
     """Whether torch, torchvision, Detectron2 (with its compiled ops) and this checkout import."""
     code = (
         "import torch, torchvision, detectron2, detectron2._C, nonlocal_det, os, sys\n"
-        "sys.exit(os.path.dirname(os.path.dirname(os.path.abspath(nonlocal_det.__file__))) != sys.argv[1])"
+        "sys.exit(os.path.dirname(os.path.dirname(os.path.abspath(nonlocal_det.__file__))) != "
+        "sys.argv[1])"
     )
     return (
         subprocess.call(
@@ -150,8 +167,10 @@ def ensure_venv(venv: str, base_python: str) -> str:
     log(f"virtual environment: {base_python} -m venv {venv}")
     if subprocess.call([base_python, "-m", "venv", venv]) != 0:
         raise SetupError(
-            f"step 'virtual environment' failed: `{base_python} -m venv {venv}`. On Debian/Ubuntu the venv "
-            "module is a separate package (apt install python3-venv); or pass --venv '' to install into "
+            f"step 'virtual environment' failed: `{base_python} -m venv {venv}`. On Debian/Ubuntu "
+            "the venv "
+            "module is a separate package (apt install python3-venv); or pass --venv '' to install "
+            "into "
             "the running interpreter."
         )
     return python
@@ -163,7 +182,8 @@ def setup(venv: str, base_python: str, wheel_spec: str) -> str:
     tag = python_tag(base_python)
     if tag != "cp311":
         log(
-            f"note: this Python is {tag}; the torch pins and the shared Detectron2 wheel are for cp311"
+            f"note: this Python is {tag}; the torch pins and the shared Detectron2 wheel are for "
+            "cp311"
         )
     wheel = find_wheel(wheel_spec, tag) if wheel_spec else None
     detectron2_source = wheel or f"{DETECTRON2_REPO}@{DETECTRON2_COMMIT}"
@@ -183,28 +203,31 @@ def setup(venv: str, base_python: str, wheel_spec: str) -> str:
     pip = [python, "-m", "pip", "install", "--disable-pip-version-check"]
     run(
         "python packages",
-        pip + ["setuptools<81", "-e", f"{REPO_ROOT}[test]"],
+        pip + ["-c", CONSTRAINTS, "setuptools<81", "-e", f"{REPO_ROOT}[test]"],
         "Check the network route to the package index (pip's message above), then rerun.",
     )
     if wheel:
         run(
             "detectron2 (wheel)",
-            pip + [wheel],
-            "The wheel must match this Python and the pinned torch (2.14.1); its dependencies come "
-            "from the package index.",
+            pip + ["-c", CONSTRAINTS, wheel],
+            "The wheel must match this Python and the torch of constraints.txt; its dependencies "
+            "come from the package index.",
         )
     else:
         run(
             "detectron2 (build from source)",
             pip
-            + ["--no-build-isolation", f"detectron2 @ git+{DETECTRON2_REPO}@{DETECTRON2_COMMIT}"],
+            + ["-c", CONSTRAINTS, "--no-build-isolation"]
+            + [f"detectron2 @ git+{DETECTRON2_REPO}@{DETECTRON2_COMMIT}"],
             "Building needs the Python headers (apt install python3-dev), a C++ compiler and git; "
             f"or pass a prebuilt wheel with --detectron2-wheel PATH / {WHEEL_ENV}=PATH.",
         )
     if not installed_ok(python):
         raise SetupError(
-            f"step 'check': {python} cannot import torch, torchvision, detectron2 (with detectron2._C) "
-            f'and this checkout\'s nonlocal_det after installing. Run `{python} -c "import detectron2._C"` '
+            f"step 'check': {python} cannot import torch, torchvision, detectron2 (with "
+            "detectron2._C) "
+            f"and this checkout's nonlocal_det after installing. Run `{python} -c \"import "
+            'detectron2._C"` '
             "to see why (a wheel built against another torch fails here)."
         )
     if stamp:
@@ -217,15 +240,23 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--venv", default=os.path.join(REPO_ROOT, ".venv"),
-                        help="virtual environment to create or update (default: .venv in the checkout); '' installs into --python")  # fmt: skip
+    parser.add_argument(
+        "--venv",
+        default=os.path.join(REPO_ROOT, ".venv"),
+        help="virtual environment to create or update (default: .venv in the checkout); '' "
+        "installs into --python",
+    )
     parser.add_argument(
         "--python",
         default=sys.executable,
         help="interpreter that creates the environment (default: this one)",
     )
-    parser.add_argument("--detectron2-wheel", default=os.environ.get(WHEEL_ENV, ""),
-                        help=f"a Detectron2 wheel file, or a folder holding one (default: ${WHEEL_ENV}); without it Detectron2 is built from source")  # fmt: skip
+    parser.add_argument(
+        "--detectron2-wheel",
+        default=os.environ.get(WHEEL_ENV, ""),
+        help=f"a Detectron2 wheel file, or a folder holding one (default: ${WHEEL_ENV}); without "
+        "it Detectron2 is built from source",
+    )
     args = parser.parse_args(argv)
     start = time.time()
     try:

@@ -39,11 +39,17 @@ def build(workdir: str, num_images: int, per_image: int = 7) -> str:
         images.append({"id": i, "file_name": name, "width": 640, "height": 480})
         for j in range(per_image):
             x, y = float(rng.uniform(0, 500)), float(rng.uniform(0, 380))
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": i, "category_id": 1 + j % 80, "iscrowd": 0,
-                "bbox": [x, y, 60.0, 50.0], "area": 3000.0,
-                "segmentation": [[x, y, x + 60, y, x + 60, y + 50, x, y + 50]],
-            })  # fmt: skip
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i,
+                    "category_id": 1 + j % 80,
+                    "iscrowd": 0,
+                    "bbox": [x, y, 60.0, 50.0],
+                    "area": 3000.0,
+                    "segmentation": [[x, y, x + 60, y, x + 60, y + 50, x, y + 50]],
+                }
+            )
     categories = [{"id": c, "name": f"c{c}"} for c in range(1, 81)]
     json_path = os.path.join(workdir, "instances.json")
     with open(json_path, "w") as f:

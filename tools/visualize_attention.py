@@ -35,9 +35,14 @@ def draw_arrows(image, query_xy, key_xy, weights, color):
         w = w / max(w.max(), 1e-12)
         for (kx, ky), strength in zip(keys, w):
             cv2.arrowedLine(
-                overlay, (int(qx), int(qy)), (int(kx), int(ky)), color,
-                thickness=1 + int(2 * strength), tipLength=0.08, line_type=cv2.LINE_AA,
-            )  # fmt: skip
+                overlay,
+                (int(qx), int(qy)),
+                (int(kx), int(ky)),
+                color,
+                thickness=1 + int(2 * strength),
+                tipLength=0.08,
+                line_type=cv2.LINE_AA,
+            )
         cv2.circle(overlay, (int(qx), int(qy)), 4, (255, 255, 255), -1, cv2.LINE_AA)
     return cv2.addWeighted(overlay, 0.85, image, 0.15, 0)
 
@@ -127,7 +132,8 @@ def main(argv=None):
     outside = [(x, y) for x, y in args.queries or [] if not (0 <= x < width and 0 <= y < height)]
     if outside:
         raise ConfigError(
-            f"--queries {outside} lie outside the {width}x{height} image {args.input} (x, y in pixels)"
+            f"--queries {outside} lie outside the {width}x{height} image {args.input} (x, y in "
+            "pixels)"
         )
     model = build_trained_model(cfg, random_ok=args.random_weights)
     backbone_name, backbone_block = next(iter(attention_blocks(model.backbone).items()))
@@ -140,7 +146,8 @@ def main(argv=None):
     scale_y, scale_x = resized.shape[0] / height, resized.shape[1] / width
     tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
     store, handle = capture_input(backbone_block)
-    # The keypoint-head picture reuses this pass's FPN features instead of running the backbone again.
+    # The keypoint-head picture reuses this pass's FPN features instead of running the backbone
+    # again.
     features_handle = model.backbone.register_forward_hook(
         lambda mod, args, out: store.__setitem__("features", out)
     )

@@ -181,7 +181,8 @@ def annotation_problems(coco: Dict) -> List[Problem]:
                 Problem(
                     where,
                     "category_id",
-                    f"{ann.get('category_id')!r} is not among the file's categories {sorted(categories)}",
+                    f"{ann.get('category_id')!r} is not among the file's categories "
+                    f"{sorted(categories)}",
                     "add the category or fix the id",
                 )
             )
@@ -227,7 +228,8 @@ def _one_image_problems(image: Dict, image_root: str) -> List[Problem]:
             Problem(
                 where,
                 "width/height",
-                f"{image.get('width')}x{image.get('height')} in the JSON, but the file is {width}x{height}",
+                f"{image.get('width')}x{image.get('height')} in the JSON, but the file is "
+                f"{width}x{height}",
                 "fix the JSON's width and height (Detectron2 stops when it reads the image)",
             )
         ]

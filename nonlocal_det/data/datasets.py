@@ -37,13 +37,16 @@ def _load(name: str, split: str, root: str):
         raise FileNotFoundError(
             f"Dataset {name!r}: {json_file} does not exist. Generate it with "
             f"`python -m nonlocal_det.data --out {root}` (train_net.py does this "
-            f"by itself), or point DETECTRON2_DATASETS at the directory holding {os.path.basename(root)}/."
+            "by itself), or point DETECTRON2_DATASETS at the directory holding "
+            f"{os.path.basename(root)}/."
         )
     return load_coco_json(json_file, image_root, name)
 
 
 def register_generated_dataset(dataset: GeneratedDataset, root: str = None) -> None:
-    """Register ``dataset``'s splits, read from ``root`` (default ``dataset.root()``); idempotent."""
+    """
+    Register ``dataset``'s splits, read from ``root`` (default ``dataset.root()``); idempotent.
+    """
     root = root or dataset.root()
     for name, split in dataset.names().items():
         if name in DatasetCatalog.list():
@@ -62,17 +65,23 @@ def register_generated_dataset(dataset: GeneratedDataset, root: str = None) -> N
 
 
 def register_synthetic_datasets(root: str = None) -> None:
-    """Register ``nonlocal_synthetic_{train,val}`` from ``root`` (default: under $DETECTRON2_DATASETS)."""
+    """
+    Register ``nonlocal_synthetic_{train,val}`` from ``root`` (default: under $DETECTRON2_DATASETS).
+    """
     register_generated_dataset(SYNTHETIC, root)
 
 
 def register_long_range_datasets(root: str = None) -> None:
-    """Register ``nonlocal_longrange_{train,val}`` from ``root`` (default: under $DETECTRON2_DATASETS)."""
+    """
+    Register ``nonlocal_longrange_{train,val}`` from ``root`` (default: under $DETECTRON2_DATASETS).
+    """
     register_generated_dataset(LONG_RANGE, root)
 
 
 def generated_version(json_path: str):
-    """The generator VERSION recorded in an annotation file, or None (missing, unreadable, older)."""
+    """
+    The generator VERSION recorded in an annotation file, or None (missing, unreadable, older).
+    """
     try:
         with open(json_path) as f:
             return json.load(f).get("info", {}).get("version")

@@ -19,7 +19,9 @@ __all__ = ["GeneratedDataset", "SYNTHETIC", "LONG_RANGE", "GENERATED_DATASETS"]
 
 @dataclass(frozen=True)
 class GeneratedDataset:
-    """A dataset family written by ``generator.generate(out_dir)`` (with ``VERSION``, ``CATEGORIES``)."""
+    """
+    A dataset family written by ``generator.generate(out_dir)`` (with ``VERSION``, ``CATEGORIES``).
+    """
 
     directory: str
     generator: ModuleType

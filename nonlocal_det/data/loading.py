@@ -102,41 +102,55 @@ def check_coco_file(name: str, check_images: bool) -> None:
 
 
 def check_dataset_dicts(name: str, dicts: List[Dict], cfg) -> None:
-    """Raise BadDataError naming files whose images are missing or whose labels the model cannot use."""
+    """
+    Raise BadDataError naming files whose images are missing or whose labels the model cannot use.
+    """
     if not isinstance(dicts, list):
         return
     check_coco_file(name, cfg.DATALOADER.CHECK_IMAGES)
     missing = [d["file_name"] for d in dicts if not os.path.isfile(d["file_name"])]
     if missing:
         raise BadDataError(
-            f"Dataset {name!r}: {len(missing)} of {len(dicts)} image files listed in {_source(name)} do not "
+            f"Dataset {name!r}: {len(missing)} of {len(dicts)} image files listed in "
+            f"{_source(name)} do not "
             f"exist: {_listing(missing)}. Restore them or remove them from the annotation file."
         )
     if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN":
         return
     num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     bad_class = sorted(
-        {f"{d['file_name']} (category {a['category_id']})" for d in dicts for a in d.get("annotations", [])
-         if not 0 <= a["category_id"] < num_classes}
-    )  # fmt: skip
+        {
+            f"{d['file_name']} (category {a['category_id']})"
+            for d in dicts
+            for a in d.get("annotations", [])
+            if not 0 <= a["category_id"] < num_classes
+        }
+    )
     if bad_class:
         classes = MetadataCatalog.get(name).get("thing_classes", None)
         known = f"; the dataset's categories are {len(classes)}: {classes}" if classes else ""
         raise BadDataError(
             f"Dataset {name!r}: annotations with a category outside the model's "
-            f"MODEL.ROI_HEADS.NUM_CLASSES={num_classes} classes (contiguous ids 0..{num_classes - 1}){known}. "
-            f"Images: {_listing(bad_class)}. Set MODEL.ROI_HEADS.NUM_CLASSES to the number of categories."
+            f"MODEL.ROI_HEADS.NUM_CLASSES={num_classes} classes (contiguous ids "
+            f"0..{num_classes - 1}){known}. "
+            f"Images: {_listing(bad_class)}. Set MODEL.ROI_HEADS.NUM_CLASSES to the number of "
+            "categories."
         )
     if cfg.MODEL.KEYPOINT_ON:
         expected = 3 * cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
         bad_kps = sorted(
-            {f"{d['file_name']} ({len(a['keypoints']) // 3} keypoints)" for d in dicts
-             for a in d.get("annotations", []) if "keypoints" in a and len(a["keypoints"]) != expected}
-        )  # fmt: skip
+            {
+                f"{d['file_name']} ({len(a['keypoints']) // 3} keypoints)"
+                for d in dicts
+                for a in d.get("annotations", [])
+                if "keypoints" in a and len(a["keypoints"]) != expected
+            }
+        )
         if bad_kps:
             raise BadDataError(
                 f"Dataset {name!r}: keypoint annotations that do not have "
-                f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={expected // 3} (x, y, v) triplets: {_listing(bad_kps)}."
+                f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={expected // 3} (x, y, v) triplets: "
+                f"{_listing(bad_kps)}."
             )
 
 
@@ -177,11 +191,13 @@ def training_dataset_dicts(cfg) -> List[Dict]:
         reasons = []
         if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
             reasons.append(
-                f"{total - with_annotations} have no non-crowd annotation (DATALOADER.FILTER_EMPTY_ANNOTATIONS=True)"
+                f"{total - with_annotations} have no non-crowd annotation "
+                "(DATALOADER.FILTER_EMPTY_ANNOTATIONS=True)"
             )
         if min_keypoints > 0:
             reasons.append(
-                f"{with_annotations} have fewer than MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE={min_keypoints} "
+                f"{with_annotations} have fewer than "
+                f"MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE={min_keypoints} "
                 "visible keypoints"
             )
         raise BadDataError(
@@ -196,7 +212,9 @@ def training_dataset_dicts(cfg) -> List[Dict]:
 
 
 def evaluation_dataset_dicts(cfg, name: str) -> List[Dict]:
-    """The records of test dataset ``name``, checked (nothing is filtered: every image is evaluated)."""
+    """
+    The records of test dataset ``name``, checked (nothing is filtered: every image is evaluated).
+    """
     dicts = load_dataset(name)
     check_dataset_dicts(name, dicts, cfg)
     proposal_files = dict(zip(cfg.DATASETS.TEST, cfg.DATASETS.PROPOSAL_FILES_TEST))
@@ -204,7 +222,9 @@ def evaluation_dataset_dicts(cfg, name: str) -> List[Dict]:
 
 
 def _lazy_dataset_names(loader) -> List[str]:
-    """The dataset names of a LazyConfig data loader built as Detectron2's common/data configs do."""
+    """
+    The dataset names of a LazyConfig data loader built as Detectron2's common/data configs do.
+    """
     names = loader.get("dataset", {}).get("names", []) if loader is not None else []
     return [names] if isinstance(names, str) else list(names)
 
@@ -222,7 +242,8 @@ def config_dataset_names(cfg, eval_only: bool) -> List[str]:
 def check_datasets(cfg, eval_only: bool) -> None:
     """
     Before training or evaluating: generate the datasets nonlocal_det generates itself if the config
-    uses them and they are missing or stale, and name missing dataset files (MissingInputError). For YAML configs, also check the
+    uses them and they are missing or stale, and name missing dataset files (MissingInputError).
+    For YAML configs, also check the
     evaluation datasets' records now (the training ones are checked as the loader is built), so
     that bad data does not stop a run only at its end.
     """
@@ -237,8 +258,10 @@ def check_datasets(cfg, eval_only: bool) -> None:
             path = meta.get(attr, None)
             if path and not PathManager.exists(path):
                 raise MissingInputError(
-                    f"Dataset {name!r}: {attr} {path} does not exist. Detectron2 looks for datasets "
-                    f"under $DETECTRON2_DATASETS (now {os.environ.get('DETECTRON2_DATASETS', 'unset, so ./datasets')}); "
+                    f"Dataset {name!r}: {attr} {path} does not exist. Detectron2 looks for "
+                    "datasets "
+                    "under $DETECTRON2_DATASETS (now "
+                    f"{os.environ.get('DETECTRON2_DATASETS', 'unset, so ./datasets')}); "
                     "see datasets/README.md for the layout."
                 )
     if "DATASETS" in cfg and not eval_only:

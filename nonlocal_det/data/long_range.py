@@ -51,8 +51,13 @@ def _shape_mask(rng, kind: str, cx: float, cy: float, size: float) -> np.ndarray
         return mask.astype(bool)
     corners = 4 if kind == "square" else 3
     angle = rng.uniform(0, 2 * math.pi)
-    poly = [[cx + r * math.cos(angle + 2 * math.pi * i / corners), cy + r * math.sin(angle + 2 * math.pi * i / corners)]
-            for i in range(corners)]  # fmt: skip
+    poly = [
+        [
+            cx + r * math.cos(angle + 2 * math.pi * i / corners),
+            cy + r * math.sin(angle + 2 * math.pi * i / corners),
+        ]
+        for i in range(corners)
+    ]
     cv2.fillPoly(mask, [np.round(poly).astype(np.int32)], 1, cv2.LINE_AA)
     return mask.astype(bool)
 
@@ -111,7 +116,9 @@ def generate_image(rng: np.random.RandomState):
 
 
 def generate_split(out_dir: str, split: str, num_images: int, *, seed: int = 0) -> str:
-    """Write ``out_dir/<split>/*.png`` and ``out_dir/annotations/<split>.json``; return the json path."""
+    """
+    Write ``out_dir/<split>/*.png`` and ``out_dir/annotations/<split>.json``; return the json path.
+    """
     rng = np.random.RandomState(seed * 1000 + SPLITS[split])
     image_dir = os.path.join(out_dir, split)
     os.makedirs(image_dir, exist_ok=True)
@@ -122,8 +129,16 @@ def generate_split(out_dir: str, split: str, num_images: int, *, seed: int = 0) 
         file_name = f"{image_id:06d}.png"
         cv2.imwrite(os.path.join(image_dir, file_name), canvas)
         # lamp_box / lamp_team: not COCO fields; tools/attention_mass.py reads them.
-        images.append({"id": image_id, "file_name": file_name, "height": HEIGHT, "width": WIDTH,
-                       "lamp_box": [float(v) for v in lamp_box], "lamp_team": team})  # fmt: skip
+        images.append(
+            {
+                "id": image_id,
+                "file_name": file_name,
+                "height": HEIGHT,
+                "width": WIDTH,
+                "lamp_box": [float(v) for v in lamp_box],
+                "lamp_team": team,
+            }
+        )
         for obj in objects:
             ys, xs = np.nonzero(obj["mask"])
             x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1

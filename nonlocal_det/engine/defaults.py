@@ -18,22 +18,48 @@ tests/test_detectron2_internals.py fails if Detectron2 changes under them:
 A LazyConfig run (train_net.py) builds these objects itself, through their public constructors.
 """
 
+import logging
+import os
+
+import detectron2.utils.comm as comm
 import torch
+from detectron2.data import (
+    DatasetMapper,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import AMPTrainer, DefaultTrainer
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import AtomicDetectionCheckpointer, reading_weights
+from ..data.loading import evaluation_dataset_dicts, training_dataset_dicts
 from ..distributed import check_sync_bn_device, cpu_ddp_support
 from .results import write_final_metrics
 
-__all__ = ["NonLocalDefaultTrainer"]
+__all__ = ["NonLocalDefaultTrainer", "setup_nonlocal_logger"]
+
+
+def setup_nonlocal_logger(output_dir: str, device: str) -> None:
+    """
+    nonlocal_det's log lines ("nl") beside Detectron2's, in the console and output_dir/log.txt.
+    """
+    setup_logger(
+        output=output_dir, distributed_rank=comm.get_rank(), name="nonlocal_det", abbrev_name="nl"
+    )
+    if device == "cpu":
+        logging.getLogger("nonlocal_det").info("No CUDA device: running on the CPU.")
 
 
 class NonLocalDefaultTrainer(DefaultTrainer):
     """
     DefaultTrainer that also: trains several CPU processes (gloo), uses SOLVER.AMP.PRECISION
     (float16 or bfloat16), writes checkpoints atomically (``AtomicDetectionCheckpointer``),
-    refuses torch's SyncBatchNorm on a multi-process CPU run at build time, and writes the
-    results of every evaluation to OUTPUT_DIR/final_metrics.json.
+    refuses torch's SyncBatchNorm on a multi-process CPU run at build time, loads checked
+    dataset records (bad data stops before training), evaluates every task the model predicts
+    with COCOEvaluator, and writes the results of every evaluation to
+    OUTPUT_DIR/final_metrics.json.
     """
 
     def __init__(self, cfg):
@@ -43,7 +69,8 @@ class NonLocalDefaultTrainer(DefaultTrainer):
             amp_trainer = self._trainer
             if not isinstance(amp_trainer, AMPTrainer):
                 raise RuntimeError(
-                    "DefaultTrainer no longer keeps its AMPTrainer as _trainer: this Detectron2 differs "
+                    "DefaultTrainer no longer keeps its AMPTrainer as _trainer: this Detectron2 "
+                    "differs "
                     "from the one nonlocal_det supports (see tests/test_detectron2_internals.py)."
                 )
             amp_trainer.precision = getattr(torch, cfg.SOLVER.AMP.PRECISION)
@@ -57,7 +84,9 @@ class NonLocalDefaultTrainer(DefaultTrainer):
         return super().build_hooks()
 
     def resume_or_load(self, resume=True):
-        """DefaultTrainer's, with an unreadable MODEL.WEIGHTS (or last checkpoint) named in one line."""
+        """
+        DefaultTrainer's, with an unreadable MODEL.WEIGHTS (or last checkpoint) named in one line.
+        """
         with reading_weights("MODEL.WEIGHTS", self.cfg.MODEL.WEIGHTS):
             super().resume_or_load(resume)
 
@@ -66,6 +95,29 @@ class NonLocalDefaultTrainer(DefaultTrainer):
         model = super().build_model(cfg)
         check_sync_bn_device(cfg, model)
         return model
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """Detectron2's loader over checked records: bad data stops here, before training."""
+        return build_detection_train_loader(cfg, dataset=training_dataset_dicts(cfg))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(
+            evaluation_dataset_dicts(cfg, dataset_name),
+            mapper=DatasetMapper(cfg, False),
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+        )
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """COCO evaluation of every task the model predicts (bbox, segm, keypoints)."""
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        if MetadataCatalog.get(dataset_name).get("evaluator_type") != "coco":
+            raise NotImplementedError(
+                f"No evaluator for {dataset_name!r}: train_net.py evaluates COCO-format datasets"
+            )
+        return COCOEvaluator(dataset_name, output_dir=output_folder)
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):

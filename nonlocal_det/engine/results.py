@@ -16,7 +16,8 @@ logger = logging.getLogger(__name__)
 
 def write_final_metrics(output_dir: str, dataset_names: Sequence[str], results: Dict) -> None:
     """
-    Save evaluation results as ``output_dir/final_metrics.json``: {dataset: {task: {metric: value}}}.
+    Save evaluation results as ``output_dir/final_metrics.json``:
+    {dataset: {task: {metric: value}}}.
     Written after every evaluation, so after training it holds the final one.
 
     Args:

@@ -124,7 +124,9 @@ class CGNLBlock2d(ResidualBlock2d):
         return [(math.sqrt(c), p) for p, c in enumerate(coeffs)]
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
-        """Y' of eq. 12 for all groups: (B, C, H, W) -> (B, inner_channels, H, W), float32 or wider."""
+        """
+        Y' of eq. 12 for all groups: (B, C, H, W) -> (B, inner_channels, H, W), float32 or wider.
+        """
         batch, _, height, width = x.shape
         t, p, g = self.theta(x), self.phi(x), self.g(x)  # (B, inner, H, W) each
         dtype = compute_dtype(t, p, g)

@@ -42,12 +42,12 @@ class NonLocalBlock2d(ResidualBlock2d):
     (a 1-pixel-wide window) rather than dropped, and a size of 1 stays 1. So M = ceil(H/2) *
     ceil(W/2) with sub-sampling, else H * W.
 
-    At construction the block is exactly the identity: the affine weight (and bias) of
-    ``norm`` is zero, or, with ``norm=""``, W_z is (``init="identity"``, the paper's, for
-    fine-tuning a pre-trained model); ``init="small"`` or ``"standard"`` start the branch
-    non-zero, for training from scratch (``residual.init_residual_branch``). The attention core runs in float32 (or
-    float64 for float64 inputs) with autocast disabled, and with memory linear in H * W for
-    every mode, forward and backward.
+    At construction the block is exactly the identity: the affine weight (and bias) of ``norm``
+    is zero, or, with ``norm=""``, W_z is (``init="identity"``, the paper's, for fine-tuning a
+    pre-trained model); ``init="small"`` or ``"standard"`` start the branch non-zero, for
+    training from scratch (``residual.init_residual_branch``). The attention core runs in
+    float32 (or float64 for float64 inputs) with autocast disabled, and with memory linear in H
+    * W for every mode, forward and backward.
 
     Submodule names (``theta``, ``phi``, ``g``, ``concat_project``, ``out``, ``norm``) are
     checkpoint keys.
@@ -158,7 +158,9 @@ class NonLocalBlock2d(ResidualBlock2d):
         return y.reshape(batch, v.shape[1], height, width)  # (B, inner, H, W)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
-        """y of eq. 1: (B, C, H, W) -> (B, inner_channels, H, W), before W_z, in float32 or wider."""
+        """
+        y of eq. 1: (B, C, H, W) -> (B, inner_channels, H, W), before W_z, in float32 or wider.
+        """
         return self.aggregate(*self.embed(x))
 
     @torch.no_grad()

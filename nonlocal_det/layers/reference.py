@@ -41,7 +41,9 @@ def reference_embed(block: NonLocalBlock2d, x: torch.Tensor):
 
 
 def pairwise_matrix(block: NonLocalBlock2d, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """The normalised weights f(x_i, x_j) / C(x) of eq. 1, (B, N, M), from q (B, D, N), k (B, D, M)."""
+    """
+    The normalised weights f(x_i, x_j) / C(x) of eq. 1, (B, N, M), from q (B, D, N), k (B, D, M).
+    """
     num_keys = k.shape[-1]
     logits = torch.einsum("bdn,bdm->bnm", q, k)
     if block.mode == "gaussian":
@@ -61,7 +63,9 @@ def pairwise_matrix(block: NonLocalBlock2d, q: torch.Tensor, k: torch.Tensor) ->
 def reference_aggregate(
     block: NonLocalBlock2d, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 ) -> torch.Tensor:
-    """y_i = sum_j w_ij v_j with the full matrix: q (B, D, N), k (B, D, M), v (B, Dv, M) -> (B, Dv, N)."""
+    """
+    y_i = sum_j w_ij v_j with the full matrix: q (B, D, N), k (B, D, M), v (B, Dv, M) -> (B, Dv, N).
+    """
     return torch.einsum("bnm,bdm->bdn", pairwise_matrix(block, q, k), v)
 
 

@@ -108,7 +108,9 @@ def _call_in(module: nn.Module, dtype: torch.dtype, x: torch.Tensor) -> torch.Te
 
 
 def _apply_in(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)`` computed in x's dtype where the module's own is narrower (a ``.half()`` block)."""
+    """
+    ``module(x)`` computed in x's dtype where the module's own is narrower (a ``.half()`` block).
+    """
     own = next(module.parameters()).dtype
     if torch.promote_types(x.dtype, own) == own:
         return module(x.to(own))

@@ -143,7 +143,9 @@ def insert_nonlocal_blocks(
 
 
 def find_resnet(backbone: nn.Module) -> ResNet:
-    """The Detectron2 ResNet of a backbone: the backbone itself or its ``bottom_up`` (FPN); else None."""
+    """
+    The Detectron2 ResNet of a backbone: the backbone itself or its ``bottom_up`` (FPN); else None.
+    """
     for module in (backbone, getattr(backbone, "bottom_up", None)):
         if isinstance(module, ResNet):
             return module
@@ -187,7 +189,8 @@ def _build_for_the_heads(
     def mismatch(detail: str) -> ConfigError:
         return ConfigError(
             f"{name_key}={backbone_name!r} {detail}; this config's heads read {features} "
-            f"(MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}): {fix or 'check the IN_FEATURES keys'}."
+            f"(MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}): "
+            f"{fix or 'check the IN_FEATURES keys'}."
         )
 
     try:
@@ -212,11 +215,13 @@ def _warn_if_padding_not_masked(cfg) -> None:
             "GeneralizedRCNN": "NonLocalGeneralizedRCNN",
             "RetinaNet": "NonLocalRetinaNet",
         }
+        ours = stock_to_ours.get(meta_architecture, "NonLocalGeneralizedRCNN")
         logger.warning(
-            f"MODEL.NONLOCAL.MASK_PADDING is True, but MODEL.META_ARCHITECTURE={meta_architecture!r} "
+            "MODEL.NONLOCAL.MASK_PADDING is True, but "
+            f"MODEL.META_ARCHITECTURE={meta_architecture!r} "
             "does not pass the images' valid sizes to the non-local blocks: they attend over the "
             "padded map, so an image's detections depend on its batch-mates. Set "
-            f"MODEL.META_ARCHITECTURE={stock_to_ours.get(meta_architecture, 'NonLocalGeneralizedRCNN')!r}, "
+            f"MODEL.META_ARCHITECTURE={ours!r}, "
             "or MODEL.NONLOCAL.MASK_PADDING False to attend over the padding on purpose."
         )
 
@@ -240,7 +245,8 @@ def _build_nonlocal_backbone(
     resnet = find_resnet(backbone)
     if resnet is None:
         raise ConfigError(
-            f"{name_key}={backbone_name!r} builds a {type(backbone).__name__} with no Detectron2 ResNet "
+            f"{name_key}={backbone_name!r} builds a {type(backbone).__name__} with no Detectron2 "
+            "ResNet "
             "(neither the backbone nor its bottom_up); non-local blocks attach to ResNet stages."
         )
     replaced = insert_nonlocal_blocks(
@@ -261,7 +267,8 @@ def _build_nonlocal_backbone(
             else "trainable"
         )
         logger.info(
-            f"Non-local block {type(block.nonlocal_block).__name__} ({block.out_channels} channels) "
+            f"Non-local block {type(block.nonlocal_block).__name__} ({block.out_channels} "
+            "channels) "
             f"after {where}: {state}"
         )
     return backbone
@@ -289,7 +296,9 @@ def build_resnet_nl_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
 
 @BACKBONE_REGISTRY.register()
 def build_resnet_nl_fpn_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
-    """``build_nonlocal_backbone`` around ``build_resnet_fpn_backbone``, whatever BACKBONE_NAME says."""
+    """
+    ``build_nonlocal_backbone`` around ``build_resnet_fpn_backbone``, whatever BACKBONE_NAME says.
+    """
     return _build_nonlocal_backbone(
         cfg, input_shape, "build_resnet_fpn_backbone", "build_resnet_nl_fpn_backbone wraps"
     )

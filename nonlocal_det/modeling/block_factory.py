@@ -68,7 +68,8 @@ def nonlocal_block_factory(
             name with a trainable affine weight (``layers.norm.detectron2_norm``).
 
     Raises:
-        ConfigError (a ValueError) now for an unknown block, argument, mode, kernel or norm, and when a block
+        ConfigError (a ValueError) now for an unknown block, argument, mode, kernel or norm, and
+        when a block
         is built for a channel count that ``reduction`` / ``groups`` do not divide.
     """
     keys = config_keys or {}

@@ -68,7 +68,9 @@ def valid_sizes_in_blocks(backbone: nn.Module, image_sizes: Sequence[Tuple[int, 
 
 
 def _image_sizes(batched_inputs: List[Dict]) -> List[Tuple[int, int]]:
-    """``ImageList.image_sizes`` of the batch ``preprocess_image`` will build: the images' shapes."""
+    """
+    ``ImageList.image_sizes`` of the batch ``preprocess_image`` will build: the images' shapes.
+    """
     return [tuple(x["image"].shape[-2:]) for x in batched_inputs]
 
 

@@ -95,8 +95,10 @@ def nonlocal_variant(
     variant = NONLOCAL_VARIANTS.get(type(block))
     if variant is None:
         raise ConfigError(
-            f"{where} is a {type(block).__module__}.{type(block).__qualname__}; non-local blocks attach to "
-            f"Detectron2's {', '.join(c.__name__ for c in NONLOCAL_VARIANTS)} only. For another block class, "
+            f"{where} is a {type(block).__module__}.{type(block).__qualname__}; non-local blocks "
+            "attach to "
+            f"Detectron2's {', '.join(c.__name__ for c in NONLOCAL_VARIANTS)} only. For another "
+            "block class, "
             "define its variant as `class NonLocalMyBlock(NonLocalMixin, MyBlock)` "
             "(nonlocal_det.modeling.resnet_blocks) and build the stage with it."
         )
@@ -118,7 +120,8 @@ def nonlocal_variant(
         built, expected = (" ".join(repr(m).split()) for m in (getattr(rebuilt, name, None), layer))
         if built != expected:
             raise ConfigError(
-                f"{where}: rebuilt from {source}, its {name} is {built}, but the backbone built {expected}. "
+                f"{where}: rebuilt from {source}, its {name} is {built}, but the backbone built "
+                f"{expected}. "
                 f"Non-local blocks attach to ResNets whose blocks are built from {source}, as "
                 "Detectron2's build_resnet_backbone builds them."
             )

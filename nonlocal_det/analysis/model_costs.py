@@ -1,0 +1,97 @@
+"""
+Parameters and FLOPs (fvcore, through Detectron2's FlopCountAnalysis) of a config's model at a
+given input size, with the RoI work made the same for every model.
+
+FLOPs follow fvcore's convention: one multiply-add counts as one flop. The model runs in
+inference mode on a random image of the given size with random weights. Random weights would
+make the RoI work depend on chance (degenerate boxes are dropped), so the output layers of the
+RPN, the box predictor and the keypoint head are zeroed (proposals = anchors, uniform scores;
+counting depends on shapes only), RPN NMS is off and the score threshold is 0: the box head sees
+MODEL.RPN.POST_NMS_TOPK_TEST (1000) proposals and the mask/keypoint heads see
+TEST.DETECTIONS_PER_IMAGE (100) detections, in every model alike.
+"""
+
+import torch
+
+__all__ = ["analysis_cfg", "fix_roi_workload", "analyze"]
+
+
+def sdpa_flop_jit(inputs, outputs):
+    """aten::scaled_dot_product_attention: q k^T and p v, in multiply-adds."""
+    from fvcore.nn.jit_handles import get_shape
+
+    q, k, v = (get_shape(t) for t in inputs[:3])
+    batch = 1
+    for d in q[:-2]:
+        batch *= d
+    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+def analysis_cfg(config_file, opts=()):
+    from nonlocal_det.config import get_nonlocal_cfg
+
+    fixed = [
+        "MODEL.DEVICE",
+        "cpu",
+        "MODEL.WEIGHTS",
+        "",
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+        "0.0",
+        "MODEL.RPN.NMS_THRESH",
+        "1.0",
+    ]
+    return get_nonlocal_cfg(config_file, [*fixed, *opts])
+
+
+def fix_roi_workload(model) -> None:
+    """
+    Zero the output layers of the RPN, the box predictor and the keypoint head (of a one-stage
+    detector such as RetinaNet: its head's): valid, weight-independent proposals, detections and
+    heatmaps (random weights can give degenerate boxes and non-finite heatmaps). FLOP counts
+    depend on shapes only.
+    """
+    if not hasattr(model, "proposal_generator"):  # one-stage: RetinaNet
+        for layer in (model.head.cls_score, model.head.bbox_pred):
+            torch.nn.init.zeros_(layer.weight)
+            torch.nn.init.zeros_(layer.bias)
+        return
+    rpn_head = model.proposal_generator.rpn_head
+    layers = [
+        rpn_head.objectness_logits,
+        rpn_head.anchor_deltas,
+        *model.roi_heads.box_predictor.children(),
+    ]
+    keypoint_head = getattr(model.roi_heads, "keypoint_head", None)
+    if keypoint_head is not None:
+        layers.append(keypoint_head.score_lowres)
+    for layer in layers:
+        torch.nn.init.zeros_(layer.weight)
+        torch.nn.init.zeros_(layer.bias)
+
+
+def analyze(config_file, height, width, opts=()):
+    """{"params": int, "flops": total, "by_module": {name: flops}} for one config."""
+    from detectron2.modeling import build_model
+    from detectron2.utils.analysis import FlopCountAnalysis
+
+    cfg = analysis_cfg(config_file, opts)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    fix_roi_workload(model)
+    image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(0)) * 255
+    with torch.no_grad():
+        analysis = FlopCountAnalysis(model, [{"image": image}])
+        analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        by_module = analysis.by_module()
+        total = analysis.total()
+    from nonlocal_det.layers import CGNLBlock2d, NonLocalBlock2d
+
+    return {
+        "blocks": sum(isinstance(m, (NonLocalBlock2d, CGNLBlock2d)) for m in model.modules()),
+        "params": sum(p.numel() for p in model.parameters()),
+        "flops": total,
+        "backbone_flops": by_module.get("model.backbone", 0),
+        "roi_heads_flops": by_module.get("model.roi_heads", 0),
+        "unsupported": dict(analysis.unsupported_ops()),
+    }

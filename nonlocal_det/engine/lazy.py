@@ -1,0 +1,110 @@
+"""
+Training and evaluation of a LazyConfig ``.py`` file, structured as Detectron2's
+``tools/lazyconfig_train_net.py``: ``cfg.model``, ``optimizer``,
+``dataloader.{train,test,evaluator}``, ``lr_multiplier`` and ``train.*`` through Detectron2's
+SimpleTrainer / AMPTrainer and hooks. ``train_net.py`` hands ``.py`` configs to
+``run_lazy_config``.
+"""
+
+import logging
+
+import detectron2.utils.comm as comm
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import instantiate
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+
+from ..checkpoint import AtomicDetectionCheckpointer, reading_weights
+from ..config import get_nonlocal_lazy_config
+from ..data.loading import check_datasets
+from ..distributed import check_sync_bn_device, create_ddp_model
+from ..preflight import amp_settings, check_amp, check_weights
+from .defaults import setup_nonlocal_logger
+from .results import write_final_metrics
+
+__all__ = ["run_lazy_config"]
+
+logger = logging.getLogger("nonlocal_det")
+
+
+def setup_lazy(args):
+    """The LazyConfig of ``args`` (overrides as key=value), with logging set up."""
+    cfg = get_nonlocal_lazy_config(args.config_file, args.opts)
+    default_setup(cfg, args)
+    setup_nonlocal_logger(cfg.train.output_dir, cfg.train.device)
+    return cfg
+
+
+def do_test(cfg, model):
+    """Evaluation: ``dataloader.test`` through ``dataloader.evaluator``; final_metrics.json."""
+    if "evaluator" not in cfg.dataloader:
+        return None
+    results = inference_on_dataset(
+        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+    )
+    print_csv_format(results)
+    names = cfg.dataloader.test.dataset.names
+    write_final_metrics(
+        cfg.train.output_dir, [names if isinstance(names, str) else ",".join(names)], results
+    )
+    return results
+
+
+def do_train(args, cfg):
+    """
+    Training with Detectron2's trainer and hooks; resumes from the output folder with --resume.
+    """
+    model = instantiate(cfg.model)
+    logger.info(f"Model:\n{model}")
+    model.to(cfg.train.device)
+    check_sync_bn_device(cfg, model)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+
+    model = create_ddp_model(model, **cfg.train.ddp)
+    amp_enabled, precision, _, _ = amp_settings(cfg)
+    if amp_enabled:
+        trainer = AMPTrainer(model, train_loader, optimizer, precision=getattr(torch, precision))
+    else:
+        trainer = SimpleTrainer(model, train_loader, optimizer)
+    checkpointer = AtomicDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    main_process = comm.is_main_process()
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+            if main_process
+            else None,
+            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+            hooks.PeriodicWriter(
+                default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                period=cfg.train.log_period,
+            )
+            if main_process
+            else None,
+        ]
+    )
+    with reading_weights("train.init_checkpoint", cfg.train.init_checkpoint):
+        checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    # the checkpoint holds the iteration that just finished
+    start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
+    trainer.train(start_iter, cfg.train.max_iter)
+
+
+def run_lazy_config(args):
+    """train_net.py's ``main`` for a LazyConfig file: evaluate (--eval-only) or train."""
+    cfg = setup_lazy(args)
+    check_datasets(cfg, args.eval_only)
+    check_weights(cfg, resume=args.resume)
+    if args.eval_only:
+        model = create_ddp_model(instantiate(cfg.model).to(cfg.train.device))
+        with reading_weights("train.init_checkpoint", cfg.train.init_checkpoint):
+            DetectionCheckpointer(model, save_dir=cfg.train.output_dir).resume_or_load(
+                cfg.train.init_checkpoint, resume=args.resume
+            )
+        return do_test(cfg, model)
+    check_amp(cfg)
+    return do_train(args, cfg)
