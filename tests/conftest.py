@@ -20,10 +20,9 @@ def pytest_collection_modifyitems(config, items):
         needing = sum(item.get_closest_marker("detectron2") is not None for item in items)
         raise pytest.UsageError(
             f"{REQUIRE_DETECTRON2_ENV}=1 and Detectron2 cannot be imported, so {needing} "
-            "Detectron2 "
-            "test(s) would be skipped. Install it with `python3 tools/setup_env.py "
-            "--detectron2-wheel "
-            "PATH` (or build it from source: see README), then rerun."
+            "Detectron2 test(s) would be skipped. Install it with "
+            "`python3 tools/setup_env.py --detectron2-wheel PATH` (or build it from source: see "
+            "README), then rerun."
         )
     for item in items:
         if item.get_closest_marker("detectron2") is not None and not HAS_DETECTRON2:
