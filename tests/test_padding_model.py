@@ -1,25 +1,23 @@
 """
 MODEL.NONLOCAL.MASK_PADDING on whole Detectron2 models: an image batched with an image of the
 other orientation (both padded) against the model whose non-local blocks are run by hand on each
-image's valid crop (tools/padding_check.py, which measures docs/padding.md's table).
+image's valid crop (nonlocal_det.analysis.padding, which tools/padding_check.py runs for
+docs/padding.md's table).
 """
 
 import os
-import sys
 
 import pytest
 import torch
 
-from helpers import REPO_ROOT, load_cfg, training_input
+from helpers import CONFIG_DIR, load_cfg, training_input
 
 pytestmark = pytest.mark.detectron2
-
-sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
 
 
 @pytest.fixture(scope="module")
 def images():
-    import padding_check
+    from nonlocal_det.analysis import padding as padding_check
 
     return padding_check.random_image(160, 224, seed=1), padding_check.random_image(
         224, 160, seed=2
@@ -35,12 +33,12 @@ def images():
     ],
 )
 def test_key_on_computes_each_image_on_its_valid_crop(images, config, norm):
-    import padding_check as pc
+    from nonlocal_det.analysis import padding as pc
 
     image, mate = images
-    off = pc.build_model(config, norm, False, [image, mate])
+    off = pc.build_model(os.path.join(CONFIG_DIR, config), norm, False, [image, mate])
     pc.open_blocks(off, image)
-    on = pc.build_model(config, norm, True, [image, mate])
+    on = pc.build_model(os.path.join(CONFIG_DIR, config), norm, True, [image, mate])
     on.load_state_dict(off.state_dict())
     crops = pc.CropReference(off)
     reference = pc.compare(off, image, mate, crops)

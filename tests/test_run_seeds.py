@@ -220,11 +220,11 @@ def test_paper_mode_prints_the_published_r50_rows_beside_ours(datasets_dir, tmp_
 
 
 def test_cue_cells_are_the_key_cells_under_the_lamp():
-    import attention_mass
+    from nonlocal_det.analysis.attention import cue_and_query_cells
 
     # 4 x 8 grid of 16-px cells, 2x2 key cells of 32 px; lamp at x 8..40, y 0..32; a box over cells
     # (1..2, 5..6)
-    queries, cue = attention_mass.cue_and_query_cells(
+    queries, cue = cue_and_query_cells(
         (8, 0, 40, 32), [(80, 16, 112, 48)], (4, 8), 16, 2
     )
     assert sorted(map(tuple, queries)) == [(1, 5), (1, 6), (2, 5), (2, 6)]
@@ -239,7 +239,7 @@ def test_uniform_attention_gives_a_ratio_of_one(datasets_dir, tmp_path):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
-    import attention_mass
+    from nonlocal_det.analysis.attention import measure_attention
     from nonlocal_det.config import get_nonlocal_cfg
     from nonlocal_det.layers import NonLocalBlock2d
 
@@ -252,7 +252,7 @@ def test_uniform_attention_gives_a_ratio_of_one(datasets_dir, tmp_path):
         blocks[0].theta.bias.zero_()
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("uniform")
     cfg.MODEL.WEIGHTS = str(tmp_path / "uniform.pth")
-    result = attention_mass.measure(cfg)
+    result = measure_attention(cfg)
     lamp = result["lamp"]
     assert result["images"] >= 1 and lamp["queries"] > 0
     assert lamp["ratio"] == pytest.approx(1.0, abs=1e-5)

@@ -1,12 +1,13 @@
 """
-Config and weights for the tools that look at a trained model (demo, attention pictures and
-measures): one argument set, one loading path, the errors of ``nonlocal_det.errors``.
+Config for the tools that look at a trained model (demo, attention pictures and measures): one
+argument set, one loading path, the errors of ``nonlocal_det.errors``; the model itself comes from
+``nonlocal_det.checkpoint.build_trained_model``.
 """
 
 import argparse
 import os
 
-__all__ = ["add_model_arguments", "apply_debug", "load_config", "build_trained_model"]
+__all__ = ["add_model_arguments", "apply_debug", "load_config"]
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,14 +44,3 @@ def load_config(args, frozen: bool = True):
     if frozen:
         cfg.freeze()
     return cfg
-
-
-def build_trained_model(cfg, random_ok: bool):
-    """``build_model(cfg)`` in eval mode with MODEL.WEIGHTS loaded (``load_trained_weights``)."""
-    from detectron2.modeling import build_model
-
-    from ..checkpoint import load_trained_weights
-
-    model = build_model(cfg).eval()
-    load_trained_weights(model, cfg.MODEL.WEIGHTS, random_ok=random_ok)
-    return model
