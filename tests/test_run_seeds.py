@@ -224,9 +224,7 @@ def test_cue_cells_are_the_key_cells_under_the_lamp():
 
     # 4 x 8 grid of 16-px cells, 2x2 key cells of 32 px; lamp at x 8..40, y 0..32; a box over cells
     # (1..2, 5..6)
-    queries, cue = cue_and_query_cells(
-        (8, 0, 40, 32), [(80, 16, 112, 48)], (4, 8), 16, 2
-    )
+    queries, cue = cue_and_query_cells((8, 0, 40, 32), [(80, 16, 112, 48)], (4, 8), 16, 2)
     assert sorted(map(tuple, queries)) == [(1, 5), (1, 6), (2, 5), (2, 6)]
     expected = np.zeros((2, 4), bool)
     expected[0, 0] = expected[0, 1] = True

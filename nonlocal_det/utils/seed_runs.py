@@ -9,11 +9,11 @@ import json
 import os
 from typing import Optional
 
+from ..engine.results import FINAL_METRICS_FILE
 from ..io import write_json
 
 __all__ = [
     "RUN_FILE",
-    "METRICS_FILE",
     "TASKS",
     "config_name",
     "run_dir",
@@ -26,7 +26,6 @@ __all__ = [
 ]
 
 RUN_FILE = "run.json"
-METRICS_FILE = "final_metrics.json"  # written by train_net.py
 TASKS = (("bbox", "box AP"), ("segm", "mask AP"), ("keypoints", "keypoint AP"))
 
 
@@ -43,7 +42,7 @@ def load_run(directory: str) -> Optional[dict]:
     The finished run in ``directory``: run.json's fields plus "metrics" {task: AP} and
     "all_metrics" {task: {metric: value}} of the first test set. None if not finished.
     """
-    paths = [os.path.join(directory, name) for name in (RUN_FILE, METRICS_FILE)]
+    paths = [os.path.join(directory, name) for name in (RUN_FILE, FINAL_METRICS_FILE)]
     if not all(os.path.isfile(p) for p in paths):
         return None
     with open(paths[0]) as f:
@@ -67,7 +66,7 @@ def write_summary(run: dict, path: str) -> None:
     training-loss points. ``load_summary`` reads it back as the run it came from.
     """
     its, losses = training_losses(run["directory"])
-    with open(os.path.join(run["directory"], METRICS_FILE)) as f:
+    with open(os.path.join(run["directory"], FINAL_METRICS_FILE)) as f:
         final_metrics = json.load(f)
     record = {k: v for k, v in run.items() if k not in ("metrics", "all_metrics", "directory")}
     summary = {
