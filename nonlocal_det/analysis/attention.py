@@ -143,6 +143,20 @@ def mean(values: List[float]) -> Optional[float]:
     return sum(values) / len(values) if values else None
 
 
+# The long-range task's gap between a shape and its lamp (data/long_range.py MIN_GAP), in the
+# dataset's pixels: keys this far from a query are beyond the baseline's receptive field.
+FAR_PX = 256
+
+
+def _far_keys(queries, key_shape, stride: float, key_cell: int, far_px: float) -> torch.Tensor:
+    """(Q, Hk * Wk) bool: the key cells whose centre is at least ``far_px`` from the query's."""
+    key_h, key_w = key_shape
+    key_x = (torch.arange(key_w) + 0.5) * stride * key_cell  # (Wk,)
+    query_x = (torch.as_tensor(queries[:, 1]) + 0.5) * stride  # (Q,)
+    far = (key_x[None, :] - query_x[:, None]).abs() >= far_px  # (Q, Wk)
+    return far[:, None, :].expand(-1, key_h, -1).reshape(len(queries), -1)
+
+
 def cue_and_query_cells(lamp_box, gt_boxes, grid_hw, stride, key_cell):
     """
     Args:
@@ -208,6 +222,7 @@ def measure_attention(cfg, max_images=None, random_ok=False):
 
     scores = {n: {"trained": [], "init": []} for n in blocks}
     lamp_masses, lamp_uniforms, lamp_queries, used = [], [], 0, 0
+    far_masses, far_uniforms = [], []
     for record in DatasetCatalog.get(dataset)[:max_images]:
         image = read_image(record["file_name"], format=cfg.INPUT.FORMAT)
         resized = aug.get_transform(image).apply_image(image)
@@ -235,12 +250,10 @@ def measure_attention(cfg, max_images=None, random_ok=False):
                             continue
                         scale = resized.shape[0] / image.shape[0]
                         grid = tuple(size) if size is not None else tuple(x.shape[-2:])
+                        stride = _stride(model, resized.shape[0], x.shape[-2])
+                        key_cell = 2 if blocks[name].sub_sample else 1
                         queries, cue = cue_and_query_cells(
-                            np.array(lamp) * scale,
-                            np.array(boxes) * scale,
-                            grid,
-                            _stride(model, resized.shape[0], x.shape[-2]),
-                            2 if blocks[name].sub_sample else 1,
+                            np.array(lamp) * scale, np.array(boxes) * scale, grid, stride, key_cell
                         )
                         if len(queries) == 0:
                             continue
@@ -248,6 +261,9 @@ def measure_attention(cfg, max_images=None, random_ok=False):
                         result = cue_mass(maps[flat], torch.as_tensor(cue))
                         lamp_masses.append(result["mass"] * len(flat))
                         lamp_uniforms.append(result["uniform"] * len(flat))
+                        far = _far_keys(queries, cue.shape, stride, key_cell, FAR_PX * scale)
+                        far_masses.append((maps[flat] * far).sum().item())
+                        far_uniforms.append(far.double().mean(dim=1).sum().item())
                         lamp_queries += len(flat)
     out = {
         "images": used,
@@ -269,6 +285,8 @@ def measure_attention(cfg, max_images=None, random_ok=False):
             "mass": mass,
             "uniform": uniform,
             "ratio": mass / uniform,
+            "far_mass": sum(far_masses) / lamp_queries,
+            "far_uniform": sum(far_uniforms) / lamp_queries,
         }
     return out
 
@@ -286,6 +304,7 @@ def attention_report(result) -> str:
             f"  {lamp['block']}: over {lamp['queries']} shape queries, {100 * lamp['mass']:.1f}% "
             "of the "
             f"attention falls on the lamp, which holds {100 * lamp['uniform']:.1f}% of the keys: "
-            f"{lamp['ratio']:.1f}x uniform"
+            f"{lamp['ratio']:.1f}x uniform; {100 * lamp['far_mass']:.1f}% falls on keys at least "
+            f"{FAR_PX} px away (uniform: {100 * lamp['far_uniform']:.1f}%)"
         )
     return "\n".join(lines)
