@@ -125,6 +125,14 @@ def build_trained_model(cfg, random_ok: bool):
     """``build_model(cfg)`` in eval mode with MODEL.WEIGHTS loaded (``load_trained_weights``)."""
     from detectron2.modeling import build_model
 
-    model = build_model(cfg).eval()
+    from .modeling.backbone import head_feature_mismatch
+
+    try:
+        model = build_model(cfg).eval()
+    except KeyError:  # a head reading a feature the backbone lacks
+        error = head_feature_mismatch(cfg)
+        if error is None:
+            raise
+        raise error from None
     load_trained_weights(model, cfg.MODEL.WEIGHTS, random_ok=random_ok)
     return model

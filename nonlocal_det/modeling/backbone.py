@@ -178,31 +178,55 @@ def _build_for_the_heads(
     cfg, input_shape: ShapeSpec, backbone_name: str, name_key: str
 ) -> Backbone:
     """
-    The backbone ``backbone_name`` builds, checked against the features the config's heads
-    read: a C4 or RetinaNet config with the default (FPN) backbone stops with the key and the
-    value to use, not with an assertion from inside Detectron2's FPN or a KeyError at p7.
+    The backbone ``backbone_name`` builds; if it cannot be built from this config (a C4 config
+    with the default FPN backbone: an assertion inside Detectron2's FPN), a ConfigError naming
+    the key and the value the config's heads need.
     """
+    try:
+        return BACKBONE_REGISTRY.get(backbone_name)(cfg, input_shape)
+    except (AssertionError, KeyError) as e:
+        error = head_feature_mismatch(cfg, None, f"cannot be built ({type(e).__name__}: {e})")
+        if error is None:
+            raise
+        raise error from None
+
+
+def head_feature_mismatch(cfg, backbone=None, detail: str = None):
+    """
+    A ConfigError when the non-local backbone of ``cfg`` (built now unless given) lacks outputs
+    its heads read (a RetinaNet config with the default FPN backbone has no p7), naming
+    MODEL.NONLOCAL.BACKBONE_NAME and the value to use; None when they fit or the backbone is not
+    a non-local one.
+    """
+    if cfg.MODEL.BACKBONE.NAME not in _NONLOCAL_BACKBONES:
+        return None
+    name = (
+        cfg.MODEL.NONLOCAL.BACKBONE_NAME
+        if cfg.MODEL.BACKBONE.NAME == "build_nonlocal_backbone"
+        else {
+            "build_resnet_nl_backbone": "build_resnet_backbone",
+            "build_resnet_nl_fpn_backbone": "build_resnet_fpn_backbone",
+        }[cfg.MODEL.BACKBONE.NAME]
+    )
     features = _head_features(cfg)
     suggested = _backbone_for(features, cfg.MODEL.META_ARCHITECTURE)
-    fix = f"set {name_key.split(' ')[0]} {suggested!r}" if suggested != backbone_name else ""
+    if detail is None:
+        from detectron2.modeling import build_backbone
 
-    def mismatch(detail: str) -> ConfigError:
-        return ConfigError(
-            f"{name_key}={backbone_name!r} {detail}; this config's heads read {features} "
-            f"(MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}): "
-            f"{fix or 'check the IN_FEATURES keys'}."
-        )
-
-    try:
-        backbone = BACKBONE_REGISTRY.get(backbone_name)(cfg, input_shape)
-    except (AssertionError, KeyError) as e:
-        if not fix:
-            raise
-        raise mismatch(f"cannot be built from this config ({type(e).__name__}: {e})") from None
-    missing = [f for f in features if f not in backbone.output_shape()]
-    if missing:
-        raise mismatch(f"builds the outputs {list(backbone.output_shape())}, without {missing}")
-    return backbone
+        outputs = list((backbone or build_backbone(cfg)).output_shape())
+        missing = [f for f in features if f not in outputs]
+        if not missing:
+            return None
+        detail = f"builds the outputs {outputs}, without {missing}"
+    fix = (
+        f"set MODEL.NONLOCAL.BACKBONE_NAME {suggested!r}"
+        if suggested != name
+        else "check the heads' IN_FEATURES keys"
+    )
+    return ConfigError(
+        f"MODEL.NONLOCAL.BACKBONE_NAME={name!r} {detail}; this config's heads read {features} "
+        f"(MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}): {fix}."
+    )
 
 
 def _warn_if_padding_not_masked(cfg) -> None:
