@@ -132,6 +132,16 @@ def _merging(cfg, merge, where: str) -> None:
         raise ConfigError(f"{where}: {message}") from None
 
 
+def _refuse_flags_among_overrides(overrides) -> None:
+    """argparse gives everything after the first override to the overrides, flags included."""
+    flags = [o for o in overrides if isinstance(o, str) and o.startswith("--")]
+    if flags:
+        raise ConfigError(
+            f"{flags[0]} comes after the config overrides, so it was read as one of them; put "
+            "flags such as --eval-only and --resume before the KEY VALUE overrides"
+        )
+
+
 def get_nonlocal_cfg(config_file: str, opts=()):
     """
     A Detectron2 config with the nonlocal_det keys, merged from ``config_file`` and
@@ -147,6 +157,7 @@ def get_nonlocal_cfg(config_file: str, opts=()):
     cfg = get_cfg()
     add_nonlocal_config(cfg)
     _merging(cfg, lambda: cfg.merge_from_file(config_file), f"--config-file {config_file}")
+    _refuse_flags_among_overrides(opts)
     _merging(cfg, lambda: cfg.merge_from_list(list(opts)), "command-line override")
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
@@ -198,6 +209,7 @@ def get_nonlocal_lazy_config(config_file: str, overrides=()):
         raise ConfigError(
             f"--config-file {config_file}: Python syntax error at line {cause.lineno}: {cause.msg}"
         ) from None
+    _refuse_flags_among_overrides(overrides)
     missing = object()
     for override in overrides:
         key, sep, _ = override.partition("=")

@@ -83,6 +83,12 @@ def test_missing_image_file_is_named(dataset):
     missing = root / "train" / data["images"][2]["file_name"]
     os.remove(missing)
     message = _training_error("bad_missing_image", root)
+    image = data["images"][2]
+    assert f"image {image['id']} ({image['file_name']}): file_name {missing} does not exist" in (
+        message
+    )
+    # Without the image-file checks, the records' files are still looked for.
+    message = _training_error("bad_missing_image", root, "DATALOADER.CHECK_IMAGES", "False")
     assert str(missing) in message and "1 of 6 image files" in message and "do not exist" in message
 
 
@@ -104,7 +110,9 @@ def test_category_id_missing_from_the_file_is_named(dataset):
     data["annotations"][0]["category_id"] = 99
     _save(json_file, data)
     message = _training_error("bad_unknown_category", root)
-    assert str(json_file) in message and "category_id=99" in message
+    assert (
+        str(json_file) in message and "category_id 99 is not among the file's categories" in message
+    )
 
 
 def test_more_categories_than_the_model_predicts_is_an_error(dataset):
@@ -127,7 +135,16 @@ def test_wrong_number_of_keypoints_is_an_error(dataset):
     person["keypoints"] = person["keypoints"][:-3]
     _save(json_file, data)
     message = _training_error("bad_keypoint_count", root)
-    assert "NUM_KEYPOINTS=17" in message and "(16 keypoints)" in message
+    assert f"annotation {person['id']} " in message
+    assert "keypoints has 16 points; the dataset's categories define 17 keypoints" in message
+
+
+def test_keypoint_count_other_than_the_model_predicts_is_an_error(dataset):
+    root, _, _ = dataset
+    message = _training_error(
+        "bad_model_keypoints", root, "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS", "16"
+    )
+    assert "NUM_KEYPOINTS=16" in message and "(17 keypoints)" in message
 
 
 def test_no_usable_training_image_is_an_error_not_an_empty_run(dataset):
@@ -179,7 +196,7 @@ def test_train_net_reports_bad_data_without_a_traceback(dataset):
         str(root.parent.parent / "o"),
     )
     assert rc != 0
-    assert "error: Dataset 'nonlocal_synthetic_train': 1 of 6 image files" in log
+    assert "error: Dataset 'nonlocal_synthetic_train' (" in log and "does not exist" in log
     assert data["images"][0]["file_name"] in log
     assert "Traceback" not in log
 

@@ -300,3 +300,15 @@ def test_from_summaries_names_a_missing_summary(tmp_path, capsys):
 
     with pytest.raises(ConfigError, match="no summary .*seed7.json"):
         run_seeds.main(args)
+
+
+def test_an_ap_coco_could_not_compute_is_shown_and_left_out_of_the_mean():
+    """A run without a detection has AP None (NaN in COCOeval): '—', and the mean of the others."""
+    import statistics
+
+    from nonlocal_det.utils.tables import format_ap, mean_std
+
+    values = [70.0, None, 73.0]
+    expected = f"{statistics.mean([70, 73]):.1f} ± {statistics.pstdev([70, 73]):.1f}"
+    assert mean_std(values) == f"{expected} (2 of 3 runs)"
+    assert mean_std([None, None]) == "—" and format_ap(None) == "—" and format_ap(71.25) == "71.2"

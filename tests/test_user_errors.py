@@ -142,8 +142,8 @@ def test_unreadable_weights_are_named_by_train_net_and_demo(workdir, tmp_path, k
         weights.write_bytes(weights.read_bytes()[:-300])
     rc, log = run_train_net(
         workdir,
-        *TINY,
         "--eval-only",
+        *TINY,
         "MODEL.WEIGHTS",
         str(weights),
         "OUTPUT_DIR",
@@ -205,6 +205,7 @@ def test_tools_refuse_random_and_mismatched_weights(workdir, tmp_path):
             ["MODEL.NONLOCAL.MOD", "softmax"],
             "MODEL.NONLOCAL.MOD is not a config key; did you mean MODEL.NONLOCAL.MODE?",
         ),
+        (["--eval-only"], "--eval-only comes after the config overrides"),
     ],
 )
 def test_bad_config_values_and_keys_in_one_line(workdir, opts, named):

@@ -40,7 +40,7 @@ from nonlocal_det.utils.seed_runs import (
     summary_path,
     write_summary,
 )
-from nonlocal_det.utils.tables import format_duration
+from nonlocal_det.utils.tables import format_ap, format_duration
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO_ROOT, "train_net.py")
@@ -108,7 +108,9 @@ def train_one(config_file: str, seed: int, directory: str, num_gpus: int, opts: 
 
 def summary_line(run: dict) -> str:
     aps = ", ".join(
-        f"{label} {run['metrics'][task]:.1f}" for task, label in TASKS if task in run["metrics"]
+        f"{label} {format_ap(run['metrics'][task])}"
+        for task, label in TASKS
+        if task in run["metrics"]
     )
     return f"{aps}; {format_duration(run['wall_s'])}"
 

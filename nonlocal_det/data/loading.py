@@ -37,6 +37,13 @@ from .datasets import ensure_generated_datasets
 logger = logging.getLogger(__name__)
 
 _SHOWN = 3  # offending files listed in a message
+# The config section whose NUM_CLASSES a meta-architecture predicts, for the label checks.
+_CLASSES_SECTION = {
+    "GeneralizedRCNN": "ROI_HEADS",
+    "NonLocalGeneralizedRCNN": "ROI_HEADS",
+    "RetinaNet": "RETINANET",
+    "NonLocalRetinaNet": "RETINANET",
+}
 
 
 def _source(name: str) -> str:
@@ -49,21 +56,29 @@ def _listing(items: List[str]) -> str:
     return ", ".join(items[:_SHOWN]) + more
 
 
-def load_dataset(name: str) -> List[Dict]:
-    """``DatasetCatalog.get(name)``, with unreadable annotation files reported by name."""
+def _not_json(name: str, error: json.JSONDecodeError) -> BadDataError:
+    return BadDataError(
+        f"Dataset {name!r}: {_source(name)} is not valid JSON ({error}). The file is truncated or "
+        "corrupt; download or generate it again."
+    )
+
+
+def load_dataset(name: str, check_images: bool) -> List[Dict]:
+    """
+    ``DatasetCatalog.get(name)``, after the checks of its COCO file (``check_coco_file``), with
+    unreadable annotation files reported by name.
+    """
     if name not in DatasetCatalog.list():
         raise BadDataError(
             f"Dataset {name!r} is not registered. Register it before training (e.g. Detectron2's "
             "register_coco_instances) or use a registered one, such as the builtin COCO names or "
             "nonlocal_synthetic_train / nonlocal_synthetic_val."
         )
+    check_coco_file(name, check_images)
     try:
         dicts = DatasetCatalog.get(name)
     except json.JSONDecodeError as e:
-        raise BadDataError(
-            f"Dataset {name!r}: {_source(name)} is not valid JSON ({e}). The file is truncated or "
-            "corrupt; download or generate it again."
-        ) from None
+        raise _not_json(name, e) from None
     except KeyError as e:
         if "category_id" not in str(e):
             raise
@@ -89,15 +104,21 @@ def check_coco_file(name: str, check_images: bool) -> None:
     json_file = meta.get("json_file", None)
     if not json_file:
         return
-    with PathManager.open(json_file) as f:
-        coco = json.load(f)
+    try:
+        with PathManager.open(json_file) as f:
+            coco = json.load(f)
+    except json.JSONDecodeError as e:
+        raise _not_json(name, e) from None
     problems = coco_checks.annotation_problems(coco)
-    if check_images:
-        problems += coco_checks.image_problems(coco, meta.get("image_root", ""))
+    image_problems = (
+        coco_checks.image_problems(coco, meta.get("image_root", "")) if check_images else []
+    )
+    problems += image_problems
     if problems:
+        skip = "\n  (DATALOADER.CHECK_IMAGES False skips the image-file checks)"
         raise BadDataError(
             coco_checks.format_problems(f"Dataset {name!r} ({json_file})", problems)
-            + "\n  (DATALOADER.CHECK_IMAGES False skips the image-file checks)"
+            + (skip if image_problems else "")
         )
 
 
@@ -107,7 +128,6 @@ def check_dataset_dicts(name: str, dicts: List[Dict], cfg) -> None:
     """
     if not isinstance(dicts, list):
         return
-    check_coco_file(name, cfg.DATALOADER.CHECK_IMAGES)
     missing = [d["file_name"] for d in dicts if not os.path.isfile(d["file_name"])]
     if missing:
         raise BadDataError(
@@ -115,9 +135,11 @@ def check_dataset_dicts(name: str, dicts: List[Dict], cfg) -> None:
             f"{_source(name)} do not "
             f"exist: {_listing(missing)}. Restore them or remove them from the annotation file."
         )
-    if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN":
+    section = _CLASSES_SECTION.get(cfg.MODEL.META_ARCHITECTURE)
+    if section is None:  # a meta-architecture whose labels are not checked here
         return
-    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    num_classes = cfg.MODEL[section].NUM_CLASSES
+    classes_key = f"MODEL.{section}.NUM_CLASSES"
     bad_class = sorted(
         {
             f"{d['file_name']} (category {a['category_id']})"
@@ -131,12 +153,11 @@ def check_dataset_dicts(name: str, dicts: List[Dict], cfg) -> None:
         known = f"; the dataset's categories are {len(classes)}: {classes}" if classes else ""
         raise BadDataError(
             f"Dataset {name!r}: annotations with a category outside the model's "
-            f"MODEL.ROI_HEADS.NUM_CLASSES={num_classes} classes (contiguous ids "
+            f"{classes_key}={num_classes} classes (contiguous ids "
             f"0..{num_classes - 1}){known}. "
-            f"Images: {_listing(bad_class)}. Set MODEL.ROI_HEADS.NUM_CLASSES to the number of "
-            "categories."
+            f"Images: {_listing(bad_class)}. Set {classes_key} to the number of categories."
         )
-    if cfg.MODEL.KEYPOINT_ON:
+    if cfg.MODEL.KEYPOINT_ON and section == "ROI_HEADS":
         expected = 3 * cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
         bad_kps = sorted(
             {
@@ -167,7 +188,7 @@ def training_dataset_dicts(cfg) -> List[Dict]:
     raises BadDataError rather than train on nothing.
     """
     names = list(cfg.DATASETS.TRAIN)
-    per_dataset = [load_dataset(name) for name in names]
+    per_dataset = [load_dataset(name, cfg.DATALOADER.CHECK_IMAGES) for name in names]
     if not all(
         isinstance(dicts, list) for dicts in per_dataset
     ):  # torch Datasets: used as they are
@@ -215,7 +236,7 @@ def evaluation_dataset_dicts(cfg, name: str) -> List[Dict]:
     """
     The records of test dataset ``name``, checked (nothing is filtered: every image is evaluated).
     """
-    dicts = load_dataset(name)
+    dicts = load_dataset(name, cfg.DATALOADER.CHECK_IMAGES)
     check_dataset_dicts(name, dicts, cfg)
     proposal_files = dict(zip(cfg.DATASETS.TEST, cfg.DATASETS.PROPOSAL_FILES_TEST))
     return _with_proposals([dicts], [name], proposal_files, cfg)[0]

@@ -9,10 +9,12 @@ import argparse
 import json
 import os
 import statistics
-from typing import Dict, List
+from typing import Dict, List, Optional
+
+import numpy as np
 
 from .seed_runs import TASKS, config_name, run_losses
-from .tables import format_duration, mean_std, write_text
+from .tables import format_ap, format_duration, mean_std, write_text
 
 __all__ = [
     "report",
@@ -55,6 +57,14 @@ def _columns(runs: List[dict], per_category=False):
     return columns
 
 
+def _ap_statistic(statistic, values: List[Optional[float]]) -> str:
+    """``statistic`` (mean_std, min or max) of the APs that are not None, as a table cell."""
+    if statistic is mean_std:
+        return mean_std(values)
+    known = [v for v in values if v is not None]
+    return format_ap(statistic(known) if known else None)
+
+
 def seed_tables(results: Dict[str, List[dict]], per_category: bool = False) -> List[str]:
     """Per config: a row per seed, then mean ± std, min and max of every AP and the wall time."""
     lines = []
@@ -64,13 +74,14 @@ def seed_tables(results: Dict[str, List[dict]], per_category: bool = False) -> L
         lines.append("| seed | " + " | ".join(label for label, _ in columns) + " | wall |")
         lines.append("|---" * (len(columns) + 2) + "|")
         for r in config_runs:
-            aps = " | ".join(f"{value(r):.1f}" for _, value in columns)
+            aps = " | ".join(format_ap(value(r)) for _, value in columns)
             lines.append(f"| {r['seed']} | {aps} | {format_duration(r['wall_s'])} |")
         walls = [r["wall_s"] for r in config_runs]
         rows = (("mean ± std", mean_std, statistics.mean), ("min", min, min), ("max", max, max))
         for name, ap_stat, wall_stat in rows:
-            cells = [ap_stat([value(r) for r in config_runs]) for _, value in columns]
-            cells = [c if isinstance(c, str) else f"{c:.1f}" for c in cells]
+            cells = [
+                _ap_statistic(ap_stat, [value(r) for r in config_runs]) for _, value in columns
+            ]
             lines.append(
                 f"| **{name}** | " + " | ".join(cells) + f" | {format_duration(wall_stat(walls))} |"
             )
@@ -108,7 +119,7 @@ def ablation_table(
         cells = []
         for _, value in columns:
             values = [value(r) for r in runs]
-            cells += [mean_std(values), ", ".join(f"{v:.1f}" for v in values)]
+            cells += [mean_std(values), ", ".join(format_ap(v) for v in values)]
         train = [r["train_s"] for r in runs if r.get("train_s") is not None]
         cost = costs.get(config_file)
         if cost:
@@ -199,6 +210,7 @@ def plot(results: Dict[str, List[dict]], path: str) -> None:
         color = colors[i % len(colors)]
         for j, (task, label) in enumerate(tasks):
             values = [r["metrics"][task] for r in results[config_file]]
+            values = [float("nan") if v is None else v for v in values]  # not drawn
             offset = (j - (len(tasks) - 1) / 2) * 0.12
             ax_ap.scatter(
                 [i + offset] * len(values),
@@ -209,7 +221,7 @@ def plot(results: Dict[str, List[dict]], path: str) -> None:
                 zorder=3,
             )
             ax_ap.hlines(
-                statistics.mean(values),
+                np.nanmean(values) if not np.isnan(values).all() else np.nan,
                 i + offset - 0.05,
                 i + offset + 0.05,
                 color="black",

@@ -4,7 +4,7 @@ import os
 import statistics
 from typing import Iterable, List, Optional, Sequence
 
-__all__ = ["markdown_table", "format_duration", "mean_std", "write_text"]
+__all__ = ["markdown_table", "format_duration", "format_ap", "mean_std", "write_text"]
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> List[str]:
@@ -22,9 +22,21 @@ def format_duration(seconds: Optional[float]) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
 
 
-def mean_std(values: Sequence[float]) -> str:
-    """ "47.3 ± 1.3": the mean and the population standard deviation."""
-    return f"{statistics.mean(values):.1f} ± {statistics.pstdev(values):.1f}"
+def format_ap(value: Optional[float]) -> str:
+    """47.3, or — for None (an AP COCO could not compute: no detection at all)."""
+    return "—" if value is None else f"{value:.1f}"
+
+
+def mean_std(values: Sequence[Optional[float]]) -> str:
+    """
+    "47.3 ± 1.3": the mean and the population standard deviation of the values that are not None,
+    with "(2 of 3 runs)" when some are None, and — when all are.
+    """
+    known = [v for v in values if v is not None]
+    if not known:
+        return "—"
+    text = f"{statistics.mean(known):.1f} ± {statistics.pstdev(known):.1f}"
+    return text if len(known) == len(values) else f"{text} ({len(known)} of {len(values)} runs)"
 
 
 def write_text(path: str, text: str) -> None:
