@@ -20,14 +20,12 @@ val from separate random streams. Generation is deterministic for a seed.
 """
 
 import math
-import os
 from typing import Dict
 
 import cv2
 import numpy as np
 
-from ..io import write_json
-from .synthetic import polygon_from_mask
+from .coco_format import mask_annotation, save_image, split_image_dir, write_split_json
 
 TEAMS = ["team_red", "team_green"]
 LAMPS = {"team_red": "lamp_red", "team_green": "lamp_green"}
@@ -120,14 +118,11 @@ def generate_split(out_dir: str, split: str, num_images: int, *, seed: int = 0) 
     Write ``out_dir/<split>/*.png`` and ``out_dir/annotations/<split>.json``; return the json path.
     """
     rng = np.random.RandomState(seed * 1000 + SPLITS[split])
-    image_dir = os.path.join(out_dir, split)
-    os.makedirs(image_dir, exist_ok=True)
-    os.makedirs(os.path.join(out_dir, "annotations"), exist_ok=True)
+    image_dir = split_image_dir(out_dir, split)
     images, annotations = [], []
     for image_id in range(1, num_images + 1):
         canvas, objects, lamp_box, team = generate_image(rng)
-        file_name = f"{image_id:06d}.png"
-        cv2.imwrite(os.path.join(image_dir, file_name), canvas)
+        file_name = save_image(image_dir, image_id, canvas)
         # lamp_box / lamp_team: not COCO fields; tools/attention_mass.py reads them.
         images.append(
             {
@@ -140,18 +135,9 @@ def generate_split(out_dir: str, split: str, num_images: int, *, seed: int = 0) 
             }
         )
         for obj in objects:
-            ys, xs = np.nonzero(obj["mask"])
-            x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+            category_id = CATEGORIES.index(obj["category"]) + 1
             annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": CATEGORIES.index(obj["category"]) + 1,
-                    "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-                    "area": float(obj["mask"].sum()),
-                    "segmentation": polygon_from_mask(obj["mask"]),
-                    "iscrowd": 0,
-                }
+                mask_annotation(obj["mask"], len(annotations) + 1, image_id, category_id)
             )
     categories = [
         {"id": i + 1, "name": name, "supercategory": name.split("_")[0]}
@@ -163,12 +149,7 @@ def generate_split(out_dir: str, split: str, num_images: int, *, seed: int = 0) 
         "seed": seed,
         "min_gap_px": MIN_GAP,
     }
-    json_path = os.path.join(out_dir, "annotations", f"{split}.json")
-    write_json(
-        json_path,
-        {"info": info, "images": images, "annotations": annotations, "categories": categories},
-    )
-    return json_path
+    return write_split_json(out_dir, split, info, images, annotations, categories)
 
 
 def generate(out_dir: str, sizes: Dict[str, int] = None, *, seed: int = 0) -> Dict[str, str]:

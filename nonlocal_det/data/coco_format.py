@@ -1,0 +1,71 @@
+"""
+Writing the generated datasets in COCO's format: a drawn object's annotation (box, area, polygons
+from its mask) and a split's annotation file. Both generators (``synthetic``, ``long_range``) draw
+their images their own way and write them through these.
+"""
+
+import os
+from typing import Dict, List
+
+import cv2
+import numpy as np
+
+from ..io import write_json
+
+__all__ = [
+    "split_image_dir",
+    "save_image",
+    "polygon_from_mask",
+    "mask_annotation",
+    "write_split_json",
+]
+
+
+def split_image_dir(out_dir: str, split: str) -> str:
+    """Create ``out_dir/<split>`` and ``out_dir/annotations``; returns the former."""
+    image_dir = os.path.join(out_dir, split)
+    os.makedirs(image_dir, exist_ok=True)
+    os.makedirs(os.path.join(out_dir, "annotations"), exist_ok=True)
+    return image_dir
+
+
+def save_image(image_dir: str, image_id: int, canvas: np.ndarray) -> str:
+    """Write the (H, W, 3) BGR ``canvas`` as ``<image_id:06d>.png``; returns its file name."""
+    file_name = f"{image_id:06d}.png"
+    cv2.imwrite(os.path.join(image_dir, file_name), canvas)
+    return file_name
+
+
+def polygon_from_mask(mask: np.ndarray) -> List[List[float]]:
+    """The outer contours of a binary (H, W) mask as COCO polygons [x1, y1, x2, y2, ...]."""
+    contours, _ = cv2.findContours(
+        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
+
+
+def mask_annotation(mask: np.ndarray, annotation_id: int, image_id: int, category_id: int) -> Dict:
+    """A non-crowd COCO annotation of the object drawn as the binary (H, W) ``mask``."""
+    ys, xs = np.nonzero(mask)
+    x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+    return {
+        "id": annotation_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+        "area": float(mask.sum()),
+        "segmentation": polygon_from_mask(mask),
+        "iscrowd": 0,
+    }
+
+
+def write_split_json(
+    out_dir: str, split: str, info: Dict, images: List, annotations: List, categories: List
+) -> str:
+    """``out_dir/annotations/<split>.json``, written atomically; returns its path."""
+    json_path = os.path.join(out_dir, "annotations", f"{split}.json")
+    write_json(
+        json_path,
+        {"info": info, "images": images, "annotations": annotations, "categories": categories},
+    )
+    return json_path
