@@ -119,20 +119,3 @@ def load_trained_weights(model, weights: str, *, random_ok: bool, key: str = "MO
             f"{key}={weights!r} does not fit the config's model: parameters {'; '.join(problems)}. "
             f"Pass the config the checkpoint was trained with, or {flag}."
         )
-
-
-def build_trained_model(cfg, random_ok: bool):
-    """``build_model(cfg)`` in eval mode with MODEL.WEIGHTS loaded (``load_trained_weights``)."""
-    from detectron2.modeling import build_model
-
-    from .modeling.backbone import head_feature_mismatch
-
-    try:
-        model = build_model(cfg).eval()
-    except KeyError:  # a head reading a feature the backbone lacks
-        error = head_feature_mismatch(cfg)
-        if error is None:
-            raise
-        raise error from None
-    load_trained_weights(model, cfg.MODEL.WEIGHTS, random_ok=random_ok)
-    return model

@@ -175,7 +175,7 @@ def config_kind(config_file: str) -> str:
     """
     from detectron2.utils.file_io import PathManager
 
-    from .preflight import MissingInputError, UnsupportedSetupError
+    from .errors import MissingInputError, UnsupportedSetupError
 
     kind = CONFIG_KINDS.get(os.path.splitext(config_file)[1].lower())
     if kind is None:

@@ -16,8 +16,8 @@ import os
 
 import cv2
 
-from nonlocal_det.checkpoint import build_trained_model
 from nonlocal_det.errors import MissingInputError, exit_on_user_error
+from nonlocal_det.modeling.build import build_trained_model
 from nonlocal_det.utils.tool_config import add_model_arguments, apply_debug, load_config
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")

@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 import torch
 
-from nonlocal_det.checkpoint import build_trained_model
 from nonlocal_det.errors import ConfigError, MissingInputError, exit_on_user_error
+from nonlocal_det.modeling.build import build_trained_model
 from nonlocal_det.utils.tool_config import add_model_arguments, apply_debug, load_config
 
 TOP_K = 20

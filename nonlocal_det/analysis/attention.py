@@ -209,7 +209,7 @@ def measure_attention(cfg, max_images=None, random_ok=False):
     from detectron2.modeling import build_model
     from detectron2.structures import BoxMode
 
-    from ..checkpoint import build_trained_model
+    from ..modeling.build import build_trained_model
 
     dataset = cfg.DATASETS.TEST[0]
     lamps = _lamp_boxes(dataset)

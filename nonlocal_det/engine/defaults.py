@@ -36,7 +36,7 @@ from detectron2.utils.logger import setup_logger
 from ..checkpoint import AtomicDetectionCheckpointer, reading_weights
 from ..data.loading import evaluation_dataset_dicts, training_dataset_dicts
 from ..distributed import check_sync_bn_device, cpu_ddp_support
-from ..modeling.backbone import head_feature_mismatch
+from ..modeling.build import naming_head_feature_mismatch
 from .results import write_final_metrics
 
 __all__ = ["NonLocalDefaultTrainer", "setup_nonlocal_logger"]
@@ -93,13 +93,8 @@ class NonLocalDefaultTrainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
-        try:
+        with naming_head_feature_mismatch(cfg):
             model = super().build_model(cfg)
-        except KeyError:  # a head reading a feature the backbone lacks
-            error = head_feature_mismatch(cfg)
-            if error is None:
-                raise
-            raise error from None
         check_sync_bn_device(cfg, model)
         return model
 

@@ -1,7 +1,7 @@
 """
 Config for the tools that look at a trained model (demo, attention pictures and measures): one
 argument set, one loading path, the errors of ``nonlocal_det.errors``; the model itself comes from
-``nonlocal_det.checkpoint.build_trained_model``.
+``nonlocal_det.modeling.build.build_trained_model``.
 """
 
 import argparse
