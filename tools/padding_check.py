@@ -52,13 +52,20 @@ def main(argv=None) -> int:
         default=[_pair("512x768:768x512"), _pair("320x480:480x320")],
     )
     parser.add_argument("--norms", nargs="+", default=["GN", "BN"], choices=["GN", "BN"])
+    parser.add_argument(
+        "--backbone-stats",
+        choices=["calibrated", "identity"],
+        default="calibrated",
+        help="the FrozenBN backbone's statistics: taken on the two images (non-zero shifts, as a "
+        "trained backbone has) or Detectron2's initial identity (padded zeros stay zero)",
+    )
     parser.add_argument("--output", help="also write the table to this markdown file")
     args = parser.parse_args(argv)
     import nonlocal_det  # noqa: F401  (registers the meta-architectures and the backbone)
 
     text = (
-        table(measure(args.pairs, args.norms, CONFIG_DIR))
-        + f"\n\nCPU, torch {torch.__version__}.\n"
+        table(measure(args.pairs, args.norms, CONFIG_DIR, args.backbone_stats == "calibrated"))
+        + f"\n\nBackbone statistics: {args.backbone_stats}. CPU, torch {torch.__version__}.\n"
     )
     print(text)
     if args.output:

@@ -37,22 +37,26 @@ def build_model(config_file: str, norm: str, mask_padding: bool, calibration_ima
     ``config_file``'s model on CPU with random weights (seeded) and a FrozenBN backbone, in eval
     mode.
 
-    Detectron2's FrozenBN starts as the identity, and with random weights the activations then
-    grow to ~1e3 at res4 and the RPN's boxes degenerate (a handful of detections). So the backbone
-    is built with BatchNorm, whose statistics are taken on ``calibration_images`` (each alone),
-    then frozen (``FrozenBatchNorm2d``): a FrozenBN backbone with unit-scale activations.
+    With ``calibration_images`` None: Detectron2's FrozenBN as it starts, the identity (zero
+    shift, so the padded zeros stay zero through the ResNet). Otherwise the backbone is built with
+    BatchNorm, whose statistics are taken on ``calibration_images`` (each alone), then frozen
+    (``FrozenBatchNorm2d``): unit-scale activations and non-zero shifts, as a trained backbone has
+    (the padded zeros become non-zero after the first norm and reach the valid border).
     """
     from detectron2.layers import FrozenBatchNorm2d
     from detectron2.modeling import build_model as build
 
     from nonlocal_det.config import get_nonlocal_cfg
 
+    backbone_norm = "FrozenBN" if calibration_images is None else "BN"
     opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.NONLOCAL.NORM", norm]
-    opts += ["MODEL.NONLOCAL.MASK_PADDING", str(mask_padding), "MODEL.RESNETS.NORM", "BN"]
+    opts += ["MODEL.NONLOCAL.MASK_PADDING", str(mask_padding), "MODEL.RESNETS.NORM", backbone_norm]
     opts += ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"]
     cfg = get_nonlocal_cfg(config_file, opts)
     torch.manual_seed(seed)
     model = build(cfg).eval()
+    if calibration_images is None:
+        return model
     resnet = model.backbone.bottom_up
     norms = {
         name: m
@@ -193,23 +197,27 @@ def against_reference(result: dict, reference: dict) -> dict:
     }
 
 
-def measure(pairs, norms, config_dir: str):
-    """Rows of the table: (pair, model name, result)."""
+def measure(pairs, norms, config_dir: str, calibrated: bool = True):
+    """
+    Rows of the table: (pair, model name, result). ``calibrated``: the backbone's frozen
+    statistics taken on the two images (else the identity); see ``build_model``.
+    """
     rows = []
     for (h, w), (mh, mw) in pairs:
         image, mate = random_image(h, w, seed=1), random_image(mh, mw, seed=2)
         pair = f"{h}x{w} / {mh}x{mw}"
+        calibration = [image, mate] if calibrated else None
         stock = build_model(
-            os.path.join(config_dir, "mask_rcnn_R50_baseline.yaml"), "GN", False, [image, mate]
+            os.path.join(config_dir, "mask_rcnn_R50_baseline.yaml"), "GN", False, calibration
         )
         rows.append((pair, "stock", compare(stock, image, mate)))
         for norm in norms:
             off = build_model(
-                os.path.join(config_dir, "mask_rcnn_R50_NL.yaml"), norm, False, [image, mate]
+                os.path.join(config_dir, "mask_rcnn_R50_NL.yaml"), norm, False, calibration
             )
             open_blocks(off, image)
             on = build_model(
-                os.path.join(config_dir, "mask_rcnn_R50_NL.yaml"), norm, True, [image, mate]
+                os.path.join(config_dir, "mask_rcnn_R50_NL.yaml"), norm, True, calibration
             )
             on.load_state_dict(off.state_dict())
             crops = CropReference(off)
@@ -221,6 +229,11 @@ def measure(pairs, norms, config_dir: str):
     return rows
 
 
+def _share(fraction: float) -> str:
+    """ "63 %", or — when there was nothing to find (no detection alone)."""
+    return "—" if math.isnan(fraction) else f"{100 * fraction:.0f} %"
+
+
 def table(rows) -> str:
     lines = [
         "| image / batch-mate | model | interior res4 change | far interior | detections found "
@@ -228,9 +241,9 @@ def table(rows) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for pair, model, r in rows:
-        ref = f"{r['vs_ref']:.1e} | {100 * r['found_ref']:.0f} %" if "vs_ref" in r else " | "
+        ref = f"{r['vs_ref']:.1e} | {_share(r['found_ref'])}" if "vs_ref" in r else " | "
         lines.append(
             f"| {pair} | {model} | {r['change']:.1e} | {r['far']:.1e} | "
-            f"{100 * r['found']:.0f} % ({r['count']}) | {ref} |"
+            f"{_share(r['found'])} ({r['count']}) | {ref} |"
         )
     return "\n".join(lines)
