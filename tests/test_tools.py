@@ -264,3 +264,14 @@ def test_tools_name_unreachable_weights(images, tmp_path):
                 "/no/such/model.pth",
             ]
         )
+
+
+def test_time_data_checks_builds_a_clean_coco_file_and_times_its_checks(tmp_path, capsys):
+    """The timing tool's generated file must pass the checks it times (0 problems), or the time
+    would be that of an error path; with --workdir its files stay for inspection."""
+    import time_data_checks
+
+    time_data_checks.main(["--images", "40", "--workdir", str(tmp_path)])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("40 images, 280 annotations, 0 problems:"), line
+    assert len(os.listdir(tmp_path / "images")) == 40

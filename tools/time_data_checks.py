@@ -62,8 +62,16 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=118287)
     parser.add_argument("--workdir", help="default: a temporary folder")
     args = parser.parse_args(argv)
-    workdir = args.workdir or tempfile.mkdtemp(prefix="nonlocal_det_checks_")
-    json_path = build(workdir, args.images)
+    if args.workdir:
+        measure(args.workdir, args.images)
+    else:
+        with tempfile.TemporaryDirectory(prefix="nonlocal_det_checks_") as workdir:
+            measure(workdir, args.images)
+
+
+def measure(workdir: str, num_images: int) -> None:
+    """Build the file and images in ``workdir``, then time the checks; prints one line."""
+    json_path = build(workdir, num_images)
     start = time.perf_counter()
     with open(json_path) as f:
         coco = json.load(f)
