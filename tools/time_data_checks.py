@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """
 How long the checks before training take on a COCO-sized dataset: a generated annotation file of
-118,287 images (COCO train2017's count) with 7 annotations each (860k, COCO's average), every
+118,287 images (COCO train2017's count) with 7 annotations each (828k; COCO has 860k), every
 image a file of its own on disk (hard links to 64 distinct 640x480 JPEGs, so the header reads
 are real file opens), checked by ``nonlocal_det.data.coco_checks``.
 
