@@ -146,9 +146,6 @@ DETERMINISTIC = [
     "1000000",
     "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
     "1000000",
-    # every proposal is sampled: 50 per image keep the heads' work small
-    "MODEL.RPN.POST_NMS_TOPK_TRAIN",
-    "50",
     "MODEL.NONLOCAL.NORM",
     "naiveSyncBN_N",
     "SOLVER.IMS_PER_BATCH",
