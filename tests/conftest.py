@@ -13,6 +13,9 @@ REQUIRE_DETECTRON2_ENV = "NONLOCAL_DET_REQUIRE_DETECTRON2"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "detectron2: test needs Detectron2 installed")
+    config.addinivalue_line(
+        "markers", "slow: trains, launches processes or runs end to end; left out of the fast tier"
+    )
 
 
 def pytest_collection_modifyitems(config, items):

@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from helpers import randomize
-from nonlocal_det.layers import CGNL_KERNELS, NONLOCAL_MODES, CGNLBlock2d, NonLocalBlock2d
+from nonlocal_det.layers import (
+    CGNL_KERNELS,
+    GC_POOLINGS,
+    NONLOCAL_MODES,
+    CGNLBlock2d,
+    DisentangledNonLocal2d,
+    GlobalContextBlock2d,
+    NonLocalBlock2d,
+)
 from nonlocal_det.layers.reference import reference_forward, reference_masked_forward
 
 # image 0 unpadded, 1 and 2 padded (one of them to odd sizes, so 2x2 pooling has a
@@ -33,8 +41,19 @@ def nonlocal_blocks():
                 8, kernel=k, groups=2, norm=n, use_scale=True, gamma=0.05
             ),
         )
+    for sub_sample, norm in itertools.product((True, False), NORMS):
+        yield (
+            f"DNL-sub{int(sub_sample)}-{norm or 'none'}",
+            lambda s=sub_sample, n=norm: DisentangledNonLocal2d(8, sub_sample=s, norm=n),
+        )
+    for pooling, fusions in itertools.product(GC_POOLINGS, GC_FUSION_SETS):
+        yield (
+            f"GC-{pooling}-{'+'.join(fusions)}",
+            lambda p=pooling, f=fusions: GlobalContextBlock2d(8, ratio=0.5, pooling=p, fusions=f),
+        )
 
 
+GC_FUSION_SETS = [("channel_add",), ("channel_mul",), ("channel_add", "channel_mul")]
 BLOCKS = dict(nonlocal_blocks())
 
 
@@ -77,7 +96,15 @@ def test_batch_norm_statistics_over_valid_positions():
 
 
 @pytest.mark.parametrize(
-    "name", ["NL-embedded_gaussian-sub1-BN", "NL-concatenation-sub1-GN", "CGNL-dot-GN"]
+    "name",
+    [
+        "NL-embedded_gaussian-sub1-BN",
+        "NL-concatenation-sub1-GN",
+        "CGNL-dot-GN",
+        "DNL-sub1-BN",
+        "DNL-sub0-GN",
+        "GC-att-channel_add+channel_mul",
+    ],
 )
 def test_gradients_equal_masking(name):
     block = randomize(BLOCKS[name]()).train()
@@ -89,7 +116,10 @@ def test_gradients_equal_masking(name):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", ["NL-dot_product-sub1-GN", "CGNL-embedded_gaussian-BN"])
+@pytest.mark.parametrize(
+    "name",
+    ["NL-dot_product-sub1-GN", "CGNL-embedded_gaussian-BN", "DNL-sub1-GN", "GC-att-channel_add"],
+)
 def test_padded_positions_pass_the_input_through(name):
     block = randomize(BLOCKS[name]()).train()
     x = padded_batch()
@@ -100,7 +130,14 @@ def test_padded_positions_pass_the_input_through(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["NL-gaussian-sub1-BN", "NL-embedded_gaussian-sub1-GN", "CGNL-dot-BN"]
+    "name",
+    [
+        "NL-gaussian-sub1-BN",
+        "NL-embedded_gaussian-sub1-GN",
+        "CGNL-dot-BN",
+        "DNL-sub1-BN",
+        "GC-att-channel_add",
+    ],
 )
 def test_unpadded_batch_computes_exactly_as_without_sizes(name):
     block = randomize(BLOCKS[name]()).float().train()

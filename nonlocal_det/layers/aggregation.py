@@ -13,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .valid_region import exporting
+
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """float32, or float64 if any input is float64: half precision is never used for logits."""
@@ -57,8 +59,7 @@ def softmax_aggregate(
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         # An exported model keeps the path taken at export time for every input size, so it
         # gets the fused kernel, whose memory stays linear at any size.
-        exporting = torch.jit.is_tracing() or torch.compiler.is_compiling()
-        if not exporting and explicit_matrix_fits(q, k, v):
+        if not exporting() and explicit_matrix_fits(q, k, v):
             # Row-major products keep the N x M gradients contiguous for softmax's backward.
             if scale != 1.0:
                 q = q * scale  # N x D elements, fewer than the N x M logits

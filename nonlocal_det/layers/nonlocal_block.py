@@ -14,7 +14,13 @@ from .aggregation import (
     softmax_aggregate,
 )
 from .norm import NormSpec
-from .residual import ResidualBlock2d, check_feature_map, conv1x1, require_divisible
+from .residual import (
+    ResidualBlock2d,
+    check_feature_map,
+    check_queries,
+    conv1x1,
+    require_divisible,
+)
 
 __all__ = ["NonLocalBlock2d", "NONLOCAL_MODES"]
 
@@ -179,16 +185,9 @@ class NonLocalBlock2d(ResidualBlock2d):
             the key grid is the input grid. Softmax modes' weights sum to 1 over keys.
         """
         check_feature_map(x, self.in_channels, type(self).__name__)
-        queries = torch.as_tensor(queries, device=x.device)
-        if queries.dim() != 2 or queries.shape[1] != 2 or queries.dtype.is_floating_point:
-            raise ValueError(
-                f"queries must be an integer tensor of shape (Q, 2) holding (row, col); got "
-                f"shape {tuple(queries.shape)} and dtype {queries.dtype}"
-            )
-        height, width = x.shape[-2:]
+        queries = check_queries(queries, x)
+        width = x.shape[-1]
         rows, cols = queries[:, 0], queries[:, 1]
-        if ((rows < 0) | (rows >= height) | (cols < 0) | (cols >= width)).any():
-            raise ValueError(f"queries must lie inside the {height}x{width} input grid")
         query_maps, key_maps, _ = self.embed(x)
         key_shape = key_maps.shape[-2:]
         flat = rows * width + cols

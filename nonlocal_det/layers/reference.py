@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from .cgnl_block import CGNLBlock2d, taylor_coefficients
+from .context_block import GlobalContextBlock2d
+from .disentangled_block import DisentangledNonLocal2d
 from .nonlocal_block import NonLocalBlock2d
 
 __all__ = [
@@ -18,6 +20,8 @@ __all__ = [
     "reference_aggregate",
     "reference_nonlocal_op",
     "reference_cgnl_op",
+    "reference_dnl_op",
+    "reference_gc_forward",
     "reference_forward",
     "reference_masked_forward",
 ]
@@ -94,14 +98,93 @@ def reference_cgnl_op(block: CGNLBlock2d, x: torch.Tensor) -> torch.Tensor:
     return y.reshape(batch, block.inner_channels, height, width)
 
 
+def _softmax(logits: torch.Tensor, valid: torch.Tensor = None) -> torch.Tensor:
+    """exp(l_j) / sum_j exp(l_j) over the last dim, written out; ``valid`` keys only (bool)."""
+    if valid is not None:
+        logits = logits.masked_fill(~valid, float("-inf"))
+    e = torch.exp(logits - logits.max(dim=-1, keepdim=True).values)
+    return e / e.sum(dim=-1, keepdim=True)
+
+
+def reference_dnl_op(block: DisentangledNonLocal2d, x: torch.Tensor, valid=None) -> torch.Tensor:
+    """
+    y of the disentangled block (Yin et al., eq. 13) with the full N x M pairwise matrix:
+    y_i = sum_j [softmax_j(s/T (q_i - mean q) . (k_j - mean k)) + softmax_j(m_j)] v_j, with
+    m = W_m x on the key grid. ``valid`` (H, W) bool, for one image (B = 1): means, softmaxes
+    and keys restricted to the valid positions (padded positions -inf before the key pooling).
+    """
+    if valid is None:
+        valid = torch.ones(x.shape[-2:], dtype=torch.bool, device=x.device)
+    fill = (~valid)[None, None]
+    key_valid = _subsample(block, valid[None, None].double()).flatten(2)[0, 0] > 0  # (M,)
+
+    def keys_of(t):
+        pooled = _subsample(block, t.masked_fill(fill, float("-inf"))).flatten(2)
+        return pooled.masked_fill(~key_valid, 0.0)
+
+    q = block.theta(x).flatten(2)[..., valid.flatten()]  # (B, D, N_valid)
+    k, v, m = keys_of(block.phi(x)), keys_of(block.g(x)), keys_of(block.conv_mask(x))
+    q = q - q.mean(dim=-1, keepdim=True)
+    k = k - k[..., key_valid].mean(dim=-1, keepdim=True)
+    scale = (block.inner_channels**-0.5 if block.use_scale else 1.0) / block.temperature
+    pairwise = _softmax(scale * torch.einsum("bdn,bdm->bnm", q, k), key_valid)  # (B, N, M)
+    unary = _softmax(m[:, 0], key_valid)  # (B, M)
+    weights = pairwise + unary[:, None, :]
+    y = torch.zeros(x.shape[0], block.inner_channels, x.shape[-2] * x.shape[-1], dtype=x.dtype)
+    y[..., valid.flatten()] = torch.einsum("bnm,bdm->bdn", weights, v)
+    return y.reshape(x.shape[0], block.inner_channels, *x.shape[-2:])
+
+
+def _reference_transform(transform, c: torch.Tensor) -> torch.Tensor:
+    """W_v2 ReLU(LN(W_v1 c)) for context vectors c (B, C), written out."""
+    first, layer_norm, _, last = transform
+    h = c @ first.weight.flatten(1).T + first.bias  # (B, planes)
+    mean, var = h.mean(dim=1, keepdim=True), h.var(dim=1, unbiased=False, keepdim=True)
+    h = (h - mean) / torch.sqrt(var + layer_norm.eps)
+    h = torch.relu(h * layer_norm.weight.flatten() + layer_norm.bias.flatten())
+    return h @ last.weight.flatten(1).T + last.bias  # (B, C)
+
+
+def reference_gc_forward(block: GlobalContextBlock2d, x: torch.Tensor, valid=None):
+    """
+    GCNet's block (Cao et al., eq. 3) written out: z_i = x_i * sigmoid(T_mul(c)) + T_add(c),
+    c = sum_j a_j x_j. ``valid`` (B, H, W) bool: pooling over each image's valid positions,
+    padded positions returned as x.
+    """
+    batch, channels, height, width = x.shape
+    if valid is None:
+        valid = torch.ones(batch, height, width, dtype=torch.bool, device=x.device)
+    flat, mask = x.reshape(batch, channels, -1), valid.reshape(batch, -1)
+    if block.pooling == "att":
+        conv = block.conv_mask
+        logits = torch.einsum("c,bcn->bn", conv.weight.flatten(), flat) + conv.bias
+        weights = _softmax(logits, mask)
+    else:
+        weights = mask.to(x.dtype) / mask.sum(dim=1, keepdim=True)
+    context = torch.einsum("bcn,bn->bc", flat, weights)
+    out = x
+    if block.channel_mul_conv is not None:
+        out = (
+            out
+            * torch.sigmoid(_reference_transform(block.channel_mul_conv, context))[..., None, None]
+        )
+    if block.channel_add_conv is not None:
+        out = out + _reference_transform(block.channel_add_conv, context)[..., None, None]
+    return torch.where(valid[:, None], out, x)
+
+
 def reference_forward(block, x: torch.Tensor) -> torch.Tensor:
-    """z = x + norm(W_z y) with the full-matrix y, for either block type."""
-    if isinstance(block, NonLocalBlock2d):
+    """z = x + norm(W_z y) with the full-matrix y (GC: its formula), for any block type."""
+    if isinstance(block, GlobalContextBlock2d):
+        return reference_gc_forward(block, x)
+    if isinstance(block, DisentangledNonLocal2d):
+        y = reference_dnl_op(block, x)
+    elif isinstance(block, NonLocalBlock2d):
         y = reference_nonlocal_op(block, x)
     elif isinstance(block, CGNLBlock2d):
         y = reference_cgnl_op(block, x)
     else:
-        raise TypeError(f"expected a NonLocalBlock2d or CGNLBlock2d, got {type(block).__name__}")
+        raise TypeError(f"expected one of nonlocal_det.layers' blocks, got {type(block).__name__}")
     branch = block.out(y)
     if block.norm is not None:
         branch = block.norm(branch)
@@ -208,7 +291,14 @@ def reference_masked_forward(block, x: torch.Tensor, valid_sizes) -> torch.Tenso
     valid = torch.zeros(batch, height, width, dtype=torch.bool)
     for i, (h, w) in enumerate(valid_sizes):
         valid[i, :h, :w] = True
-    op = _masked_nonlocal_op if isinstance(block, NonLocalBlock2d) else _masked_cgnl_op
+    if isinstance(block, GlobalContextBlock2d):
+        return reference_gc_forward(block, x, valid)
+    if isinstance(block, DisentangledNonLocal2d):
+        op = reference_dnl_op
+    elif isinstance(block, NonLocalBlock2d):
+        op = _masked_nonlocal_op
+    else:
+        op = _masked_cgnl_op
     y = torch.cat([op(block, x[i : i + 1], valid[i]) for i in range(batch)])
     branch = _masked_norm(block.norm, block.out(y), valid)
     return x + branch.masked_fill(~valid[:, None], 0.0)

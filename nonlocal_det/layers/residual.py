@@ -22,6 +22,14 @@ def conv1x1(in_channels: int, out_channels: int, *, bias: bool, groups: int = 1)
     return conv
 
 
+def logits_conv1x1(in_channels: int) -> nn.Conv2d:
+    """1x1 conv C -> 1 giving one logit per position, He-initialised over its fan-in (GCNet's)."""
+    conv = nn.Conv2d(in_channels, 1, kernel_size=1)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
 def require_divisible(value: int, divisor: int, value_name: str, divisor_name: str) -> int:
     """Return ``value // divisor`` after checking both are positive ints and divisor divides."""
     for name, v in ((value_name, value), (divisor_name, divisor)):
@@ -54,6 +62,24 @@ def check_feature_map(x, channels: int, owner: str) -> None:
         )
     if not x.is_floating_point():
         raise TypeError(f"{owner} expects a floating-point input, got {x.dtype}")
+
+
+def check_queries(queries, x: torch.Tensor) -> torch.Tensor:
+    """
+    ``queries`` as an integer tensor (Q, 2) of (row, col) positions inside x's (H, W) grid on
+    x's device; ValueError otherwise.
+    """
+    queries = torch.as_tensor(queries, device=x.device)
+    if queries.dim() != 2 or queries.shape[1] != 2 or queries.dtype.is_floating_point:
+        raise ValueError(
+            f"queries must be an integer tensor of shape (Q, 2) holding (row, col); got "
+            f"shape {tuple(queries.shape)} and dtype {queries.dtype}"
+        )
+    height, width = x.shape[-2:]
+    rows, cols = queries[:, 0], queries[:, 1]
+    if ((rows < 0) | (rows >= height) | (cols < 0) | (cols >= width)).any():
+        raise ValueError(f"queries must lie inside the {height}x{width} input grid")
+    return queries
 
 
 # How the residual branch norm(W_z y) starts (``init`` of the blocks, MODEL.NONLOCAL.INIT), and
@@ -107,7 +133,7 @@ def _call_in(module: nn.Module, dtype: torch.dtype, x: torch.Tensor) -> torch.Te
     return out
 
 
-def _apply_in(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def apply_in_wider_dtype(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """
     ``module(x)`` computed in x's dtype where the module's own is narrower (a ``.half()`` block).
     """
@@ -128,9 +154,9 @@ def residual_branch(out: nn.Conv2d, norm: nn.Module, y: torch.Tensor) -> torch.T
     them in y's float32 too, and returns the normalised branch in its own dtype.
     """
     with torch.autocast(device_type=y.device.type, enabled=False):
-        branch = _apply_in(out, y)
+        branch = apply_in_wider_dtype(out, y)
         if norm is not None:
-            branch = _apply_in(norm, branch)
+            branch = apply_in_wider_dtype(norm, branch)
         return branch.to(out.weight.dtype)
 
 
@@ -181,8 +207,8 @@ class ResidualBlock2d(nn.Module):
         # each group: the images of one valid size (b, C, h, w), computed on that rectangle
         ys = [self.transform(x[index, :, :h, :w]) for index, h, w in groups]  # (b, inner, h, w)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            pieces = [_apply_in(self.out, y) for y in ys]  # (b, C, h, w)
-            pieces = norm_over_valid(self.norm, pieces, _apply_in)
+            pieces = [apply_in_wider_dtype(self.out, y) for y in ys]  # (b, C, h, w)
+            pieces = norm_over_valid(self.norm, pieces, apply_in_wider_dtype)
         pieces = [piece.to(self.out.weight.dtype) for piece in pieces]
         branch = x.new_zeros(x.shape, dtype=pieces[0].dtype)  # (B, C, H, W), 0 on padding
         for (index, h, w), piece in zip(groups, pieces):

@@ -20,7 +20,19 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
-__all__ = ["ValidGroup", "valid_groups", "norm_over_valid"]
+__all__ = ["ValidGroup", "exporting", "valid_groups", "valid_mask", "norm_over_valid"]
+
+
+def exporting() -> bool:
+    """
+    Whether the model is being traced, scripted or exported (``torch.export``): a graph is being
+    recorded whose branches are fixed for every later input. Valid sizes are then not passed
+    (an exported model attends over the padded map), and the attention takes the fused kernel,
+    whose memory stays linear at any size. ``torch.compile`` is not exporting: it guards the
+    branches and recompiles, so compiled blocks compute valid regions as eager ones do.
+    """
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting()
+
 
 # (indices of the images in the batch, valid height, valid width)
 ValidGroup = Tuple[torch.Tensor, int, int]
@@ -57,6 +69,14 @@ def valid_groups(valid_sizes, x: torch.Tensor, owner: str) -> Optional[List[Vali
     if list(groups) == [(height, width)]:
         return None
     return [(torch.tensor(indices, device=x.device), h, w) for (h, w), indices in groups.items()]
+
+
+def valid_mask(groups: List[ValidGroup], x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) bool: True on each image's valid positions, for ``groups`` of ``x``."""
+    mask = torch.zeros(x.shape[0], 1, *x.shape[-2:], dtype=torch.bool, device=x.device)
+    for index, h, w in groups:
+        mask[index, :, :h, :w] = True
+    return mask
 
 
 def _is_batch_norm(norm: nn.Module) -> bool:
