@@ -16,9 +16,10 @@ dataloader = get_config("common/data/coco.py").dataloader
 train = get_config("common/train.py").train
 model = get_config("common/models/mask_rcnn_fpn.py").model
 
-# GeneralizedRCNN whose non-local blocks compute each image on its valid region (docs/padding.md)
+# GeneralizedRCNN whose non-local blocks compute each image on its valid region
+# (docs/valid_region.md)
 model._target_ = NonLocalGeneralizedRCNN
-model.mask_padding = True
+model.valid_region = True
 model.backbone.bottom_up.freeze_at = 2
 model.backbone.bottom_up.stages = L(make_nonlocal_stages)(
     depth=101,

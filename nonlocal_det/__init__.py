@@ -1,6 +1,7 @@
 """
-nonlocal_det: non-local (Wang et al., CVPR 2018) and compact generalized non-local (Yue et
-al., NeurIPS 2018) blocks for Detectron2.
+nonlocal_det: non-local (Wang et al., CVPR 2018), compact generalized non-local (Yue et al.,
+NeurIPS 2018), global context (Cao et al., 2019) and disentangled non-local (Yin et al., ECCV
+2020) blocks for Detectron2.
 
 ``nonlocal_det.layers`` needs only torch. Names that build Detectron2 models need Detectron2;
 without it, using them raises an ImportError that says how to install it.
@@ -9,7 +10,7 @@ without it, using them raises an ImportError that says how to install it.
 import importlib
 
 from .detectron2_support import detectron2_available, require_detectron2
-from .layers import CGNLBlock2d, NonLocalBlock2d
+from .layers import CGNLBlock2d, DisentangledNonLocal2d, GlobalContextBlock2d, NonLocalBlock2d
 
 __version__ = "0.1.0"
 
@@ -23,6 +24,7 @@ _DETECTRON2_EXPORTS = {
     "make_nonlocal_stages": ".modeling",
     "insert_nonlocal_blocks": ".modeling",
     "nonlocal_block_factory": ".modeling",
+    "context_block_factory": ".modeling",
     "register_synthetic_datasets": ".data.datasets",
     "register_long_range_datasets": ".data.datasets",
 }
@@ -36,6 +38,7 @@ if detectron2_available():
         build_nonlocal_backbone,
         build_resnet_nl_backbone,
         build_resnet_nl_fpn_backbone,
+        context_block_factory,
         insert_nonlocal_blocks,
         make_nonlocal_stages,
         nonlocal_block_factory,
@@ -55,6 +58,8 @@ def __getattr__(name):
 __all__ = [
     "NonLocalBlock2d",
     "CGNLBlock2d",
+    "DisentangledNonLocal2d",
+    "GlobalContextBlock2d",
     "detectron2_available",
     "require_detectron2",
     *_DETECTRON2_EXPORTS,

@@ -13,9 +13,15 @@ from detectron2.config import CfgNode as CN
 
 from .errors import ConfigError
 
-# The meta-architectures that pass each image's valid size to the non-local blocks
-# (MODEL.NONLOCAL.MASK_PADDING; nonlocal_det/modeling/meta_arch.py).
-PADDING_AWARE_META_ARCHITECTURES = ("NonLocalGeneralizedRCNN", "NonLocalRetinaNet")
+# nonlocal_det's meta-architectures that compute each image on its valid region
+# (MODEL.NONLOCAL.VALID_REGION; nonlocal_det/modeling/meta_arch.py) -> the Detectron2 one each
+# extends, with the same heads.
+VALID_REGION_META_ARCHITECTURES = {
+    "NonLocalGeneralizedRCNN": "GeneralizedRCNN",
+    "NonLocalRetinaNet": "RetinaNet",
+    "NonLocalSemanticSegmentor": "SemanticSegmentor",
+    "NonLocalPanopticFPN": "PanopticFPN",
+}
 
 
 def add_nonlocal_config(cfg):
@@ -31,7 +37,8 @@ def add_nonlocal_config(cfg):
     # MODEL.RESNETS: "build_resnet_backbone" (C4 models), "build_resnet_fpn_backbone",
     # "build_retinanet_resnet_fpn_backbone", ...
     cfg.MODEL.NONLOCAL.BACKBONE_NAME = "build_resnet_fpn_backbone"
-    # Block inserted into the backbone: "NL" (non-local) or "CGNL" (compact generalized NL).
+    # The block placed after the residual blocks RES2..RES5 name (and in the keypoint head):
+    # "NL" (non-local), "CGNL" (compact generalized non-local) or "DNL" (disentangled non-local).
     cfg.MODEL.NONLOCAL.BLOCK = "NL"
     # NL pairwise function: "gaussian", "embedded_gaussian", "dot_product", "concatenation".
     cfg.MODEL.NONLOCAL.MODE = "embedded_gaussian"
@@ -44,18 +51,17 @@ def add_nonlocal_config(cfg):
     # Norm after W_z: "GN", "SyncBN", "BN", "" or any Detectron2 norm name except FrozenBN.
     # GN trains with 1-2 images per GPU; BN needs large per-GPU batches.
     cfg.MODEL.NONLOCAL.NORM = "GN"
-    # How each block's residual branch norm(W_z y) starts. "identity" (the paper): the norm's
-    # affine weight (or W_z, with no norm) is zero, so the block is exactly the identity and a
-    # stock checkpoint gives the stock model's outputs; use it when fine-tuning from a
-    # pre-trained model. "standard": that weight is 1 (or W_z keeps its MSRA init), as for any
-    # layer trained from scratch, so theta, phi and g learn from the first step; use it when
-    # training from scratch. "small": 0.1 of "standard" (measured: docs/ablation.md).
+    # How each block's last layer starts, for every block kind: NL, CGNL and DNL's norm after W_z
+    # (or W_z itself with NORM ""), GC's last conv of each fusion. "identity": zero, so a stock
+    # checkpoint gives the stock model's outputs (the paper's choice; GC with "channel_mul" starts
+    # at x / 2). "small": 0.1 of "standard"; "standard": the norm's weight 1, or the conv's MSRA
+    # init. Which to use, measured: docs/usage.md ("Which INIT").
     cfg.MODEL.NONLOCAL.INIT = "identity"
-    # With MODEL.META_ARCHITECTURE "NonLocalGeneralizedRCNN" or "NonLocalRetinaNet": the backbone's
-    # blocks compute each image on its valid (unpadded) region, with norm statistics over valid
-    # positions, so an image's features and detections do not depend on its batch-mates
-    # (docs/padding.md). False: they attend over the padded map, as in the paper.
-    cfg.MODEL.NONLOCAL.MASK_PADDING = True
+    # With MODEL.META_ARCHITECTURE one of VALID_REGION_META_ARCHITECTURES: the backbone's blocks
+    # compute each image on its valid (unpadded) region, with norm statistics over valid
+    # positions, so that an image's features do not depend on its batch-mates' padding
+    # (docs/valid_region.md). False: they attend over the padded map, as in the paper.
+    cfg.MODEL.NONLOCAL.VALID_REGION = True
     # Backbone placement: per stage, indices of the residual blocks AFTER which a block is
     # inserted (0-based; negative counts from the stage's end). -2 = right before the last.
     # Paper, 1 block: RES4 = [-2]. 5 blocks (R50): RES3 = [1, 3], RES4 = [1, 3, 5].
@@ -77,6 +83,22 @@ def add_nonlocal_config(cfg):
     # CGNL: width gamma of the Gaussian RBF kernel.
     cfg.MODEL.NONLOCAL.CGNL.GAMMA = 1e-4
 
+    cfg.MODEL.NONLOCAL.DNL = CN()
+    # DNL: temperature T of the whitened pairwise softmax (Yin et al. 2020, mmsegmentation: 0.05).
+    cfg.MODEL.NONLOCAL.DNL.TEMPERATURE = 0.05
+
+    # GC (global context, Cao et al. 2019): a block inside every residual block of these stages,
+    # on the residual branch before the addition; GCNet's c3-c5: ["res3", "res4", "res5"]. It
+    # combines with the non-local blocks of RES2..RES5.
+    cfg.MODEL.NONLOCAL.GC = CN()
+    cfg.MODEL.NONLOCAL.GC.STAGES = []
+    # GC bottleneck width = int(channels * RATIO) (GCNet's r16: 1/16).
+    cfg.MODEL.NONLOCAL.GC.RATIO = 0.0625
+    # GC context pooling: "att" (attention pooling) or "avg" (global average pooling).
+    cfg.MODEL.NONLOCAL.GC.POOLING = "att"
+    # GC fusion: a non-empty subset of ["channel_add", "channel_mul"].
+    cfg.MODEL.NONLOCAL.GC.FUSION = ["channel_add"]
+
     # Before training: read every image file's header (exists, is an image, has the annotation
     # file's width and height). False skips these reads for data you trust; annotations are
     # always checked (nonlocal_det/data/coco_checks.py).
@@ -86,10 +108,18 @@ def add_nonlocal_config(cfg):
     # "bfloat16". The non-local attention itself always runs in float32.
     cfg.SOLVER.AMP.PRECISION = "float16"
 
+    for old, new in RENAMED_KEYS.items():
+        if not cfg.key_is_renamed(old):
+            cfg.register_renamed_key(old, new)
+
     # Keypoint head "KRCNNConvDeconvUpsampleNLHead": number of NL blocks (the paper: 4) ...
     cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_NONLOCAL = 4
     # ... one after every NONLOCAL_EVERY convs of the head (the paper: 2 of 8).
     cfg.MODEL.ROI_KEYPOINT_HEAD.NONLOCAL_EVERY = 2
+
+
+# Keys of earlier versions -> their names now; a config that uses one gets an error naming both.
+RENAMED_KEYS = {"MODEL.NONLOCAL.MASK_PADDING": "MODEL.NONLOCAL.VALID_REGION"}
 
 
 def _config_keys(node, prefix: str = "") -> List[str]:

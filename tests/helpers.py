@@ -92,10 +92,15 @@ def load_cfg(config_name: str, *opts):
 
 def is_nonlocal_key(key: str) -> bool:
     """
-    Whether a state-dict key or module name belongs to a non-local block (backbone or keypoint
-    head).
+    Whether a state-dict key or module name belongs to a block of the non-local family (backbone
+    or keypoint head).
     """
-    return ".nonlocal_block" in key or key.startswith("nonlocal_block") or "nonlocal_fcn" in key
+    return (
+        ".nonlocal_block" in key
+        or key.startswith(("nonlocal_block", "context_block"))
+        or "nonlocal_fcn" in key
+        or ".context_block" in key
+    )
 
 
 def nonlocal_keys(model) -> set:

@@ -35,7 +35,7 @@ if HAS_DETECTRON2:
     from nonlocal_det.config import get_nonlocal_cfg
     from nonlocal_det.layers import CGNLBlock2d, NonLocalBlock2d
     from nonlocal_det.modeling import has_nonlocal
-    from nonlocal_det.modeling.resnet_blocks import nonlocal_variant
+    from nonlocal_det.modeling.resnet_blocks import attached_variant
 
     @BACKBONE_REGISTRY.register()
     def build_test_backbone_without_resnet(cfg, input_shape):
@@ -75,7 +75,7 @@ def test_shipped_config_trains_and_infers_on_cpu(config):
     torch.manual_seed(0)
     model = build_model(cfg)
     expects_nl = uses_nonlocal_backbone(cfg) or cfg.MODEL.ROI_KEYPOINT_HEAD.NAME.endswith("NLHead")
-    assert expects_nl == ("NL" in config or config.startswith("quickstart"))
+    assert expects_nl == ("NL" in config or "GC" in config or config.startswith("quickstart"))
     assert bool(nonlocal_keys(model)) == expects_nl
     randomize_nonlocal_norms(model)
     model.train()
@@ -85,14 +85,16 @@ def test_shipped_config_trains_and_infers_on_cpu(config):
     assert torch.isfinite(total)
     total.backward()
     nl_params = {
-        n: p for n, p in model.named_parameters() if ".nonlocal_block." in n or ".nonlocal_fcn" in n
+        n: p
+        for n, p in model.named_parameters()
+        if ".nonlocal_block." in n or ".nonlocal_fcn" in n or ".context_block." in n
     }
     assert all(p.grad is not None for p in nl_params.values())
     # With random weights and identity FrozenBN statistics, activations reach ~1e5 deep in
     # the network and softmax saturates, so theta/phi gradients can be exactly 0 here
     # (tests/test_nonlocal_block.py checks them at sane scales); W_z and the norm always learn.
     for name, p in nl_params.items():
-        if name.endswith(("norm.weight", "out.weight")):
+        if name.endswith(("norm.weight", "out.weight", "_conv.3.weight")):
             assert p.grad.abs().sum() > 0, name
     model.eval()
     with torch.no_grad():
@@ -613,7 +615,7 @@ def test_stock_detectron2_configs_gain_blocks_through_keys(family, tmp_path):
                 "MODEL.NONLOCAL.RES5",
                 "[0]",
             ],
-            r"places non-local blocks in res5, but this ResNet builds only \['res2', 'res3', "
+            r"RES5 = \[0\] places blocks in res5, but this ResNet builds only \['res2', 'res3', "
             r"'res4'\]",
         ),
     ],
@@ -623,37 +625,32 @@ def test_bad_backbone_name_fails_at_build_naming_the_key(opts, words):
         build_backbone(load_cfg("mask_rcnn_R50_NL.yaml", *opts))
 
 
-def test_block_not_built_as_the_arguments_say_is_refused():
-    """
-    A block is replaced only by its exact non-local rebuild: another stride placement is caught.
-    """
-    block = BottleneckBlock(
-        128, 256, bottleneck_channels=64, stride=2, stride_in_1x1=False, norm="FrozenBN"
-    )
-    args = {"bottleneck_channels": 64, "num_groups": 1, "norm": "FrozenBN", "dilation": 1}
-    with pytest.raises(ValueError, match=r"res3.0: rebuilt from MODEL.RESNETS, its conv1 is"):
-        nonlocal_variant(
-            block,
-            torch.nn.Identity(),
-            {**args, "stride_in_1x1": True},
-            where="res3.0",
-            source="MODEL.RESNETS",
-        )
-    with pytest.raises(
-        ValueError, match="res3.0: cannot rebuild this BottleneckBlock from MODEL.RESNETS"
-    ):
-        nonlocal_variant(
-            block,
-            torch.nn.Identity(),
-            {**args, "deform_modulated": True},
-            where="res3.0",
-            source="MODEL.RESNETS",
-        )
-    rebuilt = nonlocal_variant(
-        block, torch.nn.Identity(), {**args, "stride_in_1x1": False}, where="res3.0", source=""
-    )
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(stride=2, stride_in_1x1=False),
+        dict(stride=2, stride_in_1x1=True),
+        dict(stride=1, dilation=2),
+        dict(stride=1, num_groups=4, dilation=4),
+    ],
+    ids=["stride-3x3", "stride-1x1", "dilation-2", "groups-4-dilation-4"],
+)
+def test_variant_is_rebuilt_from_the_built_block(kwargs):
+    """Whatever arguments built a block, its variant has its layers, weights and outputs."""
+    torch.manual_seed(0)
+    block = BottleneckBlock(128, 256, bottleneck_channels=64, norm="FrozenBN", **kwargs).eval()
+    block.freeze()
+    rebuilt = attached_variant(block, nonlocal_block=torch.nn.Identity(), where="res3.0")
     x = torch.randn(1, 128, 8, 8)
     assert torch.equal(rebuilt(x), block(x))
+    assert not any(p.requires_grad for p in rebuilt.parameters())  # frozen, as the block
+
+
+def test_block_built_with_settings_a_variant_cannot_take_is_refused():
+    block = BottleneckBlock(128, 256, bottleneck_channels=64, stride=2, norm="FrozenBN")
+    block.conv2.padding = (0, 0)  # what no argument of BottleneckBlock sets
+    with pytest.raises(ValueError, match=r"res3.0: rebuilt from its own layers, its conv2 is"):
+        attached_variant(block, nonlocal_block=torch.nn.Identity(), where="res3.0")
 
 
 def test_one_factory_for_config_and_keywords():

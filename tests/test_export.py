@@ -153,9 +153,9 @@ def test_traced_model_matches_eager_on_other_image_sizes(config, fields, num_blo
     torch.jit.save(traced, str(tmp_path / "model.ts"))
     traced = torch.jit.load(str(tmp_path / "model.ts"))
     for image in (example, random_image(*OTHER_HW, seed=1)):
-        # A traced model attends over the padded map (MODEL.NONLOCAL.MASK_PADDING is not traced,
+        # A traced model attends over the padded map (MODEL.NONLOCAL.VALID_REGION is not traced,
         # docs/export.md): at OTHER_HW, which is padded, it is the key-off model.
-        model.mask_padding = image is example
+        model.valid_region = image is example
         with torch.no_grad(), residual_changes(model) as changes:
             (expected,) = inference(model, [{"image": image}])
             actual = adapter.outputs_schema(traced(image))
@@ -382,7 +382,7 @@ def test_mask_rcnn_onnx_matches_eager(tmp_path):
     )
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     for image in (example, random_image(*OTHER_HW, seed=1)):
-        model.mask_padding = image is example  # the export attends over the padding
+        model.valid_region = image is example  # the export attends over the padding
         with torch.no_grad():
             (expected,) = inference(model, [{"image": image}])
         outputs = [torch.from_numpy(o) for o in session.run(None, {"image": image.numpy()})]

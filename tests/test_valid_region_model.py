@@ -1,11 +1,12 @@
 """
-MODEL.NONLOCAL.MASK_PADDING on whole Detectron2 models: an image batched with an image of the
+MODEL.NONLOCAL.VALID_REGION on whole Detectron2 models: an image batched with an image of the
 other orientation (both padded) against the model whose non-local blocks are run by hand on each
-image's valid crop (nonlocal_det.analysis.padding, which tools/padding_check.py runs for
-docs/padding.md's table).
+image's valid crop (nonlocal_det.analysis.valid_region, which tools/valid_region_check.py runs for
+docs/valid_region.md's table).
 """
 
 import os
+import re
 
 import pytest
 import torch
@@ -17,9 +18,9 @@ pytestmark = pytest.mark.detectron2
 
 @pytest.fixture(scope="module")
 def images():
-    from nonlocal_det.analysis import padding as padding_check
+    from nonlocal_det.analysis import valid_region as valid_region_check
 
-    return padding_check.random_image(160, 224, seed=1), padding_check.random_image(
+    return valid_region_check.random_image(160, 224, seed=1), valid_region_check.random_image(
         224, 160, seed=2
     )
 
@@ -33,7 +34,7 @@ def images():
     ],
 )
 def test_key_on_computes_each_image_on_its_valid_crop(images, config, norm):
-    from nonlocal_det.analysis import padding as pc
+    from nonlocal_det.analysis import valid_region as pc
 
     image, mate = images
     off = pc.build_model(os.path.join(CONFIG_DIR, config), norm, False, [image, mate])
@@ -55,12 +56,12 @@ def test_key_on_computes_each_image_on_its_valid_crop(images, config, norm):
 
 
 def test_key_off_and_stock_meta_architecture_attend_over_the_padding(images):
-    """MASK_PADDING False is Detectron2's meta-architecture: the same outputs, padding included."""
+    """VALID_REGION False is Detectron2's meta-architecture: the same outputs, padding included."""
     from detectron2.modeling import build_model
 
     image, mate = images
     torch.manual_seed(0)
-    off = build_model(load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.NONLOCAL.MASK_PADDING", "False"))
+    off = build_model(load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.NONLOCAL.VALID_REGION", "False"))
     stock_cfg = load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.META_ARCHITECTURE", "GeneralizedRCNN")
     stock = build_model(stock_cfg)
     stock.load_state_dict(off.state_dict())
@@ -75,14 +76,33 @@ def test_key_off_and_stock_meta_architecture_attend_over_the_padding(images):
         assert torch.equal(x["instances"].pred_boxes.tensor, y["instances"].pred_boxes.tensor)
 
 
-def test_stock_meta_architecture_with_key_on_warns(caplog):
+@pytest.mark.parametrize(
+    "meta_architecture,advice",
+    [
+        (
+            "GeneralizedRCNN",
+            "set MODEL.META_ARCHITECTURE 'NonLocalGeneralizedRCNN' (the same model)",
+        ),
+        ("RetinaNet", "set MODEL.META_ARCHITECTURE 'NonLocalRetinaNet' (the same model)"),
+        ("SemanticSegmentor", "'NonLocalSemanticSegmentor' (the same model)"),
+        ("PanopticFPN", "'NonLocalPanopticFPN' (the same model)"),
+        ("MyOwnMetaArchitecture", "no valid-region version of 'MyOwnMetaArchitecture'"),
+    ],
+)
+def test_stock_meta_architecture_with_key_on_warns_without_dropping_a_head(
+    caplog, meta_architecture, advice
+):
+    """The advice names our version of the same meta-architecture only, else the key to turn off."""
     from detectron2.modeling import build_backbone
 
-    build_backbone(load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.META_ARCHITECTURE", "GeneralizedRCNN"))
-    assert "MODEL.META_ARCHITECTURE='NonLocalGeneralizedRCNN'" in caplog.text
+    build_backbone(load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.META_ARCHITECTURE", meta_architecture))
+    assert advice in caplog.text
+    assert "MODEL.NONLOCAL.VALID_REGION False" in caplog.text
+    named = re.findall(r"MODEL\.META_ARCHITECTURE '(\w+)'", caplog.text)
+    assert named in ([], [f"NonLocal{meta_architecture}"])
     caplog.clear()
     build_backbone(load_cfg("mask_rcnn_R50_NL.yaml"))
-    assert "MASK_PADDING" not in caplog.text
+    assert "VALID_REGION" not in caplog.text
 
 
 def test_unpadded_batches_train_bit_identically_with_the_key_on_or_off():
@@ -93,9 +113,9 @@ def test_unpadded_batches_train_bit_identically_with_the_key_on_or_off():
 
     batch = [training_input(192, 256, num_classes=4, seed=s) for s in range(2)]
     losses, grads = [], []
-    for mask_padding in (True, False):
+    for valid_region in (True, False):
         torch.manual_seed(0)
-        cfg = load_cfg("quickstart.yaml", "MODEL.NONLOCAL.MASK_PADDING", str(mask_padding))
+        cfg = load_cfg("quickstart.yaml", "MODEL.NONLOCAL.VALID_REGION", str(valid_region))
         cfg.MODEL.NONLOCAL.INIT = "small"  # non-identity blocks from the start
         model = build_model(cfg).train()
         torch.manual_seed(1)

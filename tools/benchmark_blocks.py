@@ -335,7 +335,7 @@ def padding_table(run, args):
         "",
         f"C={channels}, a {h}×{w} map whose last {w - PADDED_VALID_WIDTH} columns are padding "
         f"(valid {h}×{PADDED_VALID_WIDTH}, a third of the keys padded), batch 1, forward + "
-        "backward. *padded*: the block given the valid size (MODEL.NONLOCAL.MASK_PADDING); "
+        "backward. *padded*: the block given the valid size (MODEL.NONLOCAL.VALID_REGION); "
         "*crop*: the same block on the valid crop alone (no padding: the cost to match); "
         "*masked SDPA*: the alternative for softmax modes, attention over the whole padded map "
         "with the padded keys masked in torch's fused attention. Medians as in benchmarks.md.",

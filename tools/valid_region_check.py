@@ -3,21 +3,22 @@
 Does an image's output depend on its batch-mates? An image alone vs batched with an image of the
 other orientation (so both are padded), on NL R50-FPN Mask R-CNN with random weights, the
 non-local blocks made non-identity, FrozenBN backbone, in eval mode
-(``nonlocal_det.analysis.padding``).
+(``nonlocal_det.analysis.valid_region``).
 
 Per row: the interior change of the image's res4 features (its valid region less a margin of
 4 cells, L2 relative to the whole map's), and the share of its detections found again when
 batched (same class, IoU > 0.99, score within 1e-3). Models:
 
 - ``stock``: Detectron2's R50-FPN Mask R-CNN (no block): the convolutions' own border effects.
-- ``key off``: +1 NL block attending over the padded map (MODEL.NONLOCAL.MASK_PADDING False).
-- ``key on``: the same weights with MASK_PADDING True.
+- ``key off``: +1 NL block attending over the padded map (MODEL.NONLOCAL.VALID_REGION False).
+- ``key on``: the same weights with VALID_REGION True.
 - ``crop reference``: key off, with every non-local block run by hand on each image's valid crop
   (what exact masking must reproduce); ``key on vs reference`` is the relative L2 between the
   key-on and the reference's batched res4 features.
 
-    python tools/padding_check.py                     # both size pairs, GN and BN; prints a table
-    python tools/padding_check.py --pairs 320x480:480x320 --norms GN --output output/padding.md
+    python tools/valid_region_check.py   # both size pairs, GN and BN; prints a table
+    python tools/valid_region_check.py --pairs 320x480:480x320 --norms GN \
+        --output output/valid_region.md
 """
 
 import argparse
@@ -26,7 +27,7 @@ import sys
 
 import torch
 
-from nonlocal_det.analysis.padding import measure, table
+from nonlocal_det.analysis.valid_region import measure, table
 from nonlocal_det.utils.tables import write_text
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")

@@ -71,7 +71,7 @@ def _has_blocks(module) -> bool:
 def capture_input(block):
     """
     Record the block's input as ``store["x"]``: cropped to the image's valid region when the
-    model passed valid sizes (MODEL.NONLOCAL.MASK_PADDING), as the block computed it.
+    model passed valid sizes (MODEL.NONLOCAL.VALID_REGION), as the block computed it.
     """
     store = {}
 

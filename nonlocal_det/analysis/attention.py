@@ -64,7 +64,7 @@ def query_maps(block, x: torch.Tensor, valid_size=None) -> torch.Tensor:
         block: a ``NonLocalBlock2d``.
         x: (1, C, H, W), the block's input for one image (or one RoI).
         valid_size: (h, w) of the image's valid region on this grid (None: the whole grid); the
-            maps are those of the block computed on that region, as MODEL.NONLOCAL.MASK_PADDING
+            maps are those of the block computed on that region, as MODEL.NONLOCAL.VALID_REGION
             computes them.
     Returns:
         (Q, M) with Q = h * w queries, rows summing to 1.
@@ -112,7 +112,7 @@ def cue_mass(maps: torch.Tensor, cue: torch.Tensor) -> Dict[str, float]:
 class BlockInputs:
     """
     Records the inputs of chosen non-local blocks during a model call, with the valid size each
-    was given (``valid_sizes`` of MODEL.NONLOCAL.MASK_PADDING; None for the whole map).
+    was given (``valid_sizes`` of MODEL.NONLOCAL.VALID_REGION; None for the whole map).
 
         with BlockInputs({"res4": block}) as inputs:
             model(batch)

@@ -1,5 +1,6 @@
 """
-Does an image's output depend on its batch-mates? (tools/padding_check.py, docs/padding.md)
+Does an image's output depend on its batch-mates?
+(tools/valid_region_check.py, docs/valid_region.md)
 
 An image alone vs batched with an image of the other orientation (so both are padded), on a
 config's model with random weights, the non-local blocks made non-identity (``open_blocks``), a
@@ -32,7 +33,7 @@ FAR_MARGIN = 9
 RES4_STRIDE = 16
 
 
-def build_model(config_file: str, norm: str, mask_padding: bool, calibration_images, seed: int = 0):
+def build_model(config_file: str, norm: str, valid_region: bool, calibration_images, seed: int = 0):
     """
     ``config_file``'s model on CPU with random weights (seeded) and a FrozenBN backbone, in eval
     mode.
@@ -50,7 +51,7 @@ def build_model(config_file: str, norm: str, mask_padding: bool, calibration_ima
 
     backbone_norm = "FrozenBN" if calibration_images is None else "BN"
     opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.NONLOCAL.NORM", norm]
-    opts += ["MODEL.NONLOCAL.MASK_PADDING", str(mask_padding), "MODEL.RESNETS.NORM", backbone_norm]
+    opts += ["MODEL.NONLOCAL.VALID_REGION", str(valid_region), "MODEL.RESNETS.NORM", backbone_norm]
     opts += ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"]
     cfg = get_nonlocal_cfg(config_file, opts)
     torch.manual_seed(seed)

@@ -1,6 +1,7 @@
-"""Detectron2 models with non-local blocks; importing this registers them."""
+"""Detectron2 models with blocks of the non-local family; importing this registers them."""
 
 from .backbone import (
+    block_strides,
     build_nonlocal_backbone,
     build_resnet_nl_backbone,
     build_resnet_nl_fpn_backbone,
@@ -9,19 +10,26 @@ from .backbone import (
     insert_nonlocal_blocks,
     make_nonlocal_stages,
     nonlocal_positions_from_cfg,
-    resnet_block_args_from_cfg,
 )
-from .block_factory import nonlocal_block_factory
+from .block_factory import context_block_factory, nonlocal_block_factory
 from .keypoint_head import KRCNNConvDeconvUpsampleNLHead
-from .meta_arch import NonLocalGeneralizedRCNN, NonLocalRetinaNet, valid_sizes_in_blocks
+from .meta_arch import (
+    NonLocalGeneralizedRCNN,
+    NonLocalPanopticFPN,
+    NonLocalRetinaNet,
+    NonLocalSemanticSegmentor,
+    valid_sizes_in_blocks,
+)
 from .resnet_blocks import (
     NonLocalBasicBlock,
     NonLocalBottleneckBlock,
     NonLocalDeformBottleneckBlock,
     NonLocalMixin,
+    attached_variant,
 )
 
 __all__ = [
+    "block_strides",
     "build_nonlocal_backbone",
     "build_resnet_nl_backbone",
     "build_resnet_nl_fpn_backbone",
@@ -30,14 +38,17 @@ __all__ = [
     "insert_nonlocal_blocks",
     "make_nonlocal_stages",
     "nonlocal_positions_from_cfg",
-    "resnet_block_args_from_cfg",
+    "context_block_factory",
     "nonlocal_block_factory",
     "KRCNNConvDeconvUpsampleNLHead",
     "NonLocalGeneralizedRCNN",
     "NonLocalRetinaNet",
+    "NonLocalSemanticSegmentor",
+    "NonLocalPanopticFPN",
     "valid_sizes_in_blocks",
     "NonLocalBasicBlock",
     "NonLocalBottleneckBlock",
     "NonLocalDeformBottleneckBlock",
     "NonLocalMixin",
+    "attached_variant",
 ]

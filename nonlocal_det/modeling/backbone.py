@@ -1,37 +1,40 @@
 """
-Non-local blocks in any registered Detectron2 backbone built around Detectron2's ResNet.
+Blocks of the non-local family in any registered Detectron2 backbone built around Detectron2's
+ResNet.
 
 ``build_nonlocal_backbone`` builds the backbone ``MODEL.NONLOCAL.BACKBONE_NAME`` names (ResNet
 for C4 models, ResNet-FPN, RetinaNet's ResNet-FPN with P6/P7, ...), finds its ResNet (the
-backbone itself or its ``bottom_up``) and replaces the residual blocks ``MODEL.NONLOCAL.RES2``
-... ``RES5`` choose by their non-local variants (``resnet_blocks.py``), rebuilt from
-``MODEL.RESNETS`` with the same weights. ``make_nonlocal_stages`` does the same for a
-LazyConfig's ``ResNet(stages=...)``. Nothing else of the backbone changes, so its outputs,
-names and checkpoint keys are the stock ones plus ``<stage>.<index>.nonlocal_block.*``.
+backbone itself or its ``bottom_up``) and rebuilds the residual blocks that get a block as their
+variants (``resnet_blocks.py``), from the blocks as built and with their weights: a non-local
+block (MODEL.NONLOCAL.BLOCK) after the blocks MODEL.NONLOCAL.RES2 ... RES5 name, a GC block in
+every residual block of MODEL.NONLOCAL.GC.STAGES. ``make_nonlocal_stages`` does the same for a
+LazyConfig's ``ResNet(stages=...)`` and ``insert_nonlocal_blocks`` for any ResNet's stages.
+Nothing else of the backbone changes, so its outputs, names and checkpoint keys are the stock
+ones plus ``<stage>.<index>.nonlocal_block.*`` / ``.context_block.*``.
 """
 
 import logging
-from typing import Callable, Dict, List, MutableSequence, Sequence
+from typing import Callable, Dict, List, MutableSequence, Optional, Sequence
 
 from detectron2.layers import CNNBlockBase, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone import ResNet
 from torch import nn
 
-from ..config import PADDING_AWARE_META_ARCHITECTURES
+from ..config import VALID_REGION_META_ARCHITECTURES
 from ..errors import ConfigError
-from .block_factory import nonlocal_block_factory
-from .resnet_blocks import NonLocalMixin, nonlocal_variant
+from .block_factory import context_block_factory, nonlocal_block_factory
+from .resnet_blocks import NONLOCAL_VARIANTS, NonLocalMixin, attached_variant
 
 __all__ = [
     "build_nonlocal_backbone",
     "build_resnet_nl_backbone",
     "build_resnet_nl_fpn_backbone",
     "find_resnet",
+    "block_strides",
     "insert_nonlocal_blocks",
     "make_nonlocal_stages",
     "nonlocal_positions_from_cfg",
-    "resnet_block_args_from_cfg",
 ]
 
 logger = logging.getLogger(__name__)
@@ -46,29 +49,6 @@ def nonlocal_positions_from_cfg(cfg) -> Dict[str, List[int]]:
         if indices:
             positions[stage] = indices
     return positions
-
-
-def resnet_block_args_from_cfg(cfg, stage: str) -> Dict:
-    """
-    The arguments besides in/out channels and stride that Detectron2's ``build_resnet_backbone``
-    gives the blocks of ``stage``, read from MODEL.RESNETS.
-    """
-    resnets = cfg.MODEL.RESNETS
-    if resnets.DEPTH in (18, 34):
-        return {"norm": resnets.NORM}
-    index = STAGE_NAMES.index(stage)
-    args = {
-        "norm": resnets.NORM,
-        "bottleneck_channels": resnets.NUM_GROUPS * resnets.WIDTH_PER_GROUP * 2**index,
-        "num_groups": resnets.NUM_GROUPS,
-        "stride_in_1x1": resnets.STRIDE_IN_1X1,
-        "dilation": resnets.RES5_DILATION if stage == "res5" else 1,
-    }
-    if resnets.DEFORM_ON_PER_STAGE[index]:
-        args.update(
-            deform_modulated=resnets.DEFORM_MODULATED, deform_num_groups=resnets.DEFORM_NUM_GROUPS
-        )
-    return args
 
 
 def _resolve_indices(stage: str, indices: Sequence[int], num_blocks: int, key: str) -> List[int]:
@@ -89,17 +69,32 @@ def _resolve_indices(stage: str, indices: Sequence[int], num_blocks: int, key: s
     return sorted(resolved)
 
 
+def _check_stages(stages, wanted: Sequence[str], key: str) -> None:
+    for stage in wanted:
+        if stage not in STAGE_NAMES:
+            raise ConfigError(f"{key}: unknown stage {stage!r}; expected one of {STAGE_NAMES}")
+        if stage not in stages:
+            raise ConfigError(
+                f"{key} places blocks in {stage}, but this ResNet builds only {list(stages)} (in "
+                f"C4 models res5 is part of the RoI head). Leave {stage} out of {key} or output "
+                "a later stage (MODEL.RESNETS.OUT_FEATURES)."
+            )
+
+
 def insert_nonlocal_blocks(
     stages: Dict[str, MutableSequence[CNNBlockBase]],
     positions: Dict[str, Sequence[int]],
-    nonlocal_block: Callable[[int], nn.Module],
-    block_args: Callable[[str], Dict],
+    nonlocal_block: Optional[Callable[[int], nn.Module]],
     *,
-    key_of: Callable[[str], str],
-    source: str,
+    context_stages: Sequence[str] = (),
+    context_block: Optional[Callable[[int], nn.Module]] = None,
+    key_of: Callable[[str], str] = lambda stage: f"positions[{stage!r}]",
+    context_key: str = "context_stages",
 ) -> List[str]:
     """
-    Replace chosen residual blocks, in place, by their non-local variants (``nonlocal_variant``).
+    Rebuild, in place, the residual blocks that get a block as their variants
+    (``attached_variant``): a non-local block after the blocks ``positions`` name, a context
+    (GC) block inside every block of ``context_stages``.
 
     Args:
         stages: {"res2": blocks, ...}: a ResNet's stages (``nn.Sequential``) or the lists of
@@ -107,39 +102,64 @@ def insert_nonlocal_blocks(
         positions: {"res4": [-2], ...}: indices of the blocks after which a non-local block
             runs; negative indices count from the stage's end.
         nonlocal_block: ``channels -> nn.Module``, e.g. ``nonlocal_block_factory(cfg)``.
-        block_args: ``stage -> arguments`` the stage's blocks were built with, besides in/out
-            channels and stride.
-        key_of: ``stage -> the name of its positions`` in errors (``"MODEL.NONLOCAL.RES4"``).
-        source: where ``block_args`` come from, for errors.
+        context_stages: stages in every residual block of which a context block runs.
+        context_block: ``channels -> nn.Module``, e.g. ``context_block_factory(cfg)``.
+        key_of, context_key: the names of the positions and of the context stages in errors
+            (``"MODEL.NONLOCAL.RES4"``, ``"MODEL.NONLOCAL.GC.STAGES"``).
 
     Returns:
-        The names of the replaced blocks, e.g. ``["res4.21"]``.
+        The names of the rebuilt blocks, e.g. ``["res4.21"]``.
     """
     for stage, indices in positions.items():
-        if stage not in STAGE_NAMES:
-            raise ConfigError(
-                f"Unknown stage {stage!r} in non-local positions; expected one of {STAGE_NAMES}"
-            )
-        if stage not in stages:
-            raise ConfigError(
-                f"{key_of(stage)} = {list(indices)} places non-local blocks in {stage}, but this "
-                f"ResNet builds only {list(stages)} (in C4 models res5 is part of the RoI head). "
-                f"Clear {key_of(stage)} or output a later stage (MODEL.RESNETS.OUT_FEATURES)."
-            )
-    replaced = []
+        _check_stages(stages, [stage], f"{key_of(stage)} = {list(indices)}")
+    _check_stages(stages, context_stages, f"{context_key} = {list(context_stages)}")
+    chosen: Dict[str, Dict[int, Dict]] = {}
     for stage, indices in positions.items():
+        for index in _resolve_indices(stage, indices, len(stages[stage]), key_of(stage)):
+            chosen.setdefault(stage, {})[index] = {"nonlocal": True}
+    for stage in context_stages:
+        for index in range(len(stages[stage])):
+            chosen.setdefault(stage, {}).setdefault(index, {})["context"] = True
+    extendable = [
+        name for name, blocks in stages.items() if all(type(b) in NONLOCAL_VARIANTS for b in blocks)
+    ]
+    replaced = []
+    for stage, indices in chosen.items():
         blocks = stages[stage]
-        for index in _resolve_indices(stage, indices, len(blocks), key_of(stage)):
+        for index in sorted(indices):
             where = f"{stage}.{index}"
-            blocks[index] = nonlocal_variant(
-                blocks[index],
-                nonlocal_block(blocks[index].out_channels),
-                block_args(stage),
+            block = blocks[index]
+            if type(block) not in NONLOCAL_VARIANTS:
+                keys = [key_of(stage)] if stage in positions else []
+                keys += [context_key] if stage in context_stages else []
+                raise ConfigError(
+                    f"{' and '.join(keys)} place blocks in {stage}, whose block {where} is a "
+                    f"{type(block).__module__}.{type(block).__qualname__}: the non-local family "
+                    f"attaches to Detectron2's {', '.join(c.__name__ for c in NONLOCAL_VARIANTS)}. "
+                    f"Stages of this ResNet that take them: {extendable or 'none'}."
+                )
+            blocks[index] = attached_variant(
+                block,
+                nonlocal_block=nonlocal_block(block.out_channels)
+                if indices[index].get("nonlocal")
+                else None,
+                context_block=context_block(block.out_channels)
+                if indices[index].get("context")
+                else None,
                 where=where,
-                source=source,
             )
             replaced.append(where)
     return replaced
+
+
+def block_strides(resnet: ResNet) -> Dict[nn.Module, int]:
+    """Each residual block of ``resnet`` -> the stride of its output on the input image."""
+    strides, stride = {}, resnet.stem.stride
+    for stage in resnet.stages:
+        for block in stage:
+            stride *= block.stride
+            strides[block] = stride
+    return strides
 
 
 def find_resnet(backbone: nn.Module) -> ResNet:
@@ -229,25 +249,29 @@ def head_feature_mismatch(cfg, backbone=None, detail: str = None):
     )
 
 
-def _warn_if_padding_not_masked(cfg) -> None:
+def _warn_if_valid_region_not_computed(cfg) -> None:
+    """
+    With MODEL.NONLOCAL.VALID_REGION on, a meta-architecture that does not pass the images' valid
+    sizes leaves the blocks attending over the padding: say so, and name our meta-architecture
+    only where one exists for this family (one that keeps every head of the stock one).
+    """
     meta_architecture = cfg.MODEL.META_ARCHITECTURE
-    if (
-        cfg.MODEL.NONLOCAL.MASK_PADDING
-        and meta_architecture not in PADDING_AWARE_META_ARCHITECTURES
-    ):
-        stock_to_ours = {
-            "GeneralizedRCNN": "NonLocalGeneralizedRCNN",
-            "RetinaNet": "NonLocalRetinaNet",
-        }
-        ours = stock_to_ours.get(meta_architecture, "NonLocalGeneralizedRCNN")
-        logger.warning(
-            "MODEL.NONLOCAL.MASK_PADDING is True, but "
-            f"MODEL.META_ARCHITECTURE={meta_architecture!r} "
-            "does not pass the images' valid sizes to the non-local blocks: they attend over the "
-            "padded map, so an image's detections depend on its batch-mates. Set "
-            f"MODEL.META_ARCHITECTURE={ours!r}, "
-            "or MODEL.NONLOCAL.MASK_PADDING False to attend over the padding on purpose."
+    if not cfg.MODEL.NONLOCAL.VALID_REGION or meta_architecture in VALID_REGION_META_ARCHITECTURES:
+        return
+    ours = {stock: ours for ours, stock in VALID_REGION_META_ARCHITECTURES.items()}
+    fix = "set MODEL.NONLOCAL.VALID_REGION False to attend over the padding on purpose"
+    if meta_architecture in ours:
+        fix = f"set MODEL.META_ARCHITECTURE {ours[meta_architecture]!r} (the same model), or {fix}"
+    else:
+        fix = (
+            f"nonlocal_det has no valid-region version of {meta_architecture!r} (it has one of "
+            f"{sorted(ours)}); {fix}"
         )
+    logger.warning(
+        f"MODEL.NONLOCAL.VALID_REGION is True, but MODEL.META_ARCHITECTURE={meta_architecture!r} "
+        "does not pass the images' valid sizes to the backbone's blocks: they attend over the "
+        f"padded map, so an image's outputs depend on its batch-mates. To silence this, {fix}."
+    )
 
 
 def _build_nonlocal_backbone(
@@ -263,23 +287,27 @@ def _build_nonlocal_backbone(
             f"{name_key}={backbone_name!r} is not a registered backbone; registered: "
             f"{sorted(name for name, _ in BACKBONE_REGISTRY)}"
         )
-    nonlocal_block = nonlocal_block_factory(cfg)  # checks MODEL.NONLOCAL before anything is built
-    _warn_if_padding_not_masked(cfg)
+    # every MODEL.NONLOCAL value is checked before anything is built
+    positions = nonlocal_positions_from_cfg(cfg)
+    nonlocal_block = nonlocal_block_factory(cfg)
+    context_stages = list(cfg.MODEL.NONLOCAL.GC.STAGES)
+    context_block = context_block_factory(cfg)
+    _warn_if_valid_region_not_computed(cfg)
     backbone = _build_for_the_heads(cfg, input_shape, backbone_name, name_key)
     resnet = find_resnet(backbone)
     if resnet is None:
         raise ConfigError(
             f"{name_key}={backbone_name!r} builds a {type(backbone).__name__} with no Detectron2 "
-            "ResNet "
-            "(neither the backbone nor its bottom_up); non-local blocks attach to ResNet stages."
+            "ResNet (neither the backbone nor its bottom_up); the blocks attach to ResNet stages."
         )
     replaced = insert_nonlocal_blocks(
         dict(zip(resnet.stage_names, resnet.stages)),
-        nonlocal_positions_from_cfg(cfg),
+        positions,
         nonlocal_block,
-        lambda stage: resnet_block_args_from_cfg(cfg, stage),
+        context_stages=context_stages,
+        context_block=context_block,
         key_of=lambda stage: f"MODEL.NONLOCAL.{stage.upper()}",
-        source="MODEL.RESNETS",
+        context_key="MODEL.NONLOCAL.GC.STAGES",
     )
     for where in replaced:
         stage, index = where.split(".")
@@ -290,11 +318,15 @@ def _build_nonlocal_backbone(
             if frozen
             else "trainable"
         )
-        logger.info(
-            f"Non-local block {type(block.nonlocal_block).__name__} ({block.out_channels} "
-            "channels) "
-            f"after {where}: {state}"
-        )
+        attached = [
+            f"{type(module).__name__} {placement}"
+            for module, placement in (
+                (block.context_block, "on its residual branch"),
+                (block.nonlocal_block, "after it"),
+            )
+            if module is not None
+        ]
+        logger.info(f"{where} ({block.out_channels} channels): {', '.join(attached)}; {state}")
     return backbone
 
 
@@ -332,47 +364,39 @@ def make_nonlocal_stages(
     depth: int,
     *,
     nonlocal_positions: Dict[str, Sequence[int]],
-    nonlocal_block: Callable[[int], nn.Module],
+    nonlocal_block: Optional[Callable[[int], nn.Module]] = None,
+    context_stages: Sequence[str] = (),
+    context_block: Optional[Callable[[int], nn.Module]] = None,
     block_class=None,
     **kwargs,
 ) -> List[List[CNNBlockBase]]:
     """
-    ``ResNet.make_default_stages`` with non-local blocks, for a LazyConfig's
+    ``ResNet.make_default_stages`` with blocks of the non-local family, for a LazyConfig's
     ``L(ResNet)(stages=L(make_nonlocal_stages)(...))``.
 
     Args:
         depth, block_class, kwargs: as for ``ResNet.make_default_stages``.
-        nonlocal_positions: {"res4": [-2], ...}, as in ``insert_nonlocal_blocks``.
-        nonlocal_block: ``channels -> nn.Module``, e.g.
-            ``L(nonlocal_block_factory)(block="NL", mode="embedded_gaussian", norm="GN")``.
+        nonlocal_positions, nonlocal_block, context_stages, context_block: as in
+            ``insert_nonlocal_blocks``; e.g. ``nonlocal_positions={"res4": [-2]}``,
+            ``nonlocal_block=L(nonlocal_block_factory)(block="NL", norm="GN")``.
 
     Returns:
         list of stages, for ``ResNet(stem, stages, ...)``, whose ``freeze_at`` freezes a frozen
-        stage's non-local blocks with it.
+        stage's attached blocks with it.
     """
     stages = ResNet.make_default_stages(depth, block_class=block_class, **kwargs)
-
-    def block_args(stage):
-        if depth < 50:
-            return kwargs
-        # make_default_stages' bottleneck width: a quarter of the stage's output channels
-        return {
-            **kwargs,
-            "bottleneck_channels": stages[STAGE_NAMES.index(stage)][0].out_channels // 4,
-        }
-
     replaced = insert_nonlocal_blocks(
         dict(zip(STAGE_NAMES, stages)),
         nonlocal_positions,
         nonlocal_block,
-        block_args,
+        context_stages=context_stages,
+        context_block=context_block,
         key_of=lambda stage: f"nonlocal_positions[{stage!r}]",
-        source="make_nonlocal_stages' arguments",
     )
-    logger.info(f"Non-local blocks after {', '.join(replaced)}")
+    logger.info(f"Blocks of the non-local family in {', '.join(replaced)}")
     return stages
 
 
 def has_nonlocal(block: nn.Module) -> bool:
-    """Whether a residual block runs a non-local block after itself."""
+    """Whether a residual block has a block of the non-local family attached."""
     return isinstance(block, NonLocalMixin)

@@ -1,18 +1,32 @@
 """
-Detectron2's residual blocks followed by a non-local block.
+Detectron2's residual blocks with blocks of the non-local family attached, rebuilt from the
+block a ResNet builder actually built.
 
-``NonLocalBasicBlock``, ``NonLocalBottleneckBlock`` (ResNeXt too: it is the bottleneck with
-groups) and ``NonLocalDeformBottleneckBlock`` take their parent's arguments plus
-``nonlocal_block``, a built module. The parent's parameters keep their names and the new ones
-sit under ``nonlocal_block.*``, so in ``res4.21`` of a ResNet the block's checkpoint keys are
-``res4.21.conv1.weight`` ... and ``res4.21.nonlocal_block.theta.weight`` ...; a stock
-checkpoint loads with only the ``nonlocal_block`` keys missing. ``CNNBlockBase.freeze`` (what
-``ResNet`` calls for the stages below FREEZE_AT) freezes the non-local block with the rest.
+A variant (``NonLocalBasicBlock``, ``NonLocalBottleneckBlock`` (ResNeXt too: the bottleneck with
+groups), ``NonLocalDeformBottleneckBlock``) takes its parent's arguments plus up to two built
+modules:
+
+- ``context_block`` (GC), on the residual branch after its last conv and norm, before the
+  shortcut is added: GCNet's placement (Cao et al., sec. 4.3);
+- ``nonlocal_block`` (NL, CGNL, DNL), on the block's output: Wang et al.'s placement.
+
+The parent's parameters keep their names and the new ones sit under ``context_block.*`` and
+``nonlocal_block.*``, so in ``res4.21`` the checkpoint keys are ``res4.21.conv1.weight`` ...
+and ``res4.21.nonlocal_block.theta.weight`` ...; a stock checkpoint loads with only the new
+keys missing. ``CNNBlockBase.freeze`` (what ``ResNet`` calls for the stages below FREEZE_AT)
+freezes the attached blocks with the rest.
+
+``attached_variant`` rebuilds a built block as its variant from the block itself (its
+convolutions' channels, stride, dilation, groups, norm and deformable settings), whatever built
+it: Detectron2's ``build_resnet_backbone``, DeepLab's dilated ResNet with multi-grid, a
+LazyConfig's stages or a user's own builder.
 """
 
-from typing import Dict
+from typing import Dict, Optional
 
-from detectron2.layers import CNNBlockBase
+import torch
+import torch.nn.functional as F
+from detectron2.layers import CNNBlockBase, get_norm
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock, DeformBottleneckBlock
 from torch import nn
 
@@ -24,109 +38,178 @@ __all__ = [
     "NonLocalBottleneckBlock",
     "NonLocalDeformBottleneckBlock",
     "NONLOCAL_VARIANTS",
-    "nonlocal_variant",
+    "attached_variant",
+    "built_block_arguments",
 ]
 
 
 class NonLocalMixin:
     """
-    The non-local part of a residual block's non-local variant, placed before a ``CNNBlockBase``
-    subclass: the block's own forward, then ``nonlocal_block`` on its output,
-    (B, C_in, H, W) -> (B, C_out, H / stride, W / stride).
+    What a residual block's variant adds, placed before a ``CNNBlockBase`` subclass that
+    defines ``residual_branch(x)``: (B, C_in, H, W) -> (B, C_out, H / stride, W / stride) as
+    the block, with ``context_block`` on its residual branch and ``nonlocal_block`` after it
+    (either may be None).
 
     ``valid_sizes``: None, or per image of the batch being computed, its valid (h, w) on this
-    block's output grid, passed to ``nonlocal_block``; set only for the duration of one model
-    call by ``meta_arch.valid_sizes_in_blocks``.
+    block's output grid, passed to both blocks; set only for the duration of one model call by
+    ``meta_arch.valid_sizes_in_blocks``.
     """
 
-    def __init__(self, *args, nonlocal_block: nn.Module, **kwargs):
+    def __init__(
+        self,
+        *args,
+        nonlocal_block: Optional[nn.Module] = None,
+        context_block: Optional[nn.Module] = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
+        if nonlocal_block is None and context_block is None:
+            raise ValueError("a non-local variant needs a nonlocal_block, a context_block or both")
+        self.context_block = context_block
         self.nonlocal_block = nonlocal_block
         self.valid_sizes = None
 
+    def residual_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's convolutions up to its last conv and norm, before the shortcut's sum."""
+        raise NotImplementedError
+
     def forward(self, x):
-        y = super().forward(x)
-        if self.valid_sizes is None:
-            return self.nonlocal_block(y)
-        return self.nonlocal_block(y, valid_sizes=self.valid_sizes)
+        sizes = {} if self.valid_sizes is None else {"valid_sizes": self.valid_sizes}
+        if self.context_block is None:
+            out = super().forward(x)
+        else:
+            branch = self.context_block(self.residual_branch(x), **sizes)
+            shortcut = x if self.shortcut is None else self.shortcut(x)
+            out = F.relu_(branch + shortcut)
+        if self.nonlocal_block is not None:
+            out = self.nonlocal_block(out, **sizes)
+        return out
 
 
 class NonLocalBasicBlock(NonLocalMixin, BasicBlock):
-    """Detectron2's ``BasicBlock`` (R18, R34), then ``nonlocal_block``."""
+    """Detectron2's ``BasicBlock`` (R18, R34) with the attached blocks."""
+
+    def residual_branch(self, x):
+        return self.conv2(F.relu_(self.conv1(x)))
 
 
 class NonLocalBottleneckBlock(NonLocalMixin, BottleneckBlock):
-    """Detectron2's ``BottleneckBlock`` (R50 and deeper, ResNeXt), then ``nonlocal_block``."""
+    """Detectron2's ``BottleneckBlock`` (R50 and deeper, ResNeXt) with the attached blocks."""
+
+    def residual_branch(self, x):
+        return self.conv3(F.relu_(self.conv2(F.relu_(self.conv1(x)))))
 
 
 class NonLocalDeformBottleneckBlock(NonLocalMixin, DeformBottleneckBlock):
-    """Detectron2's ``DeformBottleneckBlock`` (``DEFORM_ON_PER_STAGE``), then ``nonlocal_block``."""
+    """Detectron2's ``DeformBottleneckBlock`` (``DEFORM_ON_PER_STAGE``) with the attached blocks."""
+
+    def residual_branch(self, x):
+        out = F.relu_(self.conv1(x))
+        offsets = self.conv2_offset(out)
+        if self.deform_modulated:
+            offset_x, offset_y, mask = torch.chunk(offsets, 3, dim=1)
+            out = self.conv2(out, torch.cat((offset_x, offset_y), dim=1), mask.sigmoid())
+        else:
+            out = self.conv2(out, offsets)
+        return self.conv3(F.relu_(out))
 
 
-# Detectron2 block class -> its non-local variant.
+# Detectron2 block class -> its variant.
 NONLOCAL_VARIANTS = {
     BasicBlock: NonLocalBasicBlock,
     BottleneckBlock: NonLocalBottleneckBlock,
     DeformBottleneckBlock: NonLocalDeformBottleneckBlock,
 }
 
+# Detectron2's norm names (``detectron2.layers.get_norm``), the frozen one first.
+_NORM_NAMES = ("FrozenBN", "BN", "GN", "SyncBN", "nnSyncBN", "naiveSyncBN", "naiveSyncBN_N", "LN")
 
-def nonlocal_variant(
-    block: CNNBlockBase, nonlocal_block: nn.Module, block_args: Dict, *, where: str, source: str
-):
+
+def _norm_name(norm: Optional[nn.Module], where: str) -> str:
+    """The Detectron2 norm name that builds ``norm`` (compared by class, repr and stats mode)."""
+    if norm is None:
+        return ""
+    channels = norm.weight.shape[0]
+    for name in _NORM_NAMES:
+        candidate = get_norm(name, channels)
+        if (
+            type(candidate) is type(norm)
+            and repr(candidate) == repr(norm)
+            and getattr(candidate, "stats_mode", None) == getattr(norm, "stats_mode", None)
+        ):
+            return name
+    raise ConfigError(
+        f"{where}: its norm {norm!r} is none that Detectron2's get_norm builds by name "
+        f"{_NORM_NAMES}, so the block cannot be rebuilt with the non-local family attached."
+    )
+
+
+def built_block_arguments(block: CNNBlockBase, where: str) -> Dict:
     """
-    The non-local variant of a built block: a new block of ``NONLOCAL_VARIANTS[type(block)]``
-    built from ``block``'s in/out channels and stride plus ``block_args`` (the other arguments
-    ``block`` was built with), frozen if ``block`` is, holding ``block``'s weights, and running
-    ``nonlocal_block`` on its output.
+    The constructor arguments, besides in/out channels and stride, that build ``block`` (a
+    Detectron2 ``BasicBlock``, ``BottleneckBlock`` or ``DeformBottleneckBlock``), read from its
+    layers: norm, bottleneck width, groups, where the stride sits, dilation, deformable
+    settings.
+    """
+    args = {"norm": _norm_name(block.conv1.norm, where)}
+    if isinstance(block, BasicBlock):
+        return args
+    conv1, conv2 = block.conv1, block.conv2
+    args.update(
+        bottleneck_channels=conv1.out_channels,
+        num_groups=conv2.groups,
+        stride_in_1x1=tuple(conv1.stride) != (1, 1),
+        dilation=conv2.dilation[0],
+    )
+    if isinstance(block, DeformBottleneckBlock):
+        args.update(
+            deform_modulated=block.deform_modulated,
+            deform_num_groups=conv2.deformable_groups,
+        )
+    return args
 
-    Args:
-        block: a Detectron2 ``BasicBlock``, ``BottleneckBlock`` or ``DeformBottleneckBlock``.
-        nonlocal_block: the module to run after it.
-        block_args: e.g. ``{"norm": "FrozenBN", "bottleneck_channels": 256, "num_groups": 1,
-            "stride_in_1x1": True, "dilation": 1}``.
-        where: the block's name (``"res4.21"``), for errors.
-        source: where ``block_args`` come from (``"MODEL.RESNETS"``), for errors.
 
-    Raises:
-        ValueError if ``block`` is of another class, or if ``block_args`` do not rebuild
-        ``block`` exactly (another layer, stride, dilation, group count or norm).
+def attached_variant(
+    block: CNNBlockBase,
+    *,
+    nonlocal_block: Optional[nn.Module] = None,
+    context_block: Optional[nn.Module] = None,
+    where: str,
+) -> CNNBlockBase:
+    """
+    ``block`` rebuilt as its variant (``NONLOCAL_VARIANTS``) from its own layers
+    (``built_block_arguments``), frozen if ``block`` is, holding ``block``'s weights, with the
+    blocks attached. ``where`` (``"res4.21"``) names it in errors.
+
+    Raises ConfigError when ``block``'s class has no variant, or when the variant's layers
+    differ from ``block``'s (a builder that sets what Detectron2's blocks take no argument for).
     """
     variant = NONLOCAL_VARIANTS.get(type(block))
     if variant is None:
         raise ConfigError(
-            f"{where} is a {type(block).__module__}.{type(block).__qualname__}; non-local blocks "
-            "attach to "
-            f"Detectron2's {', '.join(c.__name__ for c in NONLOCAL_VARIANTS)} only. For another "
-            "block class, "
-            "define its variant as `class NonLocalMyBlock(NonLocalMixin, MyBlock)` "
-            "(nonlocal_det.modeling.resnet_blocks) and build the stage with it."
+            f"{where} is a {type(block).__module__}.{type(block).__qualname__}; the non-local "
+            f"family attaches to Detectron2's {', '.join(c.__name__ for c in NONLOCAL_VARIANTS)}."
         )
-    try:
-        rebuilt = variant(
-            in_channels=block.in_channels,
-            out_channels=block.out_channels,
-            stride=block.stride,
-            nonlocal_block=nonlocal_block,
-            **block_args,
-        )
-    except TypeError as e:  # arguments of another block class
-        raise ConfigError(
-            f"{where}: cannot rebuild this {type(block).__name__} from {source}: {e}"
-        ) from None
+    rebuilt = variant(
+        in_channels=block.in_channels,
+        out_channels=block.out_channels,
+        stride=block.stride,
+        nonlocal_block=nonlocal_block,
+        context_block=context_block,
+        **built_block_arguments(block, where),
+    )
     if not any(p.requires_grad for p in block.parameters()):
         rebuilt.freeze()
     for name, layer in block.named_children():
         built, expected = (" ".join(repr(m).split()) for m in (getattr(rebuilt, name, None), layer))
         if built != expected:
             raise ConfigError(
-                f"{where}: rebuilt from {source}, its {name} is {built}, but the backbone built "
-                f"{expected}. "
-                f"Non-local blocks attach to ResNets whose blocks are built from {source}, as "
-                "Detectron2's build_resnet_backbone builds them."
+                f"{where}: rebuilt from its own layers, its {name} is {built}, but the backbone "
+                f"built {expected}; this {type(block).__name__} was built with settings "
+                f"Detectron2's {type(block).__name__} takes no argument for."
             )
     incompatible = rebuilt.load_state_dict(block.state_dict(), strict=False)
     assert not incompatible.unexpected_keys and all(
-        k.startswith("nonlocal_block.") for k in incompatible.missing_keys
+        k.startswith(("nonlocal_block.", "context_block.")) for k in incompatible.missing_keys
     ), incompatible
-    return rebuilt
+    return rebuilt.train(block.training)
