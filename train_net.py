@@ -18,16 +18,15 @@ launcher, and user errors as one line.
 import os
 
 import detectron2.utils.comm as comm
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 
-from nonlocal_det.checkpoint import reading_weights
+from nonlocal_det.checkpoint import load_trained_weights, resume_checkpoint
 from nonlocal_det.config import config_kind, get_nonlocal_cfg
 from nonlocal_det.data.loading import check_datasets
 from nonlocal_det.engine import NonLocalDefaultTrainer as Trainer
 from nonlocal_det.engine import launch_reporting_errors, run_lazy_config, setup_nonlocal_logger
-from nonlocal_det.preflight import check_amp, check_weights
+from nonlocal_det.preflight import check_amp, check_output_dir, check_weights, check_world_size
 
 QUICKSTART_CONFIG = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "configs", "quickstart.yaml"
@@ -37,6 +36,8 @@ QUICKSTART_CONFIG = os.path.join(
 def setup(args):
     """The YAML config of ``args``, frozen, with Detectron2's and nonlocal_det's logging set up."""
     cfg = get_nonlocal_cfg(args.config_file, args.opts)
+    check_output_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    check_world_size(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH", comm.get_world_size())
     cfg.freeze()
     default_setup(cfg, args)
     setup_nonlocal_logger(cfg.OUTPUT_DIR, cfg.MODEL.DEVICE)
@@ -50,11 +51,15 @@ def main(args):
     check_datasets(cfg, args.eval_only)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        check_weights(cfg, resume=False)
-        with reading_weights("MODEL.WEIGHTS", cfg.MODEL.WEIGHTS):
-            DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-                cfg.MODEL.WEIGHTS, resume=args.resume
-            )
+        check_weights(cfg, resume=args.resume)
+        path = resume_checkpoint(cfg.OUTPUT_DIR) if args.resume else None
+        load_trained_weights(
+            model,
+            path or cfg.MODEL.WEIGHTS,
+            random_ok=args.allow_unmatched_weights,
+            key="--resume: checkpoint" if path else "MODEL.WEIGHTS",
+            flag="--allow-unmatched-weights",
+        )
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
@@ -63,7 +68,7 @@ def main(args):
     check_weights(cfg, resume=args.resume)
     check_amp(cfg)
     trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
+    trainer.resume_or_load(resume=args.resume, allow_unmatched=args.allow_unmatched_weights)
     return trainer.train()
 
 
@@ -71,6 +76,12 @@ def parse_args(argv=None):
     parser = default_argument_parser()
     parser.add_argument(
         "--debug", action="store_true", help="show tracebacks of user errors (NONLOCAL_DET_DEBUG=1)"
+    )
+    parser.add_argument(
+        "--allow-unmatched-weights",
+        action="store_true",
+        help="with --eval-only or --resume: load weights that leave parameters of the model "
+        "unloaded or carry others (refused by default: the model would be partly random)",
     )
     args = parser.parse_args(argv)
     if args.debug:

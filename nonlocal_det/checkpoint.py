@@ -1,10 +1,14 @@
-"""A DetectionCheckpointer whose files are never left half-written by a crash."""
+"""
+Checkpoints that are never left half-written by a crash, and weights loaded with errors that name
+the key and the fix.
+"""
 
 import contextlib
 import logging
 import os
 import pickle
 import zipfile
+from typing import List, Optional
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -15,41 +19,37 @@ from .io import atomic_write
 LAST_CHECKPOINT_FILE = "last_checkpoint"
 
 
-class AtomicDetectionCheckpointer(DetectionCheckpointer):
+class _AtomicWrites:
     """
-    Detectron2's checkpointer, with ``model_*.pth`` and ``last_checkpoint`` written atomically
-    (:func:`atomic_write`), so that ``--resume`` after a SIGKILL or a power cut always finds the
-    last complete checkpoint. Save directories that are not local paths (a PathManager URL)
-    keep Detectron2's own writing.
-
-    Everything saved is tensors, numbers, strings and containers of them, so it loads with
-    ``torch.load(..., weights_only=True)`` (torch's default since 2.6).
+    A path manager that writes local files with ``atomic_write`` and hands everything else
+    (reads, remote paths, ``exists``, ``ls`` ...) to the path manager it wraps.
     """
 
-    def _is_local(self) -> bool:
-        return "://" not in self.save_dir
+    def __init__(self, path_manager):
+        self.wrapped = path_manager
 
-    def save(self, name: str, **kwargs) -> None:
-        if not self.save_dir or not self.save_to_disk:
-            return
-        if not self._is_local():
-            return super().save(name, **kwargs)
-        data = {"model": self.model.state_dict()}
-        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
-        data.update(kwargs)
-        basename = f"{name}.pth"
-        save_file = os.path.join(self.save_dir, basename)
-        self.logger.info(f"Saving checkpoint to {save_file}")
-        os.makedirs(self.save_dir, exist_ok=True)
-        with atomic_write(save_file, "wb") as f:
-            torch.save(data, f)
-        self.tag_last_checkpoint(basename)
+    def open(self, path: str, mode: str = "r", **kwargs):
+        if "w" in mode and "://" not in path:
+            return atomic_write(path, mode)
+        return self.wrapped.open(path, mode, **kwargs)
 
-    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        if not self._is_local():
-            return super().tag_last_checkpoint(last_filename_basename)
-        with atomic_write(os.path.join(self.save_dir, LAST_CHECKPOINT_FILE), "w") as f:
-            f.write(last_filename_basename)
+    def __getattr__(self, name):
+        return getattr(self.wrapped, name)
+
+
+def write_checkpoints_atomically(checkpointer: DetectionCheckpointer) -> DetectionCheckpointer:
+    """
+    ``checkpointer``, made to write ``model_*.pth`` and ``last_checkpoint`` atomically, so that
+    ``--resume`` after a SIGKILL or a power cut always finds the last complete checkpoint.
+
+    fvcore's ``Checkpointer.save`` and ``tag_last_checkpoint`` open every file they write through
+    the checkpointer's ``path_manager`` attribute; that attribute is wrapped (``_AtomicWrites``),
+    and nothing else of the checkpointer changes. Save directories that are not local paths
+    (a PathManager URL) keep their own writing.
+    """
+    if not isinstance(checkpointer.path_manager, _AtomicWrites):
+        checkpointer.path_manager = _AtomicWrites(checkpointer.path_manager)
+    return checkpointer
 
 
 # What torch.load and Detectron2's pickle loader raise for a file that is not a readable checkpoint.
@@ -63,15 +63,19 @@ _UNREADABLE = (
 )
 
 
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 @contextlib.contextmanager
-def reading_weights(key: str, path: str):
+def reading_weights(key: str, path: str, fix: str = "copy or download it again"):
     """Inside: a checkpoint that cannot be read raises MissingInputError naming ``key``."""
     try:
         yield
     except _UNREADABLE as e:
         raise MissingInputError(
-            f"{key}={path!r} could not be read as a checkpoint ({type(e).__name__}: "
-            f"{' '.join(str(e).split())[:200]}); copy or download it again."
+            f"{key}={path!r} could not be read as a checkpoint ({_first_line(e)}); {fix}."
         ) from None
 
 
@@ -83,39 +87,109 @@ class _RecordingCheckpointer(DetectionCheckpointer):
         return self.incompatible
 
 
-def load_trained_weights(model, weights: str, *, random_ok: bool, key: str = "MODEL.WEIGHTS"):
+def _listing(names) -> str:
+    names = list(names)
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return ", ".join(names[:3]) + more
+
+
+def mismatch_problems(missing, unexpected, other_shape) -> List[str]:
+    """The parameters a checkpoint leaves unloaded, or carries the model lacks, in words."""
+    problems = []
+    if other_shape:
+        problems.append(f"{len(other_shape)} of another shape ({_listing(other_shape)})")
+    if missing:
+        problems.append(f"{len(missing)} missing ({_listing(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} the model does not have ({_listing(unexpected)})")
+    return problems
+
+
+def load_trained_weights(
+    model,
+    weights: str,
+    *,
+    random_ok: bool,
+    key: str = "MODEL.WEIGHTS",
+    flag: str = "--random-weights",
+):
     """
-    Load a trained model's weights for a tool that reports what the model does. Refused, with
-    ConfigError, unless ``random_ok``: no weights (a random model's pictures and numbers mean
-    nothing), and weights that leave any parameter of the model unloaded (missing, or of another
-    shape: Detectron2 only logs "Skip loading") or carry parameters the model lacks (a checkpoint
-    of another config).
+    Load a trained model's weights for evaluating or reporting what the model does. Refused, with
+    ConfigError, unless ``random_ok`` (the command's ``flag``): no weights (a random model's
+    results mean nothing), and weights that leave any parameter of the model unloaded (missing,
+    or of another shape: Detectron2 only logs "Skip loading") or carry parameters the model
+    lacks (a checkpoint of another config). The message names the keys and the file.
     """
-    flag = "pass --random-weights to look at a randomly initialised model on purpose"
     if not weights:
         if random_ok:
             logging.getLogger(__name__).warning(f"{key} is empty: the model has random weights")
             return
-        raise ConfigError(f"{key} is empty: this tool reports what a trained model does; {flag}.")
+        raise ConfigError(
+            f"{key} is empty: this reports what a trained model does; pass the weights, or "
+            f"{flag} to use a randomly initialised model on purpose."
+        )
     checkpointer = _RecordingCheckpointer(model)
     with reading_weights(key, weights):
         checkpointer.load(weights)
     incompatible = checkpointer.incompatible
-    problems = []
-    if incompatible.incorrect_shapes:
-        names = [name for name, _, _ in incompatible.incorrect_shapes]
-        problems.append(f"{len(names)} of another shape ({', '.join(names[:3])})")
-    if incompatible.missing_keys:
-        problems.append(
-            f"{len(incompatible.missing_keys)} missing ({', '.join(incompatible.missing_keys[:3])})"
-        )
-    if incompatible.unexpected_keys:
-        problems.append(
-            f"{len(incompatible.unexpected_keys)} the model does not have "
-            f"({', '.join(incompatible.unexpected_keys[:3])})"
-        )
+    problems = mismatch_problems(
+        incompatible.missing_keys,
+        incompatible.unexpected_keys,
+        [name for name, _, _ in incompatible.incorrect_shapes],
+    )
     if problems and not random_ok:
         raise ConfigError(
             f"{key}={weights!r} does not fit the config's model: parameters {'; '.join(problems)}. "
-            f"Pass the config the checkpoint was trained with, or {flag}."
+            f"Pass the config the checkpoint was trained with, or {flag} to load what fits on "
+            "purpose."
+        )
+
+
+def resume_checkpoint(output_dir: str) -> Optional[str]:
+    """
+    The checkpoint ``--resume`` continues from: the file ``output_dir/last_checkpoint`` names;
+    None when there is no ``last_checkpoint`` (training then starts from the initial weights).
+    MissingInputError, naming the file and the fix, when it names a file that is missing or not
+    a complete checkpoint (an interrupted copy, a full disk).
+    """
+    from .preflight import check_checkpoint_file
+
+    tag = os.path.join(output_dir, LAST_CHECKPOINT_FILE)
+    if not os.path.isfile(tag):
+        return None
+    with open(tag) as f:
+        name = f.read().strip()
+    path = os.path.join(output_dir, name)
+    fix = (
+        f"remove {tag} to start from the initial weights, write the name of an intact "
+        f"model_*.pth of {output_dir} into it, or start without --resume"
+    )
+    if not name or not os.path.isfile(path):
+        raise MissingInputError(
+            f"--resume: {tag} names {name!r}, which is not a file in {output_dir}; {fix}."
+        )
+    check_checkpoint_file(path, f"--resume: {path} (named by {tag})", fix=f"remove it and {fix}")
+    return path
+
+
+def check_resume_fits(model, path: str, allow_unmatched: bool) -> None:
+    """
+    ConfigError when the checkpoint ``--resume`` continues from (``resume_checkpoint``) does
+    not have exactly the model's parameters (a run of another config wrote it), naming the keys
+    and the file; unless ``allow_unmatched`` (--allow-unmatched-weights). Reads the file's index
+    only (memory-mapped).
+    """
+    with reading_weights(f"--resume: {path}", path, fix=f"remove {path} or start without --resume"):
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["model"]
+    own = model.state_dict()
+    problems = mismatch_problems(
+        [k for k in own if k not in saved],
+        [k for k in saved if k not in own],
+        [k for k in own if k in saved and tuple(own[k].shape) != tuple(saved[k].shape)],
+    )
+    if problems and not allow_unmatched:
+        raise ConfigError(
+            f"--resume: {path} does not fit the config's model: parameters {'; '.join(problems)}. "
+            "A run of another config wrote it: give this run an OUTPUT_DIR of its own, start "
+            "without --resume, or pass --allow-unmatched-weights to load what fits on purpose."
         )

@@ -11,6 +11,7 @@ from typing import List
 import yaml
 from detectron2.config import CfgNode as CN
 
+from .config_domains import check_config
 from .errors import ConfigError
 
 # nonlocal_det's meta-architectures that compute each image on its valid region
@@ -186,12 +187,36 @@ def get_nonlocal_cfg(config_file: str, opts=()):
 
     cfg = get_cfg()
     add_nonlocal_config(cfg)
-    _merging(cfg, lambda: cfg.merge_from_file(config_file), f"--config-file {config_file}")
+    where = f"--config-file {config_file}"
+    _require_mapping(config_file, where)
+    _merging(cfg, lambda: cfg.merge_from_file(config_file), where)
     _refuse_flags_among_overrides(opts)
     _merging(cfg, lambda: cfg.merge_from_list(list(opts)), "command-line override")
+    check_config(cfg, f"{where} with its overrides" if opts else where)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     return cfg
+
+
+def _require_mapping(config_file: str, where: str) -> None:
+    """A YAML config must be a mapping of keys; an empty file or a list is named."""
+    from detectron2.utils.file_io import PathManager
+
+    try:
+        with PathManager.open(config_file) as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"{where} cannot be read ({e.strerror or e})") from None
+    try:
+        content = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return  # reported with its line by the merge
+    if not isinstance(content, dict):
+        shape = "empty" if content is None else f"a {type(content).__name__}, not a mapping"
+        raise ConfigError(
+            f"{where} is {shape}: a config file holds KEY: value pairs (e.g. _BASE_: "
+            '"Base-RCNN-FPN.yaml" and the keys it changes).'
+        )
 
 
 # --config-file extensions -> the kind of config train_net.py reads.
@@ -248,6 +273,7 @@ def get_nonlocal_lazy_config(config_file: str, overrides=()):
         if OmegaConf.select(cfg, key.strip(), default=missing) is missing:
             raise unknown_key_error(key.strip(), cfg, "command-line override")
     cfg = LazyConfig.apply_overrides(cfg, list(overrides))
+    check_config(cfg, f"--config-file {config_file}")
     if str(cfg.train.device).startswith("cuda") and not torch.cuda.is_available():
         cfg.train.device = "cpu"
     return cfg

@@ -3,6 +3,7 @@ Up-front checks of a config's inputs (YAML or LazyConfig), so that a missing fil
 not a traceback.
 """
 
+import logging
 import os
 import zipfile
 
@@ -19,6 +20,8 @@ __all__ = [
     "amp_settings",
     "check_amp",
     "check_checkpoint_file",
+    "check_output_dir",
+    "check_world_size",
     "check_weights",
 ]
 
@@ -66,7 +69,8 @@ def check_amp(cfg) -> None:
 def check_weights(cfg, resume: bool):
     """
     Fetch the initial weights (MODEL.WEIGHTS, or a LazyConfig's train.init_checkpoint) now, so
-    an offline machine gets a message rather than a traceback.
+    an offline machine gets a message rather than a traceback; with ``resume``, check the
+    checkpoint the run continues from instead, when there is one (``resume_checkpoint``).
     """
     if _is_yaml(cfg):
         weights, key, output_dir = cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS", cfg.OUTPUT_DIR
@@ -76,9 +80,16 @@ def check_weights(cfg, resume: bool):
             "train.init_checkpoint",
             cfg.train.output_dir,
         )
-    if not weights or (
-        resume and PathManager.exists(os.path.join(output_dir, LAST_CHECKPOINT_FILE))
-    ):
+    if resume:
+        from .checkpoint import resume_checkpoint
+
+        if resume_checkpoint(output_dir) is not None:
+            return
+        logging.getLogger("nonlocal_det").info(
+            f"--resume: {os.path.join(output_dir, LAST_CHECKPOINT_FILE)} does not exist: "
+            f"starting from {key}={weights!r}"
+        )
+    if not weights:
         return
     try:
         local = PathManager.get_local_path(weights)
@@ -98,14 +109,15 @@ def check_weights(cfg, resume: bool):
         raise MissingInputError(
             f"{key}={weights!r}: {local} is not a file. Pass an existing checkpoint."
         )
-    check_checkpoint_file(local, key)
+    check_checkpoint_file(local, f"{key}={local!r}")
 
 
-def check_checkpoint_file(path: str, key: str) -> None:
+def check_checkpoint_file(path: str, subject: str, fix: str = "copy or download it again") -> None:
     """
     MissingInputError unless ``path`` looks like a checkpoint: a torch zip archive (``.pth``)
     whose central directory is intact, or a pickle (Detectron2's ``.pkl``, legacy ``.pth``),
-    read from the file's first and last bytes only.
+    read from the file's first and last bytes only. ``subject`` names the file in the message
+    (``"MODEL.WEIGHTS='model.pth'"``), ``fix`` says what to do.
     """
     if zipfile.is_zipfile(path):
         try:
@@ -113,7 +125,7 @@ def check_checkpoint_file(path: str, key: str) -> None:
                 return
         except (zipfile.BadZipFile, OSError) as e:
             raise MissingInputError(
-                f"{key}={path!r} is a damaged checkpoint archive ({e}); copy or download it again."
+                f"{subject} is a damaged checkpoint archive ({e}); {fix}."
             ) from None
     with open(path, "rb") as f:
         head = f.read(2)
@@ -121,10 +133,35 @@ def check_checkpoint_file(path: str, key: str) -> None:
         return
     if head == b"PK":
         raise MissingInputError(
-            f"{key}={path!r} is a truncated or damaged torch checkpoint (its zip directory is "
-            "missing); copy or download it again."
+            f"{subject} is a truncated or damaged torch checkpoint (its zip directory is "
+            f"missing); {fix}."
         )
     raise MissingInputError(
-        f"{key}={path!r} is not a checkpoint (neither a torch .pth archive nor a Detectron2 .pkl "
+        f"{subject} is not a checkpoint (neither a torch .pth archive nor a Detectron2 .pkl "
         "pickle); pass the model_final.pth a training run wrote, or a model-zoo .pkl."
     )
+
+
+def check_output_dir(path: str, key: str) -> None:
+    """ConfigError unless ``path`` is a folder that exists or can be created, and can be written."""
+    if "://" in path:
+        return
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{key}={path!r} is a file, not a folder; name a folder for the outputs.")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"{key}={path!r} cannot be created ({e.strerror or e}); name a folder you can write."
+        ) from None
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"{key}={path!r} is not writable; name a folder you can write.")
+
+
+def check_world_size(batch: int, key: str, world_size: int) -> None:
+    """Detectron2 splits the batch evenly over the processes: say so before it asserts."""
+    if batch % world_size:
+        raise ConfigError(
+            f"{key}={batch} does not split over {world_size} processes (--num-gpus x "
+            f"--num-machines); use a multiple of {world_size}."
+        )

@@ -57,6 +57,7 @@ def _nonlocal_blocks(model):
     return {name: m for name, m in model.named_modules() if isinstance(m, NonLocalBlock2d)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 @pytest.mark.parametrize("model_name", sorted(MODELS))
 def test_autocast_training_steps_stay_finite(model_name, dtype):
@@ -132,6 +133,7 @@ def test_autocast_training_steps_stay_finite(model_name, dtype):
     assert max(largest_logit.values()) > FLOAT16_MAX, largest_logit
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not torch.cuda.is_available(), reason="SOLVER.AMP.ENABLED needs CUDA (Detectron2's AMPTrainer)"
 )
@@ -160,6 +162,7 @@ def test_train_net_amp_on_cuda(tmp_path, precision):
     assert records and all(torch.isfinite(torch.tensor(r["total_loss"])) for r in records)
 
 
+@pytest.mark.slow
 def test_amp_precision_must_be_a_half_type(tmp_path):
     from nonlocal_det.data import synthetic
 

@@ -184,6 +184,7 @@ def test_unregistered_dataset_is_named():
         training_dataset_dicts(_cfg("my_unregistered_set"))
 
 
+@pytest.mark.slow
 def test_train_net_reports_bad_data_without_a_traceback(dataset):
     root, _, data = dataset
     os.remove(root / "train" / data["images"][0]["file_name"])
@@ -256,6 +257,7 @@ def _make_unusual(root, split, data):
     return person is not None
 
 
+@pytest.mark.slow
 def test_unusual_but_valid_images_train_and_evaluate(dataset):
     """
     Grayscale, RGBA, tiny images, keypoints outside boxes, an unannotated image: all used, none

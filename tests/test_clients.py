@@ -76,6 +76,7 @@ DEEPLAB_SETTINGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", ["NL", "DNL"])
 @pytest.mark.parametrize("setting", list(DEEPLAB_SETTINGS))
 def test_dilated_resnet_takes_blocks_in_res4_and_res5(setting, block):
@@ -172,6 +173,7 @@ def _segmentation_batch(sizes):
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", list(SEGMENTATION))
 def test_segmentation_models_equal_stock_at_init_and_train(family):
     config, stock_name = SEGMENTATION[family]

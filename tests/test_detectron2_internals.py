@@ -1,6 +1,7 @@
 """
-The three places where nonlocal_det relies on Detectron2's internals, because DefaultTrainer offers
-no public route (nonlocal_det/engine/defaults.py lists them). Each test fails if Detectron2 changes
+The two places where nonlocal_det relies on Detectron2's internals, because DefaultTrainer offers
+no public route (nonlocal_det/engine/defaults.py lists them and says why none exists), and the
+public attribute that makes its checkpoints atomic. Each test fails if Detectron2 changes
 under them, rather than letting the workaround silently stop working.
 """
 
@@ -39,13 +40,14 @@ def synthetic_in(tmp_path):
 
 
 def test_trainer_sets_amp_precision_and_checkpoints_atomically(synthetic_in):
-    """(2) the AMPTrainer DefaultTrainer keeps as _trainer gets SOLVER.AMP.PRECISION; (3) the
-    checkpointer its PeriodicCheckpointer hook writes with is the atomic one."""
+    """(2) the AMPTrainer DefaultTrainer keeps as _trainer gets SOLVER.AMP.PRECISION; the
+    checkpointer its PeriodicCheckpointer hook writes with writes atomically, through the
+    path_manager fvcore's save and tag_last_checkpoint open their files with."""
     import os
 
     from detectron2.engine import AMPTrainer, hooks
+    from fvcore.common.checkpoint import Checkpointer
 
-    from nonlocal_det.checkpoint import AtomicDetectionCheckpointer
     from nonlocal_det.config import get_nonlocal_cfg
     from nonlocal_det.engine import NonLocalDefaultTrainer
 
@@ -68,7 +70,9 @@ def test_trainer_sets_amp_precision_and_checkpoints_atomically(synthetic_in):
     assert isinstance(trainer._trainer, AMPTrainer) and trainer._trainer.precision is torch.bfloat16
     periodic = [h for h in trainer._hooks if isinstance(h, hooks.PeriodicCheckpointer)]
     assert len(periodic) == 1 and periodic[0].checkpointer is trainer.checkpointer
-    assert isinstance(trainer.checkpointer, AtomicDetectionCheckpointer)
+    assert type(trainer.checkpointer.path_manager).__name__ == "_AtomicWrites"
+    for method in (Checkpointer.save, Checkpointer.tag_last_checkpoint):
+        assert "path_manager" in method.__code__.co_names
     assert (
         trainer.checkpointer.checkpointables["trainer"] is not None
     )  # still saves the trainer's state

@@ -67,6 +67,7 @@ def test_all_table_rows_shipped():
     assert expected <= set(SHIPPED_CONFIGS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", SHIPPED_CONFIGS)
 def test_shipped_config_trains_and_infers_on_cpu(config):
     cfg = load_cfg(
@@ -132,6 +133,7 @@ def test_r101_block_before_last_of_res4_keeps_stock_keys():
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "depth,opts",
     [
@@ -321,6 +323,7 @@ def _save_checkpoints(stock, tmp_path):
     return {"pth": str(pth), "zoo": str(zoo), "caffe2": str(c2)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "stock_config,nl_config",
     [
@@ -480,6 +483,7 @@ def _same_outputs(a, b, msg=""):
                 assert torch.equal(x[key], y[key]), f"{msg} {key}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "config,opts",
     [
@@ -534,6 +538,7 @@ SMALL_STOCK = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(STOCK_FAMILIES))
 def test_stock_detectron2_configs_gain_blocks_through_keys(family, tmp_path):
     """

@@ -9,7 +9,7 @@ import torch
 
 from helpers import CONFIG_DIR, REPO_ROOT, TINY, import_train_net, load_cfg, run_train_net
 
-pytestmark = pytest.mark.detectron2
+pytestmark = [pytest.mark.detectron2, pytest.mark.slow]
 
 CHANNELS = 16
 # Images (or RoIs) per process: equal, unequal (RoI heads), and none on one process.

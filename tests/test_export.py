@@ -340,6 +340,7 @@ def require_modules(*names):
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript-exporter", "dynamo-exporter"])
 def test_backbone_onnx_matches_eager(nl_backbone, dynamo, tmp_path):
     require_modules("onnx", "onnxruntime", *(["onnxscript"] if dynamo else []))

@@ -56,6 +56,7 @@ def lazy_run_dir(tmp_path_factory):
     return generate_synthetic_under(tmp_path_factory.mktemp("lazy"), train=6, val=2)
 
 
+@pytest.mark.slow
 def test_train_net_trains_resumes_and_evaluates_a_lazy_config(lazy_run_dir):
     out = lazy_run_dir / "out"
     rc, log = run_train_net(lazy_run_dir, f"train.output_dir={out}", config=TINY_LAZY)
@@ -88,6 +89,7 @@ def test_train_net_trains_resumes_and_evaluates_a_lazy_config(lazy_run_dir):
     assert (lazy_run_dir / "eval" / "final_metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_lazy_config_amp_on_cpu_says_what_to_do(lazy_run_dir):
     rc, log = run_train_net(
         lazy_run_dir,
@@ -100,6 +102,7 @@ def test_lazy_config_amp_on_cpu_says_what_to_do(lazy_run_dir):
     assert "Traceback" not in log
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["model.json", "model.yaml.txt", "model"])
 def test_other_config_kinds_stop_with_one_line(tmp_path, name):
     (tmp_path / name).write_text("{}")

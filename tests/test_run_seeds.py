@@ -68,6 +68,7 @@ def _table_rows(text, first_cell):
     return rows
 
 
+@pytest.mark.slow
 def test_two_seeds_are_trained_tabulated_and_not_retrained(datasets_dir, tmp_path, capsys):
     import run_seeds
 
@@ -122,6 +123,7 @@ def test_two_seeds_are_trained_tabulated_and_not_retrained(datasets_dir, tmp_pat
     assert out.count("done before") == 2 and "training ..." not in out
 
 
+@pytest.mark.slow
 def test_ablation_of_two_configs_writes_table_and_plot(datasets_dir, tmp_path):
     import cv2
 
@@ -155,6 +157,7 @@ def test_ablation_of_two_configs_writes_table_and_plot(datasets_dir, tmp_path):
     assert image is not None and image.shape[0] > 200 and image.shape[1] > 400
 
 
+@pytest.mark.slow
 def test_paper_mode_prints_the_published_r50_rows_beside_ours(datasets_dir, tmp_path):
     import run_seeds
 
@@ -231,6 +234,7 @@ def test_cue_cells_are_the_key_cells_under_the_lamp():
     assert np.array_equal(cue, expected)
 
 
+@pytest.mark.slow
 def test_uniform_attention_gives_a_ratio_of_one(datasets_dir, tmp_path):
     """With theta = 0 every logit is 0: each query spreads its weight evenly, so the lamp gets
     exactly its share of the keys."""
@@ -261,6 +265,7 @@ def test_uniform_attention_gives_a_ratio_of_one(datasets_dir, tmp_path):
 
 
 ABLATION_REPORT = [
+    os.path.join(REPO_ROOT, "docs", "ablation_runs"),
     "--config-files",
     config("longrange_baseline.yaml"),
     config("longrange_NL.yaml"),
@@ -268,8 +273,6 @@ ABLATION_REPORT = [
     "0",
     "1",
     "2",
-    "--from-summaries",
-    os.path.join(REPO_ROOT, "docs", "ablation_runs"),
     "--no-costs",
     "--per-category",
     "--category-mean",
@@ -279,10 +282,10 @@ ABLATION_REPORT = [
 
 def test_committed_ablation_table_is_rebuilt_from_the_committed_run_summaries(tmp_path):
     """docs/ablation_table.md comes from docs/ablation_runs/ alone: nothing is retrained."""
-    import run_seeds
+    import seeds_report
 
     table, plot = tmp_path / "table.md", tmp_path / "ablation.png"
-    assert run_seeds.main([*ABLATION_REPORT, "--table", str(table), "--plot", str(plot)]) == 0
+    assert seeds_report.main([*ABLATION_REPORT, "--table", str(table), "--plot", str(plot)]) == 0
 
     def rows(text):
         return [line for line in text.splitlines() if line.startswith("|")]
@@ -292,14 +295,14 @@ def test_committed_ablation_table_is_rebuilt_from_the_committed_run_summaries(tm
     assert plot.stat().st_size > 10_000
 
 
-def test_from_summaries_names_a_missing_summary(tmp_path, capsys):
-    import run_seeds
+def test_report_names_a_missing_summary(tmp_path, capsys):
+    import seeds_report
 
-    args = [*ABLATION_REPORT[:6], "7", *ABLATION_REPORT[7:]]  # a seed that was never run
+    args = [*ABLATION_REPORT[:7], "7", *ABLATION_REPORT[8:]]  # a seed that was never run
     from nonlocal_det.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no summary .*seed7.json"):
-        run_seeds.main(args)
+        seeds_report.main(args)
 
 
 def test_an_ap_coco_could_not_compute_is_shown_and_left_out_of_the_mean():

@@ -28,6 +28,7 @@ def images(tmp_path_factory):
     return root / "val"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", SHIPPED_CONFIGS)
 def test_analyze_model_runs_on_every_shipped_config(config):
     import analyze_model
@@ -36,6 +37,7 @@ def test_analyze_model_runs_on_every_shipped_config(config):
     assert r["params"] > 1e6 and r["flops"] > r["backbone_flops"] > 0
 
 
+@pytest.mark.slow
 def test_analyze_model_counts_one_block_as_its_formula():
     """NL - baseline FLOPs = the block's multiply-adds from its shapes: W_theta, W_phi, W_g, W_z
     (2 C^2 N), the two pairwise products (N M (C/2 + C/2)) and GroupNorm (5 C N); the RoI work
@@ -57,6 +59,7 @@ def test_analyze_model_counts_one_block_as_its_formula():
     assert nl["params"] - base["params"] == expected_params
 
 
+@pytest.mark.slow
 def test_analyze_model_overhead_table(tmp_path, capsys):
     import analyze_model
 
@@ -82,6 +85,7 @@ def test_analyze_model_overhead_table(tmp_path, capsys):
     assert overhead > 0 and cells[6] == ("yes" if overhead < 5 else "**no**")
 
 
+@pytest.mark.slow
 def test_benchmark_model_writes_a_table(tmp_path):
     import benchmark_model
 
@@ -114,6 +118,7 @@ def test_benchmark_model_writes_a_table(tmp_path):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "config", ["quickstart.yaml", "mask_rcnn_R50_NL.yaml", "keypoint_rcnn_R101_NL_head.yaml"]
 )
@@ -143,6 +148,7 @@ def test_demo_draws_every_image(images, tmp_path, config, capsys):
     assert capsys.readouterr().out.count("instances ->") == 3
 
 
+@pytest.mark.slow
 def test_demo_names_a_missing_input(tmp_path):
     import demo
     from nonlocal_det.errors import MissingInputError
@@ -186,6 +192,7 @@ def test_top_keys_are_the_largest_entries_of_the_full_matrix():
 
 
 # Random weights: GN keeps activations finite where FrozenBN with identity statistics would not.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "config,opts",
     [
@@ -227,6 +234,7 @@ def test_visualize_attention_writes_backbone_and_keypoint_head_pictures(
         assert cv2.imread(str(tmp_path / name)).shape == cv2.imread(str(image)).shape
 
 
+@pytest.mark.slow
 def test_visualize_attention_refuses_a_model_without_blocks(images, tmp_path):
     import visualize_attention
     from nonlocal_det.errors import ConfigError
@@ -247,6 +255,7 @@ def test_visualize_attention_refuses_a_model_without_blocks(images, tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_tools_name_unreachable_weights(images, tmp_path):
     import demo
     from nonlocal_det.errors import MissingInputError
@@ -266,6 +275,7 @@ def test_tools_name_unreachable_weights(images, tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_time_data_checks_builds_a_clean_coco_file_and_times_its_checks(tmp_path, capsys):
     """The timing tool's generated file must pass the checks it times (0 problems), or the time
     would be that of an error path; with --workdir its files stay for inspection."""

@@ -8,7 +8,7 @@ import pytest
 
 from helpers import TINY, generate_synthetic_under, last_iteration, run_train_net
 
-pytestmark = pytest.mark.detectron2
+pytestmark = [pytest.mark.detectron2, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

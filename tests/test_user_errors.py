@@ -69,6 +69,7 @@ def _edit_train_json(root, edit):
     return path
 
 
+@pytest.mark.slow
 def test_negative_box_width_stops_before_training(workdir, tmp_path):
     root = fresh_copy(workdir, tmp_path)
 
@@ -81,6 +82,7 @@ def test_negative_box_width_stops_before_training(workdir, tmp_path):
     assert_nothing_trained(log)
 
 
+@pytest.mark.slow
 def test_file_that_is_not_an_image_stops_before_training(workdir, tmp_path):
     root = fresh_copy(workdir, tmp_path)
     image = root / "datasets" / "nonlocal_synthetic" / "train" / "000002.png"
@@ -90,6 +92,7 @@ def test_file_that_is_not_an_image_stops_before_training(workdir, tmp_path):
     assert_nothing_trained(log)
 
 
+@pytest.mark.slow
 def test_several_problems_are_listed_together(workdir, tmp_path):
     root = fresh_copy(workdir, tmp_path)
 
@@ -113,6 +116,7 @@ def test_several_problems_are_listed_together(workdir, tmp_path):
     assert_nothing_trained(log)
 
 
+@pytest.mark.slow
 def test_image_checks_can_be_skipped(workdir, tmp_path):
     """DATALOADER.CHECK_IMAGES False: a wrong JSON size is then Detectron2's own error, later."""
     root = fresh_copy(workdir, tmp_path)
@@ -132,6 +136,7 @@ def test_image_checks_can_be_skipped(workdir, tmp_path):
 # ---------------------------------------------------------------- weights
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["text", "truncated"])
 def test_unreadable_weights_are_named_by_train_net_and_demo(workdir, tmp_path, kind):
     weights = tmp_path / "model.pth"
@@ -166,6 +171,7 @@ def test_unreadable_weights_are_named_by_train_net_and_demo(workdir, tmp_path, k
     assert_user_error(rc, log, f"MODEL.WEIGHTS='{weights}'")
 
 
+@pytest.mark.slow
 def test_tools_refuse_random_and_mismatched_weights(workdir, tmp_path):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
@@ -194,6 +200,7 @@ def test_tools_refuse_random_and_mismatched_weights(workdir, tmp_path):
 # ---------------------------------------------------------------- configs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "opts,named",
     [
@@ -215,6 +222,7 @@ def test_bad_config_values_and_keys_in_one_line(workdir, opts, named):
     assert len(error_lines) == 1 and named in error_lines[0]
 
 
+@pytest.mark.slow
 def test_yaml_syntax_error_and_debug_traceback(workdir, tmp_path):
     config = tmp_path / "broken.yaml"
     config.write_text(
@@ -227,6 +235,7 @@ def test_yaml_syntax_error_and_debug_traceback(workdir, tmp_path):
     assert rc != 0 and "Traceback" in log and "ConfigError" in log
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "zoo_config,expected",
     [
@@ -258,6 +267,7 @@ def test_readme_keys_on_c4_and_retinanet_name_the_backbone_to_use(workdir, zoo_c
 # ---------------------------------------------------------------- the attention tools
 
 
+@pytest.mark.slow
 def test_visualize_attention_queries_and_overrides(workdir, tmp_path):
     image = workdir / "datasets" / "nonlocal_synthetic" / "val" / "000001.png"
     args = [

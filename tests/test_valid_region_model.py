@@ -25,6 +25,7 @@ def images():
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "config,norm",
     [

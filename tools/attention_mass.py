@@ -24,16 +24,17 @@ import argparse
 import json
 
 from nonlocal_det.analysis.attention import attention_report, measure_attention
+from nonlocal_det.cli.arguments import ArgumentParser, new_file, positive_int
+from nonlocal_det.cli.tool_config import add_model_arguments, apply_debug, load_config
 from nonlocal_det.errors import exit_on_user_error
-from nonlocal_det.utils.tool_config import add_model_arguments, apply_debug, load_config
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--max-images", type=int)
-    parser.add_argument("--output", help="also write the result as JSON here")
+    parser.add_argument("--max-images", type=positive_int)
+    parser.add_argument("--output", type=new_file, help="also write the result as JSON here")
     add_model_arguments(parser)
     args = parser.parse_args(argv)
     apply_debug(args)

@@ -21,6 +21,14 @@ import json
 import os
 import statistics
 
+from nonlocal_det.cli.arguments import (
+    ArgumentParser,
+    config_pair,
+    image_size,
+    new_file,
+    positive_int,
+)
+from nonlocal_det.errors import exit_on_user_error
 from nonlocal_det.utils.machine import describe_machine
 from nonlocal_det.utils.measure import run_child_process, time_and_peak
 from nonlocal_det.utils.tables import write_text
@@ -106,22 +114,26 @@ def run_child(spec):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--pairs",
         nargs="+",
-        default=DEFAULT_PAIRS,
+        type=config_pair,
+        default=[config_pair(p) for p in DEFAULT_PAIRS],
         help="baseline.yaml:nonlocal.yaml from configs/",
     )
-    parser.add_argument("--size", nargs=2, type=int, default=(800, 1333), metavar=("H", "W"))
+    parser.add_argument("--size", nargs=2, type=image_size, default=(800, 1333), metavar=("H", "W"))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per process")
+    parser.add_argument("--repeats", type=positive_int, default=2, help="timed runs per process")
     parser.add_argument(
-        "--cycles", type=int, default=2, help="processes per config and measurement, in turn"
+        "--cycles",
+        type=positive_int,
+        default=2,
+        help="processes per config and measurement, in turn",
     )
-    parser.add_argument("--output", help="write the markdown table here")
+    parser.add_argument("--output", type=new_file, help="write the markdown table here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -130,8 +142,7 @@ def main(argv=None):
 
     height, width = args.size
     rows = []
-    for pair in args.pairs:
-        base, nl = pair.split(":")
+    for base, nl in args.pairs:
         results = {
             name: {"train": [], "infer": [], "peak": None, "error": None} for name in (base, nl)
         }
@@ -194,4 +205,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

@@ -16,9 +16,10 @@ import os
 
 import cv2
 
+from nonlocal_det.cli.arguments import ArgumentParser, output_folder, probability
+from nonlocal_det.cli.tool_config import add_model_arguments, apply_debug, load_config
 from nonlocal_det.errors import MissingInputError, exit_on_user_error
 from nonlocal_det.modeling.build import build_trained_model
-from nonlocal_det.utils.tool_config import add_model_arguments, apply_debug, load_config
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -42,12 +43,14 @@ def expand_inputs(inputs):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
-    parser.add_argument("--output", required=True, help="folder for the drawings")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5)
+    parser.add_argument(
+        "--output", required=True, type=output_folder, help="folder for the drawings"
+    )
+    parser.add_argument("--confidence-threshold", type=probability, default=0.5)
     add_model_arguments(parser)
     args = parser.parse_args(argv)
     apply_debug(args)

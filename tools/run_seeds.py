@@ -6,8 +6,9 @@ Each (config, seed) is one ``train_net.py`` process (Detectron2's trainer and CO
 with ``SEED <seed> OUTPUT_DIR <output-dir>/<config>/seed<seed>`` and the given overrides. A run
 whose ``final_metrics.json`` and ``run.json`` exist is not repeated, so an interrupted sweep
 resumes where it stopped. A progress line with an ETA follows every run; ``--summary-dir`` keeps
-each finished run's summary (``nonlocal_det.utils.seed_runs``) as soon as it ends. The report
-(``nonlocal_det.utils.seed_report``; from summaries alone: ``tools/seeds_report.py``) follows.
+each finished run's summary (``nonlocal_det.cli.seed_runs``) as soon as it ends. The report
+(``nonlocal_det.cli.seed_report``) follows; ``tools/seeds_report.py`` rebuilds it from the
+summaries alone.
 
     python tools/run_seeds.py --config-files configs/quickstart.yaml --seeds 0 1 2 3 4 \
         --output-dir output/seeds --table docs/quickstart_seeds.md
@@ -27,11 +28,9 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-from nonlocal_det.errors import MissingInputError, exit_on_user_error
-from nonlocal_det.io import write_json
-from nonlocal_det.utils.machine import cpu_model, git_commit
-from nonlocal_det.utils.seed_report import add_report_arguments, load_summaries, write_report
-from nonlocal_det.utils.seed_runs import (
+from nonlocal_det.cli.arguments import ArgumentParser, non_negative_int, positive_int
+from nonlocal_det.cli.seed_report import add_report_arguments, write_report
+from nonlocal_det.cli.seed_runs import (
     RUN_FILE,
     TASKS,
     config_name,
@@ -40,6 +39,9 @@ from nonlocal_det.utils.seed_runs import (
     summary_path,
     write_summary,
 )
+from nonlocal_det.errors import MissingInputError, exit_on_user_error
+from nonlocal_det.io import write_json
+from nonlocal_det.utils.machine import cpu_model, git_commit
 from nonlocal_det.utils.tables import format_ap, format_duration
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -158,25 +160,22 @@ def sweep(
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--config-files", nargs="+", default=[os.path.join(REPO_ROOT, "configs", "quickstart.yaml")]
     )
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0, 1, 2])
     parser.add_argument("--output-dir", default=os.path.join("output", "seeds"))
     parser.add_argument(
-        "--num-gpus", type=int, default=1, help="processes per run (train_net.py --num-gpus)"
+        "--num-gpus",
+        type=positive_int,
+        default=1,
+        help="processes per run (train_net.py --num-gpus)",
     )
     parser.add_argument(
         "--summary-dir",
         help="write each finished run's summary (run record, final metrics, loss points) to "
         "SUMMARY_DIR/<config>/seed<seed>.json as soon as it ends",
-    )
-    parser.add_argument(
-        "--from-summaries",
-        metavar="SUMMARY_DIR",
-        help="train nothing: build the table and plot from the summaries in SUMMARY_DIR "
-        "(as tools/seeds_report.py)",
     )
     add_report_arguments(parser)
     parser.add_argument(
@@ -191,21 +190,18 @@ def main(argv=None) -> int:
     for c in config_files:
         if not os.path.isfile(c):
             raise MissingInputError(f"--config-files: {c} does not exist")
-    if args.from_summaries:
-        results = load_summaries(args.from_summaries, config_files, args.seeds)
-    else:
-        try:
-            results = sweep(
-                config_files,
-                args.seeds,
-                args.output_dir,
-                args.num_gpus,
-                list(args.opts),
-                args.summary_dir,
-            )
-        except RunFailed as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
+    try:
+        results = sweep(
+            config_files,
+            args.seeds,
+            args.output_dir,
+            args.num_gpus,
+            list(args.opts),
+            args.summary_dir,
+        )
+    except RunFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     command = "python tools/run_seeds.py " + " ".join(sys.argv[1:] if argv is None else argv)
     write_report(results, args, command, list(args.opts), PAPER_RESULTS)
     return 0

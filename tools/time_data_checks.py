@@ -8,7 +8,6 @@ are real file opens), checked by ``nonlocal_det.data.coco_checks``.
     python tools/time_data_checks.py [--images 118287] [--workdir /tmp/checks]
 """
 
-import argparse
 import json
 import os
 import tempfile
@@ -17,7 +16,9 @@ import time
 import numpy as np
 from PIL import Image
 
+from nonlocal_det.cli.arguments import ArgumentParser, output_folder, positive_int
 from nonlocal_det.data.coco_checks import annotation_problems, image_problems
+from nonlocal_det.errors import exit_on_user_error
 
 
 def build(workdir: str, num_images: int, per_image: int = 7) -> str:
@@ -58,9 +59,9 @@ def build(workdir: str, num_images: int, per_image: int = 7) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=118287)
-    parser.add_argument("--workdir", help="default: a temporary folder")
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=positive_int, default=118287)
+    parser.add_argument("--workdir", type=output_folder, help="default: a temporary folder")
     args = parser.parse_args(argv)
     if args.workdir:
         measure(args.workdir, args.images)
@@ -89,4 +90,4 @@ def measure(workdir: str, num_images: int) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

@@ -28,6 +28,8 @@ import sys
 import torch
 
 from nonlocal_det.analysis.valid_region import measure, table
+from nonlocal_det.cli.arguments import ArgumentParser, new_file
+from nonlocal_det.errors import exit_on_user_error
 from nonlocal_det.utils.tables import write_text
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -45,7 +47,7 @@ def _pair(text: str):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--pairs",
         nargs="+",
@@ -60,7 +62,9 @@ def main(argv=None) -> int:
         help="the FrozenBN backbone's statistics: taken on the two images (non-zero shifts, as a "
         "trained backbone has) or Detectron2's initial identity (padded zeros stay zero)",
     )
-    parser.add_argument("--output", help="also write the table to this markdown file")
+    parser.add_argument(
+        "--output", type=new_file, help="also write the table to this markdown file"
+    )
     args = parser.parse_args(argv)
     import nonlocal_det  # noqa: F401  (registers the meta-architectures and the backbone)
 
@@ -75,4 +79,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_on_user_error(main))

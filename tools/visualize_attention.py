@@ -17,9 +17,10 @@ import cv2
 import numpy as np
 import torch
 
+from nonlocal_det.cli.arguments import ArgumentParser, output_folder
+from nonlocal_det.cli.tool_config import add_model_arguments, apply_debug, load_config
 from nonlocal_det.errors import ConfigError, MissingInputError, exit_on_user_error
 from nonlocal_det.modeling.build import build_trained_model
-from nonlocal_det.utils.tool_config import add_model_arguments, apply_debug, load_config
 
 TOP_K = 20
 
@@ -78,7 +79,6 @@ def capture_input(block):
     def record(module, args, kwargs):
         x, sizes = args[0].detach(), kwargs.get("valid_sizes")
         store["x"] = x if sizes is None else x[..., : sizes[0][0], : sizes[0][1]]
-        store["grid_height"] = x.shape[-2]
 
     handle = block.register_forward_pre_hook(record, with_kwargs=True)
     return store, handle
@@ -92,12 +92,12 @@ def _point(text: str):
     return x, y
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
+def parse_args(argv=None):
+    parser = ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--input", required=True, help="an image")
-    parser.add_argument("--output", required=True, help="folder for the PNGs")
+    parser.add_argument("--output", required=True, type=output_folder, help="folder for the PNGs")
     parser.add_argument(
         "--queries",
         action="append",
@@ -106,21 +106,29 @@ def main(argv=None):
     )
     parser.add_argument(
         "--person-box",
+        type=_box,
         help="x0,y0,x1,y1 in image pixels: the person box for the keypoint-head picture "
         "(default: the highest-scoring detected person)",
     )
     add_model_arguments(parser)
     args = parser.parse_args(argv)
     apply_debug(args)
-    if args.person_box is not None and len(args.person_box.split(",")) != 4:
-        parser.error(f"--person-box takes x0,y0,x1,y1 (4 numbers), got {args.person_box!r}")
+    return args
 
-    from detectron2.data import transforms as T
-    from detectron2.structures import Boxes
 
-    from nonlocal_det.analysis.attention import attention_blocks
+def _box(text: str):
+    values = text.split(",")
+    try:
+        x0, y0, x1, y1 = (float(v) for v in values)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected x0,y0,x1,y1 (4 numbers)") from None
+    if not (x1 > x0 and y1 > y0):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected x1 > x0 and y1 > y0")
+    return torch.tensor([x0, y0, x1, y1])
 
-    cfg = load_config(args)
+
+def _read_image(args):
+    """The BGR image of --input, with the --queries checked against its size."""
     image = cv2.imread(args.input, cv2.IMREAD_COLOR)
     if image is None:
         raise MissingInputError(f"--input {args.input} could not be read as an image")
@@ -131,19 +139,22 @@ def main(argv=None):
             f"--queries {outside} lie outside the {width}x{height} image {args.input} (x, y in "
             "pixels)"
         )
-    model = build_trained_model(cfg, random_ok=args.random_weights)
-    backbone_name, backbone_block = next(iter(attention_blocks(model.backbone).items()))
-    head = getattr(model.roi_heads, "keypoint_head", None) if cfg.MODEL.KEYPOINT_ON else None
-    head_blocks = attention_blocks(head) if head is not None and _has_blocks(head) else {}
-    head_name, head_block = next(iter(head_blocks.items()), (None, None))
+    return image
 
+
+def _run_model(model, block, image, cfg):
+    """
+    One inference on ``image``: its detections, the backbone block's input (``capture_input``),
+    the backbone's features, and (scale_x, scale_y) of the network's input over the image.
+    """
+    from detectron2.data import transforms as T
+
+    height, width = image.shape[:2]
     aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
     resized = aug.get_transform(image).apply_image(image)
-    scale_y, scale_x = resized.shape[0] / height, resized.shape[1] / width
     tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
-    store, handle = capture_input(backbone_block)
-    # The keypoint-head picture reuses this pass's FPN features instead of running the backbone
-    # again.
+    store, handle = capture_input(block)
+    # the keypoint-head picture reuses this pass's features instead of running the backbone again
     features_handle = model.backbone.register_forward_hook(
         lambda mod, args, out: store.__setitem__("features", out)
     )
@@ -151,49 +162,61 @@ def main(argv=None):
         (outputs,) = model([{"image": tensor, "height": height, "width": width}])
     handle.remove()
     features_handle.remove()
-    x, features = store["x"], store["features"]
-    divisibility = model.backbone.size_divisibility or 1  # the batch is padded to a multiple
-    stride = -(-resized.shape[0] // divisibility) * divisibility / store["grid_height"]
-    if args.queries:
-        points = np.array(args.queries)
-    else:
-        points = np.array(
-            [[width * 0.3, height * 0.4], [width * 0.5, height * 0.5], [width * 0.7, height * 0.6]]
-        )
+    scale = (resized.shape[1] / width, resized.shape[0] / height)
+    return outputs, store["x"], store["features"], scale
+
+
+def backbone_picture(args, model, image, name, block, x, scale):
+    """The backbone block's arrows for --queries (or 3 default points); writes the PNG."""
+    from nonlocal_det.modeling import stride_in_backbone
+
+    height, width = image.shape[:2]
+    scale_x, scale_y = scale
+    stride = stride_in_backbone(model.backbone, block)
+    default = [
+        [width * 0.3, height * 0.4],
+        [width * 0.5, height * 0.5],
+        [width * 0.7, height * 0.6],
+    ]
+    points = np.array(args.queries or default)
     rows = np.clip((points[:, 1] * scale_y / stride).astype(int), 0, x.shape[-2] - 1)
     cols = np.clip((points[:, 0] * scale_x / stride).astype(int), 0, x.shape[-1] - 1)
-    queries = torch.as_tensor(np.stack([rows, cols], 1))
 
-    def backbone_to_image(rc):
+    def to_image(rc):
         return torch.stack(
             [(rc[:, 1] + 0.5) * stride / scale_x, (rc[:, 0] + 0.5) * stride / scale_y], -1
         )
 
-    os.makedirs(args.output, exist_ok=True)
+    q_xy, k_xy, w = top_keys(block, x, torch.as_tensor(np.stack([rows, cols], 1)), to_image)
     stem = os.path.splitext(os.path.basename(args.input))[0]
-    q_xy, k_xy, w = top_keys(backbone_block, x, queries, backbone_to_image)
-    out = os.path.join(args.output, f"{stem}_backbone_{backbone_name.replace('.', '_')}.png")
+    out = os.path.join(args.output, f"{stem}_backbone_{name.replace('.', '_')}.png")
     cv2.imwrite(out, draw_arrows(image, q_xy.numpy(), k_xy.numpy(), w.numpy(), (0, 200, 255)))
-    print(f"backbone block {backbone_name}: {out}")
+    print(f"backbone block {name}: {out}")
 
-    if head_block is None:
-        return
-    if args.person_box:
-        box = torch.tensor([float(v) for v in args.person_box.split(",")])
-    else:
+
+def head_picture(args, model, image, outputs, features, scale):
+    """The first keypoint-head block's arrows inside a person box; writes the PNG."""
+    from detectron2.structures import Boxes
+
+    from nonlocal_det.analysis.attention import attention_blocks
+
+    head = model.roi_heads.keypoint_head
+    name, block = next(iter(attention_blocks(head).items()))
+    box = args.person_box
+    if box is None:
         instances = outputs["instances"].to("cpu")
         persons = instances[instances.pred_classes == 0] if len(instances) else instances
         if len(persons) == 0:
             print("no person detected: no keypoint-head picture (pass --person-box to choose one)")
             return
         box = persons[persons.scores.argmax().item()].pred_boxes.tensor[0]
-    scaled = box * torch.tensor([scale_x, scale_y, scale_x, scale_y])
+    scaled = box * torch.tensor([*scale, *scale])
     with torch.no_grad():
         roi_features = model.roi_heads.keypoint_pooler(
             [features[f] for f in model.roi_heads.keypoint_in_features],
             [Boxes(scaled[None].to(model.device))],
         )
-        store, handle = capture_input(head_block)
+        store, handle = capture_input(block)
         head.layers(roi_features)
         handle.remove()
     hx = store["x"]
@@ -203,7 +226,7 @@ def main(argv=None):
     )
     x0, y0, x1, y1 = box.tolist()
 
-    def roi_to_image(rc):
+    def to_image(rc):
         return torch.stack(
             [
                 x0 + (rc[:, 1] + 0.5) / side * (x1 - x0),
@@ -212,12 +235,29 @@ def main(argv=None):
             -1,
         )
 
-    q_xy, k_xy, w = top_keys(head_block, hx, grid, roi_to_image)
+    q_xy, k_xy, w = top_keys(block, hx, grid, to_image)
     drawing = draw_arrows(image, q_xy.numpy(), k_xy.numpy(), w.numpy(), (255, 120, 0))
     cv2.rectangle(drawing, (int(x0), int(y0)), (int(x1), int(y1)), (0, 255, 0), 1)
-    out = os.path.join(args.output, f"{stem}_keypoint_head_{head_name}.png")
+    stem = os.path.splitext(os.path.basename(args.input))[0]
+    out = os.path.join(args.output, f"{stem}_keypoint_head_{name}.png")
     cv2.imwrite(out, drawing)
-    print(f"keypoint head block {head_name}: {out}")
+    print(f"keypoint head block {name}: {out}")
+
+
+def main(argv=None):
+    from nonlocal_det.analysis.attention import attention_blocks
+
+    args = parse_args(argv)
+    cfg = load_config(args)
+    image = _read_image(args)
+    model = build_trained_model(cfg, random_ok=args.random_weights)
+    name, block = next(iter(attention_blocks(model.backbone).items()))
+    outputs, x, features, scale = _run_model(model, block, image, cfg)
+    os.makedirs(args.output, exist_ok=True)
+    backbone_picture(args, model, image, name, block, x, scale)
+    head = getattr(model.roi_heads, "keypoint_head", None) if cfg.MODEL.KEYPOINT_ON else None
+    if head is not None and _has_blocks(head):
+        head_picture(args, model, image, outputs, features, scale)
 
 
 if __name__ == "__main__":

@@ -35,11 +35,13 @@ __all__ = [
 
 def attention_blocks(module) -> Dict[str, torch.nn.Module]:
     """
-    {name: block} of every ``NonLocalBlock2d`` in ``module``, in order. ConfigError for CGNL
-    blocks, which have no per-query map to show or measure, and when there is no block.
+    {name: block} of every block with per-query attention maps in ``module`` (NL and DNL,
+    ``NonLocalBlock2d`` and its subclass, and GC, whose map is the same for every query), in
+    order. ConfigError for CGNL blocks, which have no per-query map to show or measure, and when
+    there is no block.
     """
     from ..errors import ConfigError
-    from ..layers import CGNLBlock2d, NonLocalBlock2d
+    from ..layers import CGNLBlock2d, GlobalContextBlock2d, NonLocalBlock2d
 
     if any(isinstance(m, CGNLBlock2d) for m in module.modules()):
         raise ConfigError(
@@ -47,11 +49,13 @@ def attention_blocks(module) -> Dict[str, torch.nn.Module]:
             "per-query attention map: their kernel couples every (position, channel) element of a "
             "channel group (Yue et al., sec. 3.3), computed as one compact sum per group"
         )
-    blocks = {n: m for n, m in module.named_modules() if isinstance(m, NonLocalBlock2d)}
+    kinds = (NonLocalBlock2d, GlobalContextBlock2d)
+    blocks = {n: m for n, m in module.named_modules() if isinstance(m, kinds)}
     if not blocks:
         raise ConfigError(
-            "the model has no non-local block: set MODEL.BACKBONE.NAME 'build_nonlocal_backbone' "
-            "or MODEL.ROI_KEYPOINT_HEAD.NAME 'KRCNNConvDeconvUpsampleNLHead'"
+            "the model has no block of the non-local family: set MODEL.BACKBONE.NAME "
+            "'build_nonlocal_backbone' or MODEL.ROI_KEYPOINT_HEAD.NAME "
+            "'KRCNNConvDeconvUpsampleNLHead'"
         )
     return blocks
 
@@ -61,7 +65,7 @@ def query_maps(block, x: torch.Tensor, valid_size=None) -> torch.Tensor:
     Every valid query position's attention over the valid keys, as distributions.
 
     Args:
-        block: a ``NonLocalBlock2d``.
+        block: a ``NonLocalBlock2d`` (or subclass) or ``GlobalContextBlock2d``.
         x: (1, C, H, W), the block's input for one image (or one RoI).
         valid_size: (h, w) of the image's valid region on this grid (None: the whole grid); the
             maps are those of the block computed on that region, as MODEL.NONLOCAL.VALID_REGION
@@ -192,23 +196,73 @@ def _lamp_boxes(dataset: str):
     return lamps if any(lamps.values()) else None
 
 
-def _stride(model, image_height: int, grid_height: int) -> float:
-    """Input pixels per cell of a backbone grid: the padded batch's height over the grid's."""
-    divisibility = model.backbone.size_divisibility or 1
-    return -(-image_height // divisibility) * divisibility / grid_height
+class _LampTotals:
+    """Sums over the shape queries of one backbone block, for the lamp mass and far mass."""
+
+    def __init__(self):
+        self.queries = 0
+        self.mass = self.uniform = self.far_mass = self.far_uniform = 0.0
+
+    def add(self, maps, queries, grid, cue, stride, key_cell, far_px):
+        flat = torch.as_tensor(queries[:, 0] * grid[1] + queries[:, 1])
+        result = cue_mass(maps[flat], torch.as_tensor(cue))
+        self.mass += result["mass"] * len(flat)
+        self.uniform += result["uniform"] * len(flat)
+        far = _far_keys(queries, cue.shape, stride, key_cell, far_px)
+        self.far_mass += (maps[flat] * far).sum().item()
+        self.far_uniform += far.double().mean(dim=1).sum().item()
+        self.queries += len(flat)
+
+    def result(self, block: str) -> Optional[dict]:
+        if not self.queries:
+            return None
+        mass, uniform = self.mass / self.queries, self.uniform / self.queries
+        return {
+            "block": block,
+            "queries": self.queries,
+            "mass": mass,
+            "uniform": uniform,
+            "ratio": mass / uniform,
+            "far_mass": self.far_mass / self.queries,
+            "far_uniform": self.far_uniform / self.queries,
+        }
+
+
+def _shape_boxes(record, lamp):
+    """The record's ground-truth boxes (XYXY) that do not overlap the lamp's box."""
+    from detectron2.structures import BoxMode
+
+    boxes = [
+        BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+        for a in record.get("annotations", [])
+    ]
+    return [b for b in boxes if not _overlaps(b, lamp)]
+
+
+def _block_inputs(model, blocks, record, cfg):
+    """(the block inputs of one model call on ``record``'s image, input scale, image shape)."""
+    from detectron2.data import transforms as T
+    from detectron2.data.detection_utils import read_image
+
+    image = read_image(record["file_name"], format=cfg.INPUT.FORMAT)
+    aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    resized = aug.get_transform(image).apply_image(image)
+    tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
+    with torch.no_grad(), BlockInputs(blocks) as inputs:
+        model([{"image": tensor}])
+    return inputs, resized.shape[0] / image.shape[0]
 
 
 def measure_attention(cfg, max_images=None, random_ok=False):
     """
-    {"images", "blocks": {name: {"specificity", "specificity_at_init", "maps"}}, "lamp": {...} or
-    None} over the config's first test set.
+    {"images", "blocks": {name: {"specificity", "specificity_at_init", "maps"}}, "lamp": the
+    first backbone block's lamp measures or None, "lamp_by_block": {name: ...} for every backbone
+    block} over the config's first test set.
     """
     from detectron2.data import DatasetCatalog
-    from detectron2.data import transforms as T
-    from detectron2.data.detection_utils import read_image
     from detectron2.modeling import build_model
-    from detectron2.structures import BoxMode
 
+    from ..modeling.backbone import stride_in_backbone
     from ..modeling.build import build_trained_model
 
     dataset = cfg.DATASETS.TEST[0]
@@ -217,19 +271,18 @@ def measure_attention(cfg, max_images=None, random_ok=False):
     at_init = attention_blocks(build_model(cfg).eval())
     model = build_trained_model(cfg, random_ok)
     blocks = attention_blocks(model)
-    backbone_block = next((n for n in blocks if n.startswith("backbone.")), None)
-    aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
-
+    strides = {
+        n: stride_in_backbone(model.backbone, b)
+        for n, b in blocks.items()
+        if n.startswith("backbone.")
+    }
     scores = {n: {"trained": [], "init": []} for n in blocks}
-    lamp_masses, lamp_uniforms, lamp_queries, used = [], [], 0, 0
-    far_masses, far_uniforms = [], []
-    for record in DatasetCatalog.get(dataset)[:max_images]:
-        image = read_image(record["file_name"], format=cfg.INPUT.FORMAT)
-        resized = aug.get_transform(image).apply_image(image)
-        tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
-        with torch.no_grad(), BlockInputs(blocks) as inputs:
-            model([{"image": tensor}])
-        used += 1
+    totals = {n: _LampTotals() for n in strides}
+    records = DatasetCatalog.get(dataset)[:max_images]
+    for record in records:
+        inputs, scale = _block_inputs(model, blocks, record, cfg)
+        lamp = lamps.get(os.path.basename(record["file_name"])) if lamps else None
+        boxes = _shape_boxes(record, lamp) if lamp else []
         for name, calls in inputs.items():
             for x, valid_sizes in calls:
                 for i in range(x.shape[0]):  # the image, or each person RoI of the head
@@ -239,34 +292,24 @@ def measure_attention(cfg, max_images=None, random_ok=False):
                         maps_init = query_maps(at_init[name], x[i : i + 1], size)
                     scores[name]["trained"].append(query_specificity(maps))
                     scores[name]["init"].append(query_specificity(maps_init))
-                    if name == backbone_block and lamps is not None:
-                        lamp = lamps.get(os.path.basename(record["file_name"]))
-                        boxes = [
-                            BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
-                            for a in record.get("annotations", [])
-                        ]
-                        boxes = [b for b in boxes if lamp and not _overlaps(b, lamp)]
-                        if not boxes:
-                            continue
-                        scale = resized.shape[0] / image.shape[0]
-                        grid = tuple(size) if size is not None else tuple(x.shape[-2:])
-                        stride = _stride(model, resized.shape[0], x.shape[-2])
-                        key_cell = 2 if blocks[name].sub_sample else 1
-                        queries, cue = cue_and_query_cells(
-                            np.array(lamp) * scale, np.array(boxes) * scale, grid, stride, key_cell
+                    if name not in strides or not boxes:
+                        continue
+                    grid = tuple(size) if size is not None else tuple(x.shape[-2:])
+                    key_cell = 2 if blocks[name].sub_sample else 1
+                    queries, cue = cue_and_query_cells(
+                        np.array(lamp) * scale,
+                        np.array(boxes) * scale,
+                        grid,
+                        strides[name],
+                        key_cell,
+                    )
+                    if len(queries):
+                        totals[name].add(
+                            maps, queries, grid, cue, strides[name], key_cell, FAR_PX * scale
                         )
-                        if len(queries) == 0:
-                            continue
-                        flat = torch.as_tensor(queries[:, 0] * grid[1] + queries[:, 1])
-                        result = cue_mass(maps[flat], torch.as_tensor(cue))
-                        lamp_masses.append(result["mass"] * len(flat))
-                        lamp_uniforms.append(result["uniform"] * len(flat))
-                        far = _far_keys(queries, cue.shape, stride, key_cell, FAR_PX * scale)
-                        far_masses.append((maps[flat] * far).sum().item())
-                        far_uniforms.append(far.double().mean(dim=1).sum().item())
-                        lamp_queries += len(flat)
-    out = {
-        "images": used,
+    by_block = {n: t.result(n) for n, t in totals.items() if t.queries}
+    return {
+        "images": len(records),
         "blocks": {
             name: {
                 "specificity": mean(s["trained"]),
@@ -275,20 +318,9 @@ def measure_attention(cfg, max_images=None, random_ok=False):
             }
             for name, s in scores.items()
         },
-        "lamp": None,
+        "lamp": next(iter(by_block.values()), None),
+        "lamp_by_block": by_block,
     }
-    if lamp_queries:
-        mass, uniform = sum(lamp_masses) / lamp_queries, sum(lamp_uniforms) / lamp_queries
-        out["lamp"] = {
-            "block": backbone_block,
-            "queries": lamp_queries,
-            "mass": mass,
-            "uniform": uniform,
-            "ratio": mass / uniform,
-            "far_mass": sum(far_masses) / lamp_queries,
-            "far_uniform": sum(far_uniforms) / lamp_queries,
-        }
-    return out
 
 
 def attention_report(result) -> str:
@@ -298,8 +330,9 @@ def attention_report(result) -> str:
             f"  {name}: query specificity {r['specificity']:.3f} (at initialisation "
             f"{r['specificity_at_init']:.3f}; uniform attention 0, disjoint 1; {r['maps']} maps)"
         )
-    lamp = result["lamp"]
-    if lamp:
+    for lamp in (result.get("lamp_by_block") or {"": result["lamp"]}).values():
+        if not lamp:
+            continue
         lines.append(
             f"  {lamp['block']}: over {lamp['queries']} shape queries, {100 * lamp['mass']:.1f}% "
             "of the "

@@ -12,22 +12,17 @@ images (read as RGB), images of any size (resized), keypoints outside their box 
 targets).
 """
 
-import itertools
 import json
 import logging
 import os
 from typing import Dict, List
 
 import detectron2.utils.comm as comm
-import torch.utils.data as torchdata
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.build import (
-    filter_images_with_few_keypoints,
     filter_images_with_only_crowd_annotations,
-    load_proposals_into_dataset,
-    print_instances_class_histogram,
+    get_detection_dataset_dicts,
 )
-from detectron2.data.detection_utils import check_metadata_consistency
 from detectron2.utils.file_io import PathManager
 
 from ..preflight import BadDataError, MissingInputError
@@ -58,47 +53,33 @@ def _listing(items: List[str]) -> str:
 
 def _not_json(name: str, error: json.JSONDecodeError) -> BadDataError:
     return BadDataError(
-        f"Dataset {name!r}: {_source(name)} is not valid JSON ({error}). The file is truncated or "
-        "corrupt; download or generate it again."
+        f"Dataset {name!r}: {_source(name.split(',')[0])} is not valid JSON ({error}). The file "
+        "is truncated or corrupt; download or generate it again."
     )
 
 
-def load_dataset(name: str, check_images: bool) -> List[Dict]:
-    """
-    ``DatasetCatalog.get(name)``, after the checks of its COCO file (``check_coco_file``), with
-    unreadable annotation files reported by name.
-    """
+def _require_registered(name: str) -> None:
     if name not in DatasetCatalog.list():
         raise BadDataError(
             f"Dataset {name!r} is not registered. Register it before training (e.g. Detectron2's "
             "register_coco_instances) or use a registered one, such as the builtin COCO names or "
             "nonlocal_synthetic_train / nonlocal_synthetic_val."
         )
-    check_coco_file(name, check_images)
-    try:
-        dicts = DatasetCatalog.get(name)
-    except json.JSONDecodeError as e:
-        raise _not_json(name, e) from None
-    except KeyError as e:
-        if "category_id" not in str(e):
-            raise
-        # Detectron2's COCO loader: an annotation's category_id missing from "categories".
-        raise BadDataError(
-            f"Dataset {name!r}: {_source(name)}: {e.args[0]} Add that category to the file's "
-            '"categories" or remove its annotations.'
-        ) from None
-    if not isinstance(dicts, list):  # a torch Dataset: nothing to check here
-        return dicts
-    if not dicts:
-        raise BadDataError(f"Dataset {name!r}: {_source(name)} lists no images.")
-    return dicts
 
 
-def check_coco_file(name: str, check_images: bool) -> None:
+def data_needs(cfg, name: str) -> coco_checks.Needs:
+    """What ``cfg``'s model and run read from dataset ``name`` beyond what every model reads."""
+    keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS if cfg.MODEL.KEYPOINT_ON else 0
+    return coco_checks.Needs(
+        masks=cfg.MODEL.MASK_ON, keypoints=keypoints, evaluated=name in cfg.DATASETS.TEST
+    )
+
+
+def check_coco_file(name: str, cfg) -> None:
     """
     For a dataset registered from a COCO json (``json_file`` in its metadata): every problem of
-    its annotations and, with ``check_images``, of its image files (``coco_checks``), raised
-    together as one BadDataError.
+    its annotations against ``coco_checks.DATA_RULES`` for this config's model and, with
+    DATALOADER.CHECK_IMAGES, of its image files, raised together as one BadDataError.
     """
     meta = MetadataCatalog.get(name)
     json_file = meta.get("json_file", None)
@@ -109,10 +90,10 @@ def check_coco_file(name: str, check_images: bool) -> None:
             coco = json.load(f)
     except json.JSONDecodeError as e:
         raise _not_json(name, e) from None
-    problems = coco_checks.annotation_problems(coco)
-    image_problems = (
-        coco_checks.image_problems(coco, meta.get("image_root", "")) if check_images else []
-    )
+    problems = coco_checks.annotation_problems(coco, data_needs(cfg, name))
+    image_problems = []
+    if cfg.DATALOADER.CHECK_IMAGES and not coco_checks.file_problems(coco):
+        image_problems = coco_checks.image_problems(coco, meta.get("image_root", ""))
     problems += image_problems
     if problems:
         skip = "\n  (DATALOADER.CHECK_IMAGES False skips the image-file checks)"
@@ -122,18 +103,48 @@ def check_coco_file(name: str, check_images: bool) -> None:
         )
 
 
-def check_dataset_dicts(name: str, dicts: List[Dict], cfg) -> None:
+def _load(names: List[str], **kwargs):
     """
-    Raise BadDataError naming files whose images are missing or whose labels the model cannot use.
+    Detectron2's ``get_detection_dataset_dicts(names, **kwargs)``, with the errors its loaders
+    raise for a bad annotation file as BadDataError naming the dataset.
     """
-    if not isinstance(dicts, list):
+    try:
+        return get_detection_dataset_dicts(names, **kwargs)
+    except json.JSONDecodeError as e:
+        raise _not_json(",".join(names), e) from None
+    except KeyError as e:
+        if "category_id" not in str(e):
+            raise
+        # Detectron2's COCO loader: an annotation's category_id missing from "categories".
+        raise BadDataError(
+            f"Datasets {names}: {e.args[0]} Add that category to the annotation file's "
+            '"categories" or remove its annotations.'
+        ) from None
+    except AssertionError as e:
+        if "is empty" not in str(e):
+            raise
+        raise BadDataError(f"{e} Its {_source(names[0])} lists no images.") from None
+
+
+def check_dataset_dicts(names: List[str], dicts: List[Dict], cfg) -> None:
+    """
+    Raise BadDataError naming files whose images are missing or whose labels the model cannot
+    use. Image files already checked with their COCO file (``check_coco_file``) are not read
+    again.
+    """
+    if not isinstance(dicts, list):  # a torch Dataset: used as it is
         return
-    missing = [d["file_name"] for d in dicts if not os.path.isfile(d["file_name"])]
+    checked = cfg.DATALOADER.CHECK_IMAGES and all(
+        MetadataCatalog.get(n).get("json_file", None) for n in names
+    )
+    missing = (
+        [] if checked else [d["file_name"] for d in dicts if not os.path.isfile(d["file_name"])]
+    )
     if missing:
         raise BadDataError(
-            f"Dataset {name!r}: {len(missing)} of {len(dicts)} image files listed in "
-            f"{_source(name)} do not "
-            f"exist: {_listing(missing)}. Restore them or remove them from the annotation file."
+            f"Datasets {names}: {len(missing)} of {len(dicts)} image files listed in "
+            f"{', '.join(_source(n) for n in names)} do not exist: {_listing(missing)}. Restore "
+            "them or remove them from the annotation file."
         )
     section = _CLASSES_SECTION.get(cfg.MODEL.META_ARCHITECTURE)
     if section is None:  # a meta-architecture whose labels are not checked here
@@ -149,12 +160,11 @@ def check_dataset_dicts(name: str, dicts: List[Dict], cfg) -> None:
         }
     )
     if bad_class:
-        classes = MetadataCatalog.get(name).get("thing_classes", None)
+        classes = MetadataCatalog.get(names[0]).get("thing_classes", None)
         known = f"; the dataset's categories are {len(classes)}: {classes}" if classes else ""
         raise BadDataError(
-            f"Dataset {name!r}: annotations with a category outside the model's "
-            f"{classes_key}={num_classes} classes (contiguous ids "
-            f"0..{num_classes - 1}){known}. "
+            f"Datasets {names}: annotations with a category outside the model's "
+            f"{classes_key}={num_classes} classes (contiguous ids 0..{num_classes - 1}){known}. "
             f"Images: {_listing(bad_class)}. Set {classes_key} to the number of categories."
         )
     if cfg.MODEL.KEYPOINT_ON and section == "ROI_HEADS":
@@ -169,77 +179,73 @@ def check_dataset_dicts(name: str, dicts: List[Dict], cfg) -> None:
         )
         if bad_kps:
             raise BadDataError(
-                f"Dataset {name!r}: keypoint annotations that do not have "
+                f"Datasets {names}: keypoint annotations that do not have "
                 f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={expected // 3} (x, y, v) triplets: "
                 f"{_listing(bad_kps)}."
             )
 
 
-def _with_proposals(dicts, names, proposal_files, cfg):
-    if not cfg.MODEL.LOAD_PROPOSALS:
-        return dicts
-    return [load_proposals_into_dataset(d, proposal_files[n]) for d, n in zip(dicts, names)]
-
-
-def training_dataset_dicts(cfg) -> List[Dict]:
-    """
-    The records of ``cfg.DATASETS.TRAIN``, checked, then filtered as Detectron2 does
-    (``DATALOADER.FILTER_EMPTY_ANNOTATIONS``, ``MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE``);
-    raises BadDataError rather than train on nothing.
-    """
-    names = list(cfg.DATASETS.TRAIN)
-    per_dataset = [load_dataset(name, cfg.DATALOADER.CHECK_IMAGES) for name in names]
-    if not all(
-        isinstance(dicts, list) for dicts in per_dataset
-    ):  # torch Datasets: used as they are
-        return per_dataset[0] if len(per_dataset) == 1 else torchdata.ConcatDataset(per_dataset)
-    for name, dicts in zip(names, per_dataset):
-        check_dataset_dicts(name, dicts, cfg)
-    per_dataset = _with_proposals(
-        per_dataset, names, dict(zip(names, cfg.DATASETS.PROPOSAL_FILES_TRAIN)), cfg
-    )
-    dicts = list(itertools.chain.from_iterable(per_dataset))
-    total = len(dicts)
+def _nothing_left(names: List[str], cfg, min_keypoints: int) -> BadDataError:
+    """Why Detectron2's training filters left no image: counted on the unfiltered records."""
+    dicts = _load(names, filter_empty=False, min_keypoints=0, check_consistency=False)
+    with_annotations = filter_images_with_only_crowd_annotations(dicts)
+    reasons = []
     if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
-        dicts = filter_images_with_only_crowd_annotations(dicts)
-    with_annotations = len(dicts)
-    min_keypoints = (
-        cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0
-    )
-    if min_keypoints > 0:
-        dicts = filter_images_with_few_keypoints(dicts, min_keypoints)
-    if not dicts:
-        reasons = []
-        if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
-            reasons.append(
-                f"{total - with_annotations} have no non-crowd annotation "
-                "(DATALOADER.FILTER_EMPTY_ANNOTATIONS=True)"
-            )
-        if min_keypoints > 0:
-            reasons.append(
-                f"{with_annotations} have fewer than "
-                f"MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE={min_keypoints} "
-                "visible keypoints"
-            )
-        raise BadDataError(
-            f"No training image left in {names}: of {total} images, {' and '.join(reasons)}. "
-            f"Check the annotation files ({', '.join(_source(n) for n in names)})."
+        reasons.append(
+            f"{len(dicts) - len(with_annotations)} have no non-crowd annotation "
+            "(DATALOADER.FILTER_EMPTY_ANNOTATIONS=True)"
         )
-    classes = MetadataCatalog.get(names[0]).get("thing_classes", None)
-    if classes is not None:
-        check_metadata_consistency("thing_classes", names)
-        print_instances_class_histogram(dicts, classes)
+    if min_keypoints > 0:
+        reasons.append(
+            f"{len(with_annotations)} have fewer than "
+            f"MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE={min_keypoints} visible keypoints"
+        )
+    return BadDataError(
+        f"No training image left in {names}: of {len(dicts)} images, {' and '.join(reasons)}. "
+        f"Check the annotation files ({', '.join(_source(n) for n in names)})."
+    )
+
+
+def checked_dataset_dicts(cfg, names: List[str], *, training: bool):
+    """
+    Detectron2's ``get_detection_dataset_dicts`` for ``names``, with the config's filters and
+    proposal files (training: as ``build_detection_train_loader`` reads them; evaluation: no
+    filter), after the checks of their COCO files and with the records checked against the
+    model (``check_dataset_dicts``). Bad data raises BadDataError before anything trains.
+    """
+    for name in names:
+        _require_registered(name)
+        check_coco_file(name, cfg)
+    proposals = cfg.DATASETS.PROPOSAL_FILES_TRAIN if training else cfg.DATASETS.PROPOSAL_FILES_TEST
+    min_keypoints = (
+        cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
+        if training and cfg.MODEL.KEYPOINT_ON
+        else 0
+    )
+    try:
+        dicts = _load(
+            names,
+            filter_empty=training and cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=min_keypoints,
+            proposal_files=list(proposals) if cfg.MODEL.LOAD_PROPOSALS else None,
+            check_consistency=training,
+        )
+    except AssertionError as e:
+        if "No valid data found" not in str(e):
+            raise
+        raise _nothing_left(names, cfg, min_keypoints) from None
+    check_dataset_dicts(names, dicts, cfg)
     return dicts
 
 
-def evaluation_dataset_dicts(cfg, name: str) -> List[Dict]:
-    """
-    The records of test dataset ``name``, checked (nothing is filtered: every image is evaluated).
-    """
-    dicts = load_dataset(name, cfg.DATALOADER.CHECK_IMAGES)
-    check_dataset_dicts(name, dicts, cfg)
-    proposal_files = dict(zip(cfg.DATASETS.TEST, cfg.DATASETS.PROPOSAL_FILES_TEST))
-    return _with_proposals([dicts], [name], proposal_files, cfg)[0]
+def training_dataset_dicts(cfg):
+    """The checked, filtered records of ``cfg.DATASETS.TRAIN`` (``checked_dataset_dicts``)."""
+    return checked_dataset_dicts(cfg, list(cfg.DATASETS.TRAIN), training=True)
+
+
+def evaluation_dataset_dicts(cfg, name: str):
+    """The checked records of test dataset ``name``; nothing is filtered."""
+    return checked_dataset_dicts(cfg, [name], training=False)
 
 
 def _lazy_dataset_names(loader) -> List[str]:

@@ -2,20 +2,22 @@
 ``NonLocalDefaultTrainer``: Detectron2's DefaultTrainer with what nonlocal_det's YAML configs and
 CPU runs need.
 
-Three of those needs have no public route through ``DefaultTrainer.__init__``, which builds the
-DistributedDataParallel wrapper, the AMPTrainer and the checkpointer itself and takes no argument
-for any of them. They are kept here, each marked "Detectron2-internal", and
+Two of those needs have no public route through ``DefaultTrainer.__init__``, which builds the
+DistributedDataParallel wrapper and the AMPTrainer itself and takes no argument, hook or
+overridable method for either. They are kept here, each marked "Detectron2-internal", and
 tests/test_detectron2_internals.py fails if Detectron2 changes under them:
 
-1. DistributedDataParallel of a CPU model: ``distributed.cpu_ddp_support`` replaces the
-   module-level ``create_ddp_model`` while ``DefaultTrainer.__init__`` runs.
-2. SOLVER.AMP.PRECISION: ``DefaultTrainer`` builds its AMPTrainer with the default float16, and
-   keeps it as the private ``_trainer``; its public ``precision`` attribute is set after.
-3. Atomic checkpoints: ``DefaultTrainer.__init__`` creates ``self.checkpointer`` right before
-   calling ``build_hooks``, whose PeriodicCheckpointer keeps a reference to it; the override of
-   ``build_hooks`` replaces it first.
+1. DistributedDataParallel of a CPU model: Detectron2's ``create_ddp_model`` passes
+   ``device_ids=[local rank]``, which torch refuses for a CPU module; ``DefaultTrainer.__init__``
+   calls that module-level function directly, so ``distributed.cpu_ddp_support`` replaces it
+   while ``DefaultTrainer.__init__`` runs.
+2. SOLVER.AMP.PRECISION: ``DefaultTrainer`` builds its AMPTrainer with the default float16 and
+   keeps it only as the private ``_trainer`` (its public ``model``/``optimizer`` properties reach
+   through it, but no ``precision``); the AMPTrainer's public ``precision`` attribute is set after.
 
-A LazyConfig run (train_net.py) builds these objects itself, through their public constructors.
+Atomic checkpoints need no such step: the public ``checkpointer`` is made to write atomically
+(``write_checkpoints_atomically``) before any hook can save. A LazyConfig run (train_net.py)
+builds these objects itself, through their public constructors.
 """
 
 import logging
@@ -33,7 +35,12 @@ from detectron2.engine import AMPTrainer, DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.logger import setup_logger
 
-from ..checkpoint import AtomicDetectionCheckpointer, reading_weights
+from ..checkpoint import (
+    check_resume_fits,
+    reading_weights,
+    resume_checkpoint,
+    write_checkpoints_atomically,
+)
 from ..data.loading import evaluation_dataset_dicts, training_dataset_dicts
 from ..distributed import check_sync_bn_device, cpu_ddp_support
 from ..modeling.build import naming_head_feature_mismatch
@@ -56,7 +63,7 @@ def setup_nonlocal_logger(output_dir: str, device: str) -> None:
 class NonLocalDefaultTrainer(DefaultTrainer):
     """
     DefaultTrainer that also: trains several CPU processes (gloo), uses SOLVER.AMP.PRECISION
-    (float16 or bfloat16), writes checkpoints atomically (``AtomicDetectionCheckpointer``),
+    (float16 or bfloat16), writes checkpoints atomically (``write_checkpoints_atomically``),
     refuses torch's SyncBatchNorm on a multi-process CPU run at build time, loads checked
     dataset records (bad data stops before training), evaluates every task the model predicts
     with COCOEvaluator, and writes the results of every evaluation to
@@ -75,20 +82,21 @@ class NonLocalDefaultTrainer(DefaultTrainer):
                     "from the one nonlocal_det supports (see tests/test_detectron2_internals.py)."
                 )
             amp_trainer.precision = getattr(torch, cfg.SOLVER.AMP.PRECISION)
+        write_checkpoints_atomically(self.checkpointer)
 
-    def build_hooks(self):
-        # Detectron2-internal (3): DefaultTrainer.__init__ created self.checkpointer just before
-        # calling this; the PeriodicCheckpointer built below keeps the atomic one.
-        self.checkpointer = AtomicDetectionCheckpointer(
-            self.checkpointer.model, self.cfg.OUTPUT_DIR, **self.checkpointer.checkpointables
+    def resume_or_load(self, resume=True, allow_unmatched=False):
+        """
+        DefaultTrainer's, with the checkpoint ``--resume`` continues from checked first: a
+        damaged ``last_checkpoint`` state, or a checkpoint that does not fit the model (unless
+        ``allow_unmatched``), is named in one line; an unreadable MODEL.WEIGHTS too.
+        """
+        path = resume_checkpoint(self.cfg.OUTPUT_DIR) if resume else None
+        if path is not None:
+            check_resume_fits(self.checkpointer.model, path, allow_unmatched)
+        key, source = (
+            ("--resume: checkpoint", path) if path else ("MODEL.WEIGHTS", self.cfg.MODEL.WEIGHTS)
         )
-        return super().build_hooks()
-
-    def resume_or_load(self, resume=True):
-        """
-        DefaultTrainer's, with an unreadable MODEL.WEIGHTS (or last checkpoint) named in one line.
-        """
-        with reading_weights("MODEL.WEIGHTS", self.cfg.MODEL.WEIGHTS):
+        with reading_weights(key, source):
             super().resume_or_load(resume)
 
     @classmethod

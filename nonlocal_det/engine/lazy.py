@@ -15,11 +15,23 @@ from detectron2.config import instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 
-from ..checkpoint import AtomicDetectionCheckpointer, reading_weights
+from ..checkpoint import (
+    check_resume_fits,
+    load_trained_weights,
+    reading_weights,
+    resume_checkpoint,
+    write_checkpoints_atomically,
+)
 from ..config import get_nonlocal_lazy_config
 from ..data.loading import check_datasets
 from ..distributed import check_sync_bn_device, create_ddp_model
-from ..preflight import amp_settings, check_amp, check_weights
+from ..preflight import (
+    amp_settings,
+    check_amp,
+    check_output_dir,
+    check_weights,
+    check_world_size,
+)
 from .defaults import setup_nonlocal_logger
 from .results import write_final_metrics
 
@@ -31,6 +43,10 @@ logger = logging.getLogger("nonlocal_det")
 def setup_lazy(args):
     """The LazyConfig of ``args`` (overrides as key=value), with logging set up."""
     cfg = get_nonlocal_lazy_config(args.config_file, args.opts)
+    check_output_dir(cfg.train.output_dir, "train.output_dir")
+    batch = cfg.dataloader.get("train", {}).get("total_batch_size", None)
+    if batch is not None:
+        check_world_size(batch, "dataloader.train.total_batch_size", comm.get_world_size())
     default_setup(cfg, args)
     setup_nonlocal_logger(cfg.train.output_dir, cfg.train.device)
     return cfg
@@ -69,7 +85,9 @@ def do_train(args, cfg):
         trainer = AMPTrainer(model, train_loader, optimizer, precision=getattr(torch, precision))
     else:
         trainer = SimpleTrainer(model, train_loader, optimizer)
-    checkpointer = AtomicDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = write_checkpoints_atomically(
+        DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    )
     main_process = comm.is_main_process()
     trainer.register_hooks(
         [
@@ -87,7 +105,15 @@ def do_train(args, cfg):
             else None,
         ]
     )
-    with reading_weights("train.init_checkpoint", cfg.train.init_checkpoint):
+    path = resume_checkpoint(cfg.train.output_dir) if args.resume else None
+    if path is not None:
+        check_resume_fits(checkpointer.model, path, args.allow_unmatched_weights)
+    key, source = (
+        ("--resume: checkpoint", path)
+        if path
+        else ("train.init_checkpoint", cfg.train.init_checkpoint)
+    )
+    with reading_weights(key, source):
         checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
     # the checkpoint holds the iteration that just finished
     start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
@@ -101,10 +127,14 @@ def run_lazy_config(args):
     check_weights(cfg, resume=args.resume)
     if args.eval_only:
         model = create_ddp_model(instantiate(cfg.model).to(cfg.train.device))
-        with reading_weights("train.init_checkpoint", cfg.train.init_checkpoint):
-            DetectionCheckpointer(model, save_dir=cfg.train.output_dir).resume_or_load(
-                cfg.train.init_checkpoint, resume=args.resume
-            )
+        path = resume_checkpoint(cfg.train.output_dir) if args.resume else None
+        load_trained_weights(
+            model,
+            path or cfg.train.init_checkpoint,
+            random_ok=args.allow_unmatched_weights,
+            key="--resume: checkpoint" if path else "train.init_checkpoint",
+            flag="--allow-unmatched-weights",
+        )
         return do_test(cfg, model)
     check_amp(cfg)
     return do_train(args, cfg)

@@ -10,6 +10,7 @@ from .backbone import (
     insert_nonlocal_blocks,
     make_nonlocal_stages,
     nonlocal_positions_from_cfg,
+    stride_in_backbone,
 )
 from .block_factory import context_block_factory, nonlocal_block_factory
 from .keypoint_head import KRCNNConvDeconvUpsampleNLHead
@@ -38,6 +39,7 @@ __all__ = [
     "insert_nonlocal_blocks",
     "make_nonlocal_stages",
     "nonlocal_positions_from_cfg",
+    "stride_in_backbone",
     "context_block_factory",
     "nonlocal_block_factory",
     "KRCNNConvDeconvUpsampleNLHead",

@@ -32,6 +32,7 @@ __all__ = [
     "build_resnet_nl_fpn_backbone",
     "find_resnet",
     "block_strides",
+    "stride_in_backbone",
     "insert_nonlocal_blocks",
     "make_nonlocal_stages",
     "nonlocal_positions_from_cfg",
@@ -153,13 +154,27 @@ def insert_nonlocal_blocks(
 
 
 def block_strides(resnet: ResNet) -> Dict[nn.Module, int]:
-    """Each residual block of ``resnet`` -> the stride of its output on the input image."""
+    """
+    Each residual block of ``resnet`` -> the stride of its output grid on the input image: the
+    one place the stride of a block (and of the blocks attached to it) is computed.
+    """
     strides, stride = {}, resnet.stem.stride
     for stage in resnet.stages:
         for block in stage:
             stride *= block.stride
             strides[block] = stride
     return strides
+
+
+def stride_in_backbone(backbone: nn.Module, module: nn.Module) -> int:
+    """
+    The stride on the input image of the grid ``module`` computes on: a residual block of
+    ``backbone``'s ResNet or a module inside one (an attached non-local or GC block).
+    """
+    for block, stride in block_strides(find_resnet(backbone)).items():
+        if any(m is module for m in block.modules()):
+            return stride
+    raise ValueError(f"{type(module).__name__} is not inside a residual block of this backbone")
 
 
 def find_resnet(backbone: nn.Module) -> ResNet:

@@ -1,1 +1,1 @@
-"""What the command-line tools share: config and weights loading, machine description, tables."""
+"""Utilities that import nothing else of the package: machine description, measurement, tables."""

@@ -13,8 +13,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from ..utils.tables import format_ap, format_duration, mean_std, write_text
 from .seed_runs import TASKS, config_name, run_losses
-from .tables import format_ap, format_duration, mean_std, write_text
 
 __all__ = [
     "report",
@@ -182,7 +182,7 @@ def paper_table(results: Dict[str, List[dict]], opts: List[str], paper_results: 
             ]
             ours = [v for v in ours if v is not None]
             cells += [
-                f"{row[task][metric]:.1f}" if task in row else "",
+                f"{row[task][metric]:.1f}" if metric in row.get(task, {}) else "",
                 mean_std(ours) if ours else "—",
             ]
         lines.append(

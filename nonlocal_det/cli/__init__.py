@@ -1,0 +1,1 @@
+"""What the command-line tools (tools/) share: loading a trained model's config, seed sweeps."""

@@ -1,0 +1,234 @@
+"""
+The domain of every config value train_net.py and the tools use, checked when a config is loaded,
+so that a value outside it stops the run with one line naming the key, the value and the domain,
+before anything is built (not as a traceback, or a NaN, hours in).
+
+``YAML_DOMAINS`` and ``LAZY_DOMAINS`` are the tables (docs/reliability.md lists them);
+``config_problems`` applies one to a config. Keys a config lacks (a Detectron2 version without
+them) are skipped.
+"""
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List
+
+from .errors import ConfigError
+
+__all__ = ["Domain", "YAML_DOMAINS", "LAZY_DOMAINS", "config_problems", "check_config"]
+
+
+@dataclass(frozen=True)
+class Domain:
+    """A set of values, as a test and the words that name it in errors."""
+
+    description: str
+    contains: Callable[[Any], bool]
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def ints(low: int, high: int = None) -> Domain:
+    words = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
+    return Domain(words, lambda v: _is_int(v) and v >= low and (high is None or v <= high))
+
+
+def numbers(low: float, high: float = None, *, low_open=False, high_open=False) -> Domain:
+    left, right = "(" if low_open else "[", ")" if high_open else "]"
+    words = (
+        f"a finite number {'>' if low_open else '>='} {low}"
+        if high is None
+        else f"a finite number in {left}{low}, {high}{right}"
+    )
+
+    def contains(v):
+        if not _is_number(v):
+            return False
+        above = v > low if low_open else v >= low
+        below = high is None or (v < high if high_open else v <= high)
+        return above and below
+
+    return Domain(words, contains)
+
+
+def one_of(*choices) -> Domain:
+    return Domain(f"one of {list(choices)}", lambda v: v in choices)
+
+
+def sequence_of(item: Domain, *, min_len: int = 0, increasing: bool = False) -> Domain:
+    words = f"a list of {min_len} or more values, each {item.description}"
+    if increasing:
+        words += ", in increasing order"
+
+    def contains(v):
+        if not isinstance(v, (list, tuple)) or len(v) < min_len:
+            return False
+        if not all(item.contains(x) for x in v):
+            return False
+        return not increasing or all(a < b for a, b in zip(v, v[1:]))
+
+    return Domain(words, contains)
+
+
+def _device(v) -> bool:
+    return isinstance(v, str) and re.fullmatch(r"cpu|cuda(:\d+)?", v) is not None
+
+
+POSITIVE_INT = ints(1)
+NON_NEGATIVE_INT = ints(0)
+PROBABILITY = numbers(0.0, 1.0)
+FRACTION = numbers(0.0, 1.0, low_open=True)
+STAGES = ("res2", "res3", "res4", "res5")
+
+YAML_DOMAINS: Dict[str, Domain] = {
+    "MODEL.DEVICE": Domain("'cpu', 'cuda' or 'cuda:N'", _device),
+    "MODEL.PIXEL_STD": sequence_of(numbers(0.0, low_open=True), min_len=1),
+    "MODEL.PIXEL_MEAN": sequence_of(numbers(-math.inf), min_len=1),
+    "MODEL.BACKBONE.FREEZE_AT": ints(0, 5),
+    "MODEL.RESNETS.DEPTH": one_of(18, 34, 50, 101, 152),
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE": POSITIVE_INT,
+    "MODEL.RPN.POSITIVE_FRACTION": FRACTION,
+    "MODEL.RPN.NMS_THRESH": PROBABILITY,
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN": POSITIVE_INT,
+    "MODEL.RPN.PRE_NMS_TOPK_TEST": POSITIVE_INT,
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN": POSITIVE_INT,
+    "MODEL.RPN.POST_NMS_TOPK_TEST": POSITIVE_INT,
+    "MODEL.ROI_HEADS.NUM_CLASSES": POSITIVE_INT,
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": POSITIVE_INT,
+    "MODEL.ROI_HEADS.POSITIVE_FRACTION": FRACTION,
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST": PROBABILITY,
+    "MODEL.ROI_HEADS.NMS_THRESH_TEST": PROBABILITY,
+    "MODEL.RETINANET.NUM_CLASSES": POSITIVE_INT,
+    "MODEL.RETINANET.SCORE_THRESH_TEST": PROBABILITY,
+    "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS": POSITIVE_INT,
+    "MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE": NON_NEGATIVE_INT,
+    "MODEL.ROI_KEYPOINT_HEAD.NUM_NONLOCAL": NON_NEGATIVE_INT,
+    "MODEL.ROI_KEYPOINT_HEAD.NONLOCAL_EVERY": POSITIVE_INT,
+    "MODEL.NONLOCAL.REDUCTION": POSITIVE_INT,
+    "MODEL.NONLOCAL.RES2": sequence_of(ints(-1000)),
+    "MODEL.NONLOCAL.RES3": sequence_of(ints(-1000)),
+    "MODEL.NONLOCAL.RES4": sequence_of(ints(-1000)),
+    "MODEL.NONLOCAL.RES5": sequence_of(ints(-1000)),
+    "MODEL.NONLOCAL.CGNL.GROUPS": POSITIVE_INT,
+    "MODEL.NONLOCAL.CGNL.ORDER": NON_NEGATIVE_INT,
+    "MODEL.NONLOCAL.CGNL.GAMMA": numbers(0.0, low_open=True),
+    "MODEL.NONLOCAL.DNL.TEMPERATURE": numbers(0.0, low_open=True),
+    "MODEL.NONLOCAL.GC.STAGES": Domain(
+        f"a list of distinct stages from {list(STAGES)}",
+        lambda v: (
+            isinstance(v, (list, tuple)) and all(s in STAGES for s in v) and len(set(v)) == len(v)
+        ),
+    ),
+    "MODEL.NONLOCAL.GC.RATIO": numbers(0.0, 1.0, low_open=True),
+    "MODEL.NONLOCAL.GC.POOLING": one_of("att", "avg"),
+    "MODEL.NONLOCAL.GC.FUSION": Domain(
+        "a non-empty list of distinct values from ['channel_add', 'channel_mul']",
+        lambda v: (
+            isinstance(v, (list, tuple))
+            and 0 < len(set(v)) == len(v)
+            and all(f in ("channel_add", "channel_mul") for f in v)
+        ),
+    ),
+    "INPUT.MIN_SIZE_TRAIN": sequence_of(POSITIVE_INT, min_len=1),
+    "INPUT.MAX_SIZE_TRAIN": POSITIVE_INT,
+    "INPUT.MIN_SIZE_TEST": NON_NEGATIVE_INT,
+    "INPUT.MAX_SIZE_TEST": POSITIVE_INT,
+    "INPUT.FORMAT": one_of("BGR", "RGB", "L", "YUV-BT.601"),
+    "INPUT.MASK_FORMAT": one_of("polygon", "bitmask"),
+    "INPUT.RANDOM_FLIP": one_of("none", "horizontal", "vertical"),
+    "DATALOADER.NUM_WORKERS": NON_NEGATIVE_INT,
+    "DATALOADER.SAMPLER_TRAIN": one_of(
+        "TrainingSampler", "RepeatFactorTrainingSampler", "RandomSubsetTrainingSampler"
+    ),
+    "DATALOADER.REPEAT_THRESHOLD": numbers(0.0),
+    "SOLVER.IMS_PER_BATCH": POSITIVE_INT,
+    "SOLVER.BASE_LR": numbers(0.0, low_open=True),
+    "SOLVER.BASE_LR_END": numbers(0.0),
+    "SOLVER.MAX_ITER": POSITIVE_INT,
+    "SOLVER.MOMENTUM": numbers(0.0, 1.0, high_open=True),
+    "SOLVER.WEIGHT_DECAY": numbers(0.0),
+    "SOLVER.WEIGHT_DECAY_NORM": numbers(0.0),
+    "SOLVER.BIAS_LR_FACTOR": numbers(0.0, low_open=True),
+    "SOLVER.GAMMA": numbers(0.0, low_open=True),
+    "SOLVER.STEPS": sequence_of(NON_NEGATIVE_INT, increasing=True),
+    "SOLVER.WARMUP_ITERS": NON_NEGATIVE_INT,
+    "SOLVER.WARMUP_FACTOR": PROBABILITY,
+    "SOLVER.WARMUP_METHOD": one_of("linear", "constant"),
+    "SOLVER.LR_SCHEDULER_NAME": one_of(
+        "WarmupMultiStepLR", "WarmupCosineLR", "WarmupStepWithFixedGammaLR"
+    ),
+    "SOLVER.CHECKPOINT_PERIOD": POSITIVE_INT,
+    "SOLVER.REFERENCE_WORLD_SIZE": NON_NEGATIVE_INT,
+    "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": one_of("value", "norm"),
+    "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": numbers(0.0, low_open=True),
+    "SOLVER.AMP.PRECISION": one_of("float16", "bfloat16"),
+    "TEST.EVAL_PERIOD": NON_NEGATIVE_INT,
+    "TEST.DETECTIONS_PER_IMAGE": POSITIVE_INT,
+    "VIS_PERIOD": NON_NEGATIVE_INT,
+    "SEED": ints(-(2**31), 2**32 - 1),
+}
+
+LAZY_DOMAINS: Dict[str, Domain] = {
+    "train.device": YAML_DOMAINS["MODEL.DEVICE"],
+    "train.max_iter": POSITIVE_INT,
+    "train.eval_period": NON_NEGATIVE_INT,
+    "train.log_period": POSITIVE_INT,
+    "train.checkpointer.period": POSITIVE_INT,
+    "train.seed": YAML_DOMAINS["SEED"],
+    "optimizer.lr": YAML_DOMAINS["SOLVER.BASE_LR"],
+    "optimizer.momentum": YAML_DOMAINS["SOLVER.MOMENTUM"],
+    "optimizer.weight_decay": YAML_DOMAINS["SOLVER.WEIGHT_DECAY"],
+    "dataloader.train.total_batch_size": POSITIVE_INT,
+    "dataloader.train.num_workers": NON_NEGATIVE_INT,
+    "dataloader.test.num_workers": NON_NEGATIVE_INT,
+}
+
+_MISSING = object()
+
+
+def _lookup(cfg, key: str):
+    node = cfg
+    for part in key.split("."):
+        try:
+            node = node[part]
+        except (KeyError, TypeError, AttributeError):
+            return _MISSING
+    return node
+
+
+def config_problems(cfg, domains: Dict[str, Domain] = None) -> List[str]:
+    """'KEY=value: must be <domain>' for every value of ``cfg`` outside its domain."""
+    if domains is None:
+        domains = YAML_DOMAINS if "MODEL" in cfg else LAZY_DOMAINS
+    problems = []
+    for key, domain in domains.items():
+        value = _lookup(cfg, key)
+        if value is _MISSING:
+            continue
+        if not domain.contains(value):
+            problems.append(f"{key}={value!r}: must be {domain.description}")
+    if "MODEL" in cfg:
+        mean, std = cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD
+        if len(mean) != len(std):
+            problems.append(
+                f"MODEL.PIXEL_MEAN has {len(mean)} values and MODEL.PIXEL_STD {len(std)}: "
+                "give one of each per input channel"
+            )
+    return problems
+
+
+def check_config(cfg, where: str = "the config") -> None:
+    """ConfigError listing every value of ``cfg`` outside its domain (``config_problems``)."""
+    problems = config_problems(cfg)
+    if len(problems) == 1:
+        raise ConfigError(f"{where}: {problems[0]}")
+    if problems:
+        raise ConfigError(
+            f"{where}: {len(problems)} values outside their domains: " + "; ".join(problems)
+        )

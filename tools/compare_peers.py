@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""
+Our GC and DNL blocks against their peers, with the same weights copied in, in float64: mmcv's
+``ContextBlock`` for every pooling x fusion, mmsegmentation's ``DisentangledNonLocal2d`` with and
+without a norm after W_z and with and without sub-sampling. Prints the largest absolute
+difference of the outputs and of the gradients (input and every parameter) and exits 1 if one
+is above 1e-9. The tests check the same blocks against the formulas written out in
+``nonlocal_det/layers/reference.py``; this is the check against the peers' own code.
+
+    pip install --no-deps mmcv-lite mmengine mmsegmentation addict yapf rich markdown-it-py mdurl
+    python tools/compare_peers.py
+"""
+
+import itertools
+import sys
+
+import torch
+
+from nonlocal_det.cli.arguments import ArgumentParser
+from nonlocal_det.errors import MissingInputError, exit_on_user_error
+from nonlocal_det.layers import GC_POOLINGS, DisentangledNonLocal2d, GlobalContextBlock2d
+from peer_blocks import available, mmcv_context_block, mmseg_dnl, parameter_pairs
+
+BAR = 1e-9
+FUSION_SETS = [("channel_add",), ("channel_mul",), ("channel_add", "channel_mul")]
+
+
+def _randomized(block, seed=0):
+    """float64, every parameter random (also those that start at zero)."""
+    gen = torch.Generator().manual_seed(seed)
+    block = block.double()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(
+                torch.randn(p.shape, generator=gen, dtype=p.dtype) / max(p[0].numel(), 1) ** 0.5
+            )
+    return block
+
+
+def differences(ours, theirs, shape):
+    """(max |forward difference|, max |gradient difference|) on a random input of ``shape``."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    outputs, grads = [], []
+    for block, params in (
+        (ours, [p for _, p, _ in parameter_pairs(ours, theirs)]),
+        (theirs, [q for _, _, q in parameter_pairs(ours, theirs)]),
+    ):
+        xi = x.clone().requires_grad_()
+        out = block(xi)
+        outputs.append(out)
+        grads.append(torch.autograd.grad(out.sin().sum(), [xi, *params]))
+    forward = (outputs[0] - outputs[1]).abs().max().item()
+    backward = max((a - b).abs().max().item() for a, b in zip(*grads))
+    return forward, backward
+
+
+def rows():
+    """(block, settings, forward difference, gradient difference or the peer's error)."""
+    for pooling, fusions in itertools.product(GC_POOLINGS, FUSION_SETS):
+        ours = _randomized(GlobalContextBlock2d(32, ratio=0.25, pooling=pooling, fusions=fusions))
+        yield (
+            "GC vs mmcv ContextBlock",
+            f"{pooling}, {'+'.join(fusions)}",
+            *differences(ours, mmcv_context_block(ours), (2, 32, 7, 9)),
+        )
+    # temperature 0.125 and 16 inner channels: mmsegmentation divides by float32 tensors of
+    # them, exact only for such values
+    for norm, sub_sample in itertools.product(["", "GN", "BN"], [False, True]):
+        ours = _randomized(
+            DisentangledNonLocal2d(32, temperature=0.125, norm=norm, sub_sample=sub_sample)
+        ).train()
+        settings = f"norm {norm or 'none'}, sub_sample {sub_sample}"
+        try:
+            theirs = mmseg_dnl(ours)
+            yield (
+                "DNL vs mmseg DisentangledNonLocal2d",
+                settings,
+                *differences(ours, theirs, (2, 32, 6, 8)),
+            )
+        except RuntimeError as e:
+            yield (
+                "DNL vs mmseg DisentangledNonLocal2d",
+                settings,
+                None,
+                f"mmseg fails: {str(e).splitlines()[0]}",
+            )
+
+
+def main(argv=None) -> int:
+    ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
+    for peer in ("mmcv", "mmseg"):
+        if not available(peer):
+            raise MissingInputError(
+                f"{peer} is not importable: install it as this tool's --help says"
+            )
+    failed = False
+    print("| block | settings | max abs forward difference | max abs gradient difference |")
+    print("|---|---|---|---|")
+    for block, settings, forward, backward in rows():
+        if forward is None:
+            print(f"| {block} | {settings} | — | {backward} |")
+            continue
+        failed |= forward > BAR or backward > BAR
+        print(f"| {block} | {settings} | {forward:.1e} | {backward:.1e} |")
+    return int(failed)
+
+
+if __name__ == "__main__":
+    sys.exit(exit_on_user_error(main))
