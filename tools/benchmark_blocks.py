@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """
-Forward+backward time and extra peak memory of the non-local and CGNL blocks, side by side
-in one run, against the full-matrix reference (nonlocal_det.layers.reference) and, when
-mmcv is installed, mmcv's NonLocal2d.
+Forward+backward time and extra peak memory of the blocks (NL, CGNL, DNL, GC), side by side in
+one run, against the full-matrix references (nonlocal_det.layers.reference) and, when installed,
+the peers: mmcv's NonLocal2d and ContextBlock, mmsegmentation's DisentangledNonLocal2d
+(tools/peer_blocks.py).
 
 Each implementation runs in processes of its own, in turn with the others of its row
 (A B C A B C ...), so that drifts in machine load hit all alike and none inherits another's
@@ -13,6 +14,7 @@ during one forward+backward: the profiler's memory timeline on CPU,
 
     python tools/benchmark_blocks.py                      # CPU, writes output/benchmarks.md
     python tools/benchmark_blocks.py --output docs/benchmarks.md   # the committed table
+    python tools/benchmark_blocks.py --blocks DNL GC      # only some kinds of block
     python tools/benchmark_blocks.py --padding --output output/padding_blocks.md
     python tools/benchmark_blocks.py --device cuda --output docs/benchmarks_gpu.md
 """
@@ -23,45 +25,91 @@ import json
 import os
 import statistics
 
+from nonlocal_det.cli.arguments import ArgumentParser, new_file, positive_float, positive_int
+from nonlocal_det.errors import exit_on_user_error
 from nonlocal_det.utils.machine import describe_machine
 from nonlocal_det.utils.measure import run_child_process, time_and_peak
-from nonlocal_det.utils.tables import write_text
+from nonlocal_det.utils.tables import markdown_table, write_text
 
 SIZES = {
     # name: (channels, height, width)
     "res4": (1024, 50, 84),  # res4 of an 800x1333 image (stride 16)
     "large": (64, 200, 200),
+    "small": (64, 12, 16),  # to try the tool in seconds
 }
-NL_MODES = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
-CGNL_KERNELS = ("dot", "embedded_gaussian", "gaussian_rbf")
+DEFAULT_SIZES = ["res4", "large"]
 FLOAT_BYTES = 4
+# Rows of the main table: (label, block spec, peer, sizes it runs at). A spec holds the block
+# kind and its settings; "peer" names the peer implementation, or None.
+ROWS = [
+    *[
+        (f"NL {m}", {"block": "NL", "mode": m, "sub_sample": True}, "mmcv NonLocal2d", SIZES)
+        for m in ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
+    ],
+    *[
+        (f"CGNL {k}", {"block": "CGNL", "mode": k}, None, SIZES)
+        for k in ("dot", "embedded_gaussian", "gaussian_rbf")
+    ],
+    ("DNL", {"block": "DNL", "sub_sample": True}, None, SIZES),
+    (
+        "DNL, no sub-sampling",
+        {"block": "DNL", "sub_sample": False},
+        "mmseg DisentangledNonLocal2d",
+        ("res4", "small"),
+    ),
+    ("GC r16 att add", {"block": "GC", "pooling": "att"}, "mmcv ContextBlock", SIZES),
+    ("GC r16 avg add", {"block": "GC", "pooling": "avg"}, "mmcv ContextBlock", SIZES),
+]
+BLOCK_KINDS = ("NL", "CGNL", "DNL", "GC")
+# --padding: a third of the large map's columns are padding (valid 200 x 134 of 200 x 200)
+PADDED_VALID_WIDTH = 134
 
 
-def _key_count(h, w):
-    return ((h + 1) // 2) * ((w + 1) // 2)
-
-
-def estimated_bytes(impl, mode, channels, h, w):
+def estimated_bytes(impl, spec, channels, h, w):
     """Rough memory the full-matrix implementations need (None: linear, always run)."""
-    n, m, inner = h * w, _key_count(h, w), channels // 2
-    if impl in ("naive", "naive_core"):
-        return 4 * n * m * FLOAT_BYTES  # logits, weights, and their gradients
-    if impl == "mmcv":
-        if mode == "concatenation":
-            # its (B, 2C', N, M) concat tensor plus the two repeated (B, C', N, M) halves
-            return 2 * (2 * inner) * n * m * FLOAT_BYTES
-        return 4 * n * m * FLOAT_BYTES
-    if impl == "cgnl_naive":
+    sub = spec.get("sub_sample", True)
+    n = h * w
+    m = ((h + 1) // 2) * ((w + 1) // 2) if sub else n
+    inner = channels // 2
+    if spec["block"] == "GC" or impl in ("ours", "ours_core"):
+        return None
+    if spec["block"] == "CGNL":
         elements = n * inner // 8  # N C' per group, 8 groups
-        return 8 * elements * elements * FLOAT_BYTES
-    return None
+        return 8 * elements * elements * FLOAT_BYTES if impl == "naive" else None
+    if impl == "peer" and spec.get("mode") == "concatenation":
+        return 2 * (2 * inner) * n * m * FLOAT_BYTES  # mmcv's (B, 2C', N, M) concat tensor
+    return 4 * n * m * FLOAT_BYTES  # logits, weights and their gradients
 
 
 # ---------------------------------------------------------------- child: one implementation
 
 
-# --padding: a third of the large map's columns are padding (valid 200 x 134 of 200 x 200)
-PADDED_VALID_WIDTH = 134
+def _our_block(spec, channels):
+    from nonlocal_det.layers import (
+        CGNLBlock2d,
+        DisentangledNonLocal2d,
+        GlobalContextBlock2d,
+        NonLocalBlock2d,
+    )
+
+    kind = spec["block"]
+    if kind == "CGNL":
+        return CGNLBlock2d(channels, kernel=spec["mode"], groups=8, norm="GN")
+    if kind == "GC":
+        return GlobalContextBlock2d(channels, pooling=spec["pooling"], init="standard")
+    if kind == "DNL":
+        return DisentangledNonLocal2d(channels, sub_sample=spec["sub_sample"], norm="BN")
+    return NonLocalBlock2d(channels, mode=spec["mode"], sub_sample=spec["sub_sample"], norm="BN")
+
+
+def _peer(block, kind):
+    import peer_blocks
+
+    return {
+        "NL": peer_blocks.mmcv_nonlocal,
+        "DNL": peer_blocks.mmseg_dnl,
+        "GC": peer_blocks.mmcv_context_block,
+    }[kind](block)
 
 
 def _masked_sdpa(block, valid_width):
@@ -93,38 +141,12 @@ def _masked_sdpa(block, valid_width):
     return forward
 
 
-def _build(impl, mode, channels, device, width=None):
+def _attention_core(block, impl):
+    """The attention core alone: leaf q/k/v maps, so the 1x1 convs are not timed."""
     import torch
 
-    from nonlocal_det.layers import CGNLBlock2d, NonLocalBlock2d
-    from nonlocal_det.layers.reference import reference_aggregate, reference_forward
+    from nonlocal_det.layers.reference import reference_aggregate
 
-    if impl.startswith("cgnl"):
-        block = CGNLBlock2d(channels, kernel=mode, groups=8, norm="GN").to(device)
-        if impl == "cgnl_padded":
-            return lambda x: block(x, [(x.shape[-2], PADDED_VALID_WIDTH)] * x.shape[0])
-        if impl == "cgnl_crop":
-            return lambda x: block(x[..., :PADDED_VALID_WIDTH])
-        return (lambda x: reference_forward(block, x)) if impl == "cgnl_naive" else block
-    if impl == "mmcv":
-        from mmcv.cnn import NonLocal2d
-
-        return NonLocal2d(
-            channels, mode=mode, sub_sample=True, use_scale=True, norm_cfg=dict(type="BN")
-        ).to(device)
-    block = NonLocalBlock2d(channels, mode=mode, norm="BN").to(device)
-    if impl == "ours":
-        return block
-    if impl == "ours_padded":  # each image computed on its valid region
-        return lambda x: block(x, [(x.shape[-2], PADDED_VALID_WIDTH)] * x.shape[0])
-    if impl == "ours_crop":  # the same block on the valid crop itself
-        return lambda x: block(x[..., :PADDED_VALID_WIDTH])
-    if impl == "masked_sdpa":
-        return _masked_sdpa(block, PADDED_VALID_WIDTH)
-    if impl == "naive":
-        return lambda x: reference_forward(block, x)
-
-    # The attention core alone: leaf q/k/v maps, so the 1x1 convs are not timed.
     cache = {}
 
     def core(x):
@@ -139,13 +161,34 @@ def _build(impl, mode, channels, device, width=None):
     return core
 
 
+def _build(spec, device):
+    """The callable x -> output that ``spec["impl"]`` times."""
+    from nonlocal_det.layers.reference import reference_forward
+
+    impl = spec["impl"]
+    block = _our_block(spec, spec["channels"]).to(device)
+    if impl == "peer":
+        return _peer(block, spec["block"])
+    if impl == "naive":
+        return lambda x: reference_forward(block, x)
+    if impl == "padded":  # each image computed on its valid region
+        return lambda x: block(x, [(x.shape[-2], PADDED_VALID_WIDTH)] * x.shape[0])
+    if impl == "crop":  # the same block on the valid crop itself
+        return lambda x: block(x[..., :PADDED_VALID_WIDTH])
+    if impl == "masked_sdpa":
+        return _masked_sdpa(block, PADDED_VALID_WIDTH)
+    if impl in ("ours_core", "naive_core"):
+        return _attention_core(block, impl)
+    return block
+
+
 def run_child(spec):
     """Warm-up, one fwd+bwd measured for peak memory, then ``repeats`` timed ones."""
     import torch
 
     device = torch.device(spec["device"])
     torch.manual_seed(0)
-    fn = _build(spec["impl"], spec["mode"], spec["channels"], device)
+    fn = _build(spec, device)
     x = torch.randn(
         1, spec["channels"], spec["height"], spec["width"], device=device, requires_grad=True
     )
@@ -158,211 +201,182 @@ def run_child(spec):
     print(json.dumps(time_and_peak(step, device, spec["repeats"])))
 
 
-def _fmt_ms(r):
+# ---------------------------------------------------------------- parent: rows and tables
+
+
+def measure_row(args, spec, impls, size):
+    """{impl: {"ms", "peak_bytes"} or {"error"}}, the implementations run in turn."""
+    channels, h, w = SIZES[size]
+    limit = args.memory_limit_gb * 2**30
+    results, times = {}, {}
+    for impl in impls:
+        need = estimated_bytes(impl, spec, channels, h, w)
+        if need is not None and need > limit:
+            results[impl] = {"error": f"not run, needs ~{need / 2**30:.0f} GiB"}
+        else:
+            results[impl], times[impl] = {}, []
+    base = dict(spec, channels=channels, height=h, width=w)
+    base.update(device=args.device, repeats=args.repeats)
+    for _ in range(args.cycles):
+        for impl in [i for i in times if "error" not in results[i]]:
+            r = run_child_process(__file__, dict(base, impl=impl), args.timeout)
+            if "error" in r:
+                results[impl] = r
+                continue
+            times[impl] += r["times"]
+            old = results[impl].get("peak_bytes", r["peak_bytes"])
+            results[impl]["peak_bytes"] = min(r["peak_bytes"], old)
+    for impl, t in times.items():
+        if t and "error" not in results[impl]:
+            results[impl]["ms"] = 1000 * statistics.median(t)
+    print(f"{size:6s} {spec} {results}", flush=True)
+    return results
+
+
+def _ms(r):
     return f"{r['ms']:.1f}" if "ms" in r else "—"
 
 
-def _fmt_mb(r):
+def _mib(r):
     return f"{r['peak_bytes'] / 2**20:.0f}" if "peak_bytes" in r else "—"
 
 
 def _ratio(r, ours):
-    if "ms" not in r or "ms" not in ours:
-        return "—"
-    return f"{r['ms'] / ours['ms']:.2f}×"
+    return f"{r['ms'] / ours['ms']:.2f}×" if "ms" in r and "ms" in ours else "—"
 
 
 def _notes(results):
     return "; ".join(f"{name}: {r['error']}" for name, r in results.items() if "error" in r)
 
 
+def block_rows(args, size, peers):
+    rows = []
+    for label, spec, peer, sizes in ROWS:
+        if spec["block"] not in args.blocks or size not in sizes:
+            continue
+        use_peer = peer is not None and peers[peer.split()[0]]
+        r = measure_row(args, spec, ["ours", "naive"] + (["peer"] if use_peer else []), size)
+        peer_r = r.get("peer", {"error": f"{peer} not installed" if peer else "no peer"})
+        ours, naive = r["ours"], r["naive"]
+        rows.append(
+            [label, _ms(ours), _ms(naive), _ms(peer_r), _ratio(naive, ours), _ratio(peer_r, ours)]
+            + [_mib(ours), _mib(naive), _mib(peer_r), peer or "—", _notes(r)]
+        )
+    return rows
+
+
+def core_rows(args, size):
+    rows = []
+    for label, spec, _, _ in ROWS[:4] if "NL" in args.blocks else []:
+        r = measure_row(args, spec, ["ours_core", "naive_core"], size)
+        ours, naive = r["ours_core"], r["naive_core"]
+        rows.append([label, _ms(ours), _ms(naive), _ratio(naive, ours), _mib(ours), _mib(naive)])
+    return rows
+
+
+def padding_rows(args):
+    """Padded batch vs the valid crop alone (and masked fused attention), the large map."""
+    rows = []
+    for label, spec, _, sizes in ROWS:
+        if spec["block"] not in args.blocks or "large" not in sizes:
+            continue
+        softmax = spec.get("mode") in ("gaussian", "embedded_gaussian")
+        r = measure_row(
+            args, spec, ["padded", "crop"] + (["masked_sdpa"] if softmax else []), "large"
+        )
+        sdpa = r.get("masked_sdpa", {"error": "softmax NL modes only"})
+        padded, crop = r["padded"], r["crop"]
+        rows.append(
+            [label, _ms(padded), _ms(crop), _ratio(padded, crop), _ms(sdpa)]
+            + [_mib(padded), _mib(crop), _mib(sdpa), _notes(r)]
+        )
+    return rows
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=DEFAULT_SIZES)
+    parser.add_argument("--blocks", nargs="+", choices=BLOCK_KINDS, default=list(BLOCK_KINDS))
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per process")
     parser.add_argument(
-        "--sizes", default="res4,large", help=f"comma-separated, from {list(SIZES)}"
-    )
-    parser.add_argument("--repeats", type=int, default=3, help="timed fwd+bwd runs per process")
-    parser.add_argument(
-        "--cycles", type=int, default=2, help="processes per implementation, run in turn"
+        "--cycles", type=positive_int, default=2, help="processes per implementation, in turn"
     )
     parser.add_argument(
         "--memory-limit-gb",
-        type=float,
+        type=positive_float,
         default=12.0,
         help="skip implementations estimated to need more",
     )
-    parser.add_argument("--timeout", type=int, default=900, help="seconds per process")
+    parser.add_argument("--timeout", type=positive_int, default=900, help="seconds per process")
     parser.add_argument(
         "--padding",
         action="store_true",
         help="only the padded-batch table: the large map with a third of its columns padded",
     )
-    parser.add_argument("--output", default=os.path.join("output", "benchmarks.md"))
+    parser.add_argument("--output", type=new_file, default=os.path.join("output", "benchmarks.md"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if args.child:
-        run_child(json.loads(args.child))
-        return
-
-    try:
-        import mmcv.cnn  # noqa: F401
-
-        have_mmcv = True
-    except ImportError:
-        have_mmcv = False
-    limit = args.memory_limit_gb * 2**30
-
-    def run(impls, mode, size):
-        """{impl: {"ms", "peak_bytes"} or {"error"}}, the implementations run in turn."""
-        channels, h, w = SIZES[size]
-        results, times = {}, {}
-        for impl in impls:
-            need = estimated_bytes(impl, mode, channels, h, w)
-            if need is not None and need > limit:
-                results[impl] = {"error": f"not run, needs ~{need / 2**30:.0f} GiB"}
-            else:
-                results[impl], times[impl] = {}, []
-        spec = dict(
-            mode=mode,
-            channels=channels,
-            height=h,
-            width=w,
-            device=args.device,
-            repeats=args.repeats,
-        )
-        for _ in range(args.cycles):
-            for impl in times:
-                if "error" in results[impl]:
-                    continue
-                r = run_child_process(__file__, dict(spec, impl=impl), args.timeout)
-                if "error" in r:
-                    results[impl] = r
-                    continue
-                times[impl] += r["times"]
-                results[impl]["peak_bytes"] = min(
-                    r["peak_bytes"], results[impl].get("peak_bytes", r["peak_bytes"])
-                )
-        for impl, t in times.items():
-            if t and "error" not in results[impl]:
-                results[impl]["ms"] = 1000 * statistics.median(t)
-        print(f"{size:6s} {mode:18s} {results}", flush=True)
-        return results
-
-    if args.padding:
-        write_text(args.output, "\n".join(padding_table(run, args)))
-        return
-    lines = [
-        "# Block benchmarks",
-        "",
-        f"Generated by `python tools/benchmark_blocks.py --device {args.device}` on "
-        f"{datetime.date.today().isoformat()}.",
-        "",
-        f"Machine: {describe_machine(args.device)}.",
+def header(args, peers):
+    command = "python tools/benchmark_blocks.py " + " ".join(
+        [f"--device {args.device}", f"--blocks {' '.join(args.blocks)}"]
+        + (["--padding"] if args.padding else [f"--sizes {' '.join(args.sizes)}"])
+    )
+    installed = ", ".join(name for name, ok in peers.items() if ok) or "none"
+    return [
+        f"Generated by `{command}` on {datetime.date.today().isoformat()}; machine: "
+        f"{describe_machine(args.device)}; peers installed: {installed}.",
         "",
         "Batch 1, forward + backward (input and parameter gradients). Each implementation runs "
         f"in its own processes, {args.cycles} per row in turn (A B C A B C), each process a "
         f"warm-up then {args.repeats} timed runs; times are medians over all timed runs. "
         '"extra MiB" is the peak memory of one forward + backward above what inputs and '
-        "parameters already hold, as torch's allocator sees it (CPU: the profiler's memory "
-        "timeline; CUDA: `max_memory_allocated`). Ratios are the other implementation's time "
-        'over ours (>1: ours is faster). "naive" is `nonlocal_det.layers.reference`, which '
-        "builds the full pairwise matrix. Non-local blocks: reduction 2, 2×2 max-pool "
-        "sub-sampling, BN after W_z; mmcv's `NonLocal2d` with the same settings"
-        + ("" if have_mmcv else " (mmcv not installed: not measured)")
-        + ". CGNL: 8 groups, order 3, GN. Memory estimates for runs skipped: "
-        "4 N×M float32 matrices for naive and mmcv; mmcv's concatenation builds a (B, 2C', N, M) "
-        "tensor from two repeated (B, C', N, M) halves; CGNL naive: (N C')² per group.",
+        "parameters already hold, as torch's allocator sees it. Ratios are the other "
+        'implementation\'s time over ours (>1: ours is faster). "naive" is '
+        "`nonlocal_det.layers.reference` (the full pairwise matrix; GC: its formula written out). "
+        "NL: reduction 2, 2×2 max-pool sub-sampling, BN after W_z. CGNL: 8 groups, order 3, GN. "
+        "DNL: reduction 2, BN, temperature 0.05 (mmsegmentation's block runs without "
+        "sub-sampling only). GC: ratio 1/16, add fusion.",
         "",
     ]
-    for size in args.sizes.split(","):
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.child:
+        return run_child(json.loads(args.child))
+    import peer_blocks
+
+    peers = {name: peer_blocks.available(name) for name in ("mmcv", "mmseg")}
+    lines = ["# Block benchmarks", "", *header(args, peers)]
+    if args.padding:
+        lines += markdown_table(
+            ["block", "padded ms", "crop ms", "padded/crop", "masked SDPA ms"]
+            + ["padded extra MiB", "crop extra MiB", "masked SDPA extra MiB", "notes"],
+            padding_rows(args),
+        )
+        return write_text(args.output, "\n".join(lines))
+    for size in args.sizes:
         channels, h, w = SIZES[size]
-        lines += [
-            f"## {size}: C={channels}, {h}×{w} (N={h * w} queries, M={_key_count(h, w)} keys)",
-            "",
-            "| block | ours ms | naive ms | mmcv ms | naive/ours | mmcv/ours | ours extra MiB | "
-            "naive extra MiB | mmcv extra MiB | notes |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for mode in NL_MODES:
-            r = run(["ours", "naive"] + (["mmcv"] if have_mmcv else []), mode, size)
-            ours, naive = r["ours"], r["naive"]
-            mmcv = r.setdefault("mmcv", {"error": "not installed"})
-            lines.append(
-                f"| NL {mode} | {_fmt_ms(ours)} | {_fmt_ms(naive)} | {_fmt_ms(mmcv)} | "
-                f"{_ratio(naive, ours)} | "
-                f"{_ratio(mmcv, ours)} | {_fmt_mb(ours)} | {_fmt_mb(naive)} | {_fmt_mb(mmcv)} | "
-                f"{_notes(r)} |"
-            )
-        for kernel in CGNL_KERNELS:
-            r = run(["cgnl", "cgnl_naive"], kernel, size)
-            ours, naive = r["cgnl"], r["cgnl_naive"]
-            lines.append(
-                f"| CGNL {kernel} | {_fmt_ms(ours)} | {_fmt_ms(naive)} | — | {_ratio(naive, ours)} "
-                "| — | "
-                f"{_fmt_mb(ours)} | {_fmt_mb(naive)} | — | {_notes({'naive': naive})} |"
-            )
-        lines += [
-            "",
-            f"Attention core only (q/k/v given, no 1×1 convs), {size}:",
-            "",
-            "| mode | ours ms | naive ms | naive/ours | ours extra MiB | naive extra MiB | notes |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for mode in NL_MODES:
-            r = run(["ours_core", "naive_core"], mode, size)
-            ours, naive = r["ours_core"], r["naive_core"]
-            lines.append(
-                f"| {mode} | {_fmt_ms(ours)} | {_fmt_ms(naive)} | {_ratio(naive, ours)} | "
-                f"{_fmt_mb(ours)} | {_fmt_mb(naive)} | {_notes(r)} |"
+        lines += [f"## {size}: C={channels}, {h}×{w} (N={h * w} queries)", ""]
+        lines += markdown_table(
+            ["block", "ours ms", "naive ms", "peer ms", "naive/ours", "peer/ours"]
+            + ["ours extra MiB", "naive extra MiB", "peer extra MiB", "peer", "notes"],
+            block_rows(args, size, peers),
+        )
+        core = core_rows(args, size)
+        if core:
+            lines += ["", f"NL attention core only (q/k/v given, no 1×1 convs), {size}:", ""]
+            lines += markdown_table(
+                ["mode", "ours ms", "naive ms", "naive/ours", "ours MiB", "naive MiB"], core
             )
         lines.append("")
     write_text(args.output, "\n".join(lines))
 
 
-def padding_table(run, args):
-    """Padded batch vs the valid crop alone (and masked fused attention), the large map."""
-    channels, h, w = SIZES["large"]
-    lines = [
-        f"Generated by `python tools/benchmark_blocks.py --padding --device {args.device}` on "
-        f"{datetime.date.today().isoformat()}; machine: {describe_machine(args.device)}.",
-        "",
-        f"C={channels}, a {h}×{w} map whose last {w - PADDED_VALID_WIDTH} columns are padding "
-        f"(valid {h}×{PADDED_VALID_WIDTH}, a third of the keys padded), batch 1, forward + "
-        "backward. *padded*: the block given the valid size (MODEL.NONLOCAL.VALID_REGION); "
-        "*crop*: the same block on the valid crop alone (no padding: the cost to match); "
-        "*masked SDPA*: the alternative for softmax modes, attention over the whole padded map "
-        "with the padded keys masked in torch's fused attention. Medians as in benchmarks.md.",
-        "",
-        "| block | padded ms | crop ms | padded/crop | masked SDPA ms | padded extra MiB | crop "
-        "extra MiB | masked SDPA extra MiB | notes |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for mode in NL_MODES:
-        softmax = mode in ("gaussian", "embedded_gaussian")
-        r = run(["ours_padded", "ours_crop"] + (["masked_sdpa"] if softmax else []), mode, "large")
-        padded, crop = r["ours_padded"], r["ours_crop"]
-        sdpa = r.get("masked_sdpa", {"error": "softmax modes only"})
-        lines.append(
-            f"| NL {mode} | {_fmt_ms(padded)} | {_fmt_ms(crop)} | {_ratio(padded, crop)} | "
-            f"{_fmt_ms(sdpa)} | {_fmt_mb(padded)} | {_fmt_mb(crop)} | {_fmt_mb(sdpa)} | "
-            f"{_notes(r)} |"
-        )
-    for kernel in CGNL_KERNELS:
-        r = run(["cgnl_padded", "cgnl_crop"], kernel, "large")
-        padded, crop = r["cgnl_padded"], r["cgnl_crop"]
-        lines.append(
-            f"| CGNL {kernel} | {_fmt_ms(padded)} | {_fmt_ms(crop)} | {_ratio(padded, crop)} | — | "
-            f"{_fmt_mb(padded)} | {_fmt_mb(crop)} | — | {_notes(r)} |"
-        )
-    return lines
-
-
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

@@ -53,7 +53,8 @@ def _conv_of(module):
 def _copy_nonlocal_weights(ours, theirs) -> None:
     with torch.no_grad():
         for name in ("g", "theta", "phi"):
-            _conv_of(getattr(theirs, name)).load_state_dict(getattr(ours, name).state_dict())
+            if hasattr(ours, name):  # the Gaussian mode has no theta and phi
+                _conv_of(getattr(theirs, name)).load_state_dict(getattr(ours, name).state_dict())
         theirs.conv_out.conv.load_state_dict(ours.out.state_dict())
         if ours.norm is not None:
             theirs.conv_out.norm.load_state_dict(ours.norm.state_dict())

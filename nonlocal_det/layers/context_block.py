@@ -9,6 +9,7 @@ from torch import nn
 from .aggregation import compute_dtype
 from .residual import (
     RESIDUAL_INITS,
+    NotScriptable,
     apply_in_wider_dtype,
     check_feature_map,
     check_queries,
@@ -39,7 +40,7 @@ def _bottleneck_transform(in_channels: int, planes: int, init: str) -> nn.Sequen
     )
 
 
-class GlobalContextBlock2d(nn.Module):
+class GlobalContextBlock2d(NotScriptable, nn.Module):
     """
     z_i = x_i * sigmoid(T_mul(c)) + T_add(c), with one context vector per image
 

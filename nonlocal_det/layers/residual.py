@@ -160,7 +160,25 @@ def residual_branch(out: nn.Conv2d, norm: nn.Module, y: torch.Tensor) -> torch.T
         return branch.to(out.weight.dtype)
 
 
-class ResidualBlock2d(nn.Module):
+class NotScriptable:
+    """
+    Refuses ``torch.jit.script`` in one line, when it prepares the module: the blocks' shape
+    logic (valid regions, the attention path chosen by size) is Python that TorchScript cannot
+    type. They export by tracing (``torch.jit.trace``, Detectron2's ``TracingAdapter``, ONNX) and
+    with ``torch.export`` (docs/export.md).
+    """
+
+    def __prepare_scriptable__(self):
+        from ..errors import UnsupportedSetupError
+
+        raise UnsupportedSetupError(
+            f"{type(self).__name__} cannot be scripted (torch.jit.script, which torch deprecates); "
+            "export the model by tracing (torch.jit.trace with Detectron2's TracingAdapter, or "
+            "torch.onnx.export at opset >= 14) or with torch.export: docs/export.md."
+        )
+
+
+class ResidualBlock2d(NotScriptable, nn.Module):
     """
     Base of blocks computing z = x + norm(W_z y(x)) with ``y = self.transform(x)`` of
     ``inner_channels`` channels. ``_build_residual_branch`` creates ``out`` (W_z) and ``norm``
