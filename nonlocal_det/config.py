@@ -56,7 +56,11 @@ def add_nonlocal_config(cfg):
     # (or W_z itself with NORM ""), GC's last conv of each fusion. "identity": zero, so a stock
     # checkpoint gives the stock model's outputs (the paper's choice; GC with "channel_mul" starts
     # at x / 2). "small": 0.1 of "standard"; "standard": the norm's weight 1, or the conv's MSRA
-    # init. Which to use, measured: docs/usage.md ("Which INIT").
+    # init.
+    # Which INIT, as measured: "identity" to fine-tune a pre-trained model, and for a block with a
+    # norm after W_z even from scratch (the quickstart: as good as "small", and "standard"
+    # diverged); "standard" for a block without a norm trained from scratch (NORM "", the
+    # long-range configs).
     cfg.MODEL.NONLOCAL.INIT = "identity"
     # With MODEL.META_ARCHITECTURE one of VALID_REGION_META_ARCHITECTURES: the backbone's blocks
     # compute each image on its valid (unpadded) region, with norm statistics over valid

@@ -89,7 +89,7 @@ STAGES = ("res2", "res3", "res4", "res5")
 YAML_DOMAINS: Dict[str, Domain] = {
     "MODEL.DEVICE": Domain("'cpu', 'cuda' or 'cuda:N'", _device),
     "MODEL.PIXEL_STD": sequence_of(numbers(0.0, low_open=True), min_len=1),
-    "MODEL.PIXEL_MEAN": sequence_of(numbers(-math.inf), min_len=1),
+    "MODEL.PIXEL_MEAN": sequence_of(Domain("a finite number", _is_number), min_len=1),
     "MODEL.BACKBONE.FREEZE_AT": ints(0, 5),
     "MODEL.RESNETS.DEPTH": one_of(18, 34, 50, 101, 152),
     "MODEL.RPN.BATCH_SIZE_PER_IMAGE": POSITIVE_INT,

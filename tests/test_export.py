@@ -390,3 +390,26 @@ def test_mask_rcnn_onnx_matches_eager(tmp_path):
         assert_same_instances(
             expected["instances"], adapter.outputs_schema(outputs)[0]["instances"], MASK_FIELDS
         )
+
+
+def test_scripting_is_refused_in_one_line_naming_the_export_paths():
+    """torch.jit.script of a whole model stops at its first block, before compiling anything."""
+    from nonlocal_det.errors import UnsupportedSetupError
+
+    model = build_model(load_cfg("mask_rcnn_R50_NL.yaml", *SMALL_MODEL)).eval()
+    with pytest.raises(UnsupportedSetupError) as e:
+        torch.jit.script(model)
+    message = str(e.value)
+    assert "\n" not in message and "cannot be scripted" in message
+    assert "torch.jit.trace" in message and "opset >= 14" in message
+
+
+def test_onnx_needs_opset_14_for_the_fused_attention(tmp_path):
+    require_modules("onnx")
+    from torch.onnx.errors import UnsupportedOperatorError
+
+    block = NonLocalBlock2d(16).eval()
+    x = torch.randn(1, 16, 8, 8)
+    with pytest.raises(UnsupportedOperatorError, match="added in version 14"):
+        torch.onnx.export(block, (x,), str(tmp_path / "13.onnx"), opset_version=13, dynamo=False)
+    torch.onnx.export(block, (x,), str(tmp_path / "14.onnx"), opset_version=14, dynamo=False)

@@ -52,6 +52,12 @@ class CGNLBlock2d(ResidualBlock2d):
     W_z (``out``) is a grouped 1x1 conv (inner -> C, ``groups`` groups) followed by ``norm``;
     "GN" normalises each of the ``groups`` groups on its own (the paper's per-group BN);
     the norm's affine weight starts at zero, so the block starts as the identity (``init``).
+
+    Which INIT, as measured: "identity" to fine-tune a pre-trained model, and for a block with a
+    norm after W_z even from scratch (the quickstart: as good as "small", and "standard"
+    diverged); "standard" for a block without a norm trained from scratch (NORM "", the
+    long-range configs).
+
     Submodules ``theta``, ``phi``, ``g``, ``out``, ``norm`` are checkpoint keys.
 
     Args:
@@ -65,8 +71,7 @@ class CGNLBlock2d(ResidualBlock2d):
         gamma: RBF width; small enough that 2 gamma |theta phi| << 1 keeps an order-3
             expansion accurate for unit-scale features.
         init: "identity" (the default: the block starts as the identity), "small" or
-            "standard" (the branch starts non-zero, for training from scratch;
-            ``residual.init_residual_branch``).
+            "standard" (the branch starts non-zero; ``residual.init_residual_branch``).
     """
 
     def __init__(

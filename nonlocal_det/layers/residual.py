@@ -92,14 +92,14 @@ def init_residual_branch(out: nn.Conv2d, norm: nn.Module, init: str = "identity"
     """
     Initialise the residual branch ``norm(out(y))`` of ``x + norm(out(y))``.
 
-    - ``"identity"`` (the paper, sec. 4.1; what fine-tuning a pre-trained model needs): the
+    - ``"identity"`` (the paper, sec. 4.1): the
       norm's affine weight and bias are zero (``build_norm`` has checked that the weight trains),
       or with no norm ``out``'s weight and bias, so the block is exactly x. Then theta, phi and g
       get no gradient until that weight has moved.
     - ``"small"``: the norm's affine weight is 0.1, or with no norm ``out``'s MSRA weights are
       scaled by 0.1; the branch starts small but non-zero and theta, phi and g learn from the
       first step.
-    - ``"standard"`` (training from scratch): every layer at its standard initialisation, as any
+    - ``"standard"``: every layer at its standard initialisation, as any
       other layer trained from scratch: the norm's affine weight 1, or ``out``'s MSRA weights.
 
     Biases of the scaled layer start at zero.
