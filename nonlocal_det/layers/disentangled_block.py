@@ -8,7 +8,7 @@ import torch
 from .aggregation import compute_dtype
 from .nonlocal_block import NonLocalBlock2d
 from .norm import NormSpec
-from .residual import apply_in_wider_dtype, logits_conv1x1
+from .residual import logits_conv1x1, pointwise_conv
 
 __all__ = ["DisentangledNonLocal2d"]
 
@@ -89,7 +89,7 @@ class DisentangledNonLocal2d(NonLocalBlock2d):
         """w_u: (B, C, H, W) -> (B, M) over the key grid, rows summing to 1, float32 or wider."""
         dtype = compute_dtype(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            logits = self._pool(apply_in_wider_dtype(self.conv_mask, x.to(dtype)))  # (B, 1, Hk, Wk)
+            logits = self._pool(pointwise_conv(self.conv_mask, x.to(dtype)))  # (B, 1, Hk, Wk)
             return torch.softmax(logits.flatten(1), dim=1)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:

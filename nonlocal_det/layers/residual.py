@@ -143,6 +143,29 @@ def apply_in_wider_dtype(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return _call_in(module, x.dtype, x)
 
 
+def pointwise_conv(conv: nn.Conv2d, y: torch.Tensor) -> torch.Tensor:
+    """
+    ``conv(y)`` for a 1x1 conv (groups allowed), as a matrix product in the wider of y's and the
+    weight's dtypes: (B, C_in, H, W) -> (B, C_out, H, W).
+
+    A matrix product, not ``conv2d``: with dynamic shapes, torch.compile's Inductor fails to
+    lower a convolution that follows the attention's matrix products ("cannot determine truth
+    value of Relational"); the product is the same arithmetic and compiles.
+    """
+    dtype = torch.promote_types(y.dtype, conv.weight.dtype)
+    groups = conv.groups
+    batch, _, height, width = y.shape
+    weight = conv.weight.to(dtype).reshape(
+        groups, conv.out_channels // groups, conv.in_channels // groups
+    )  # (G, C_out / G, C_in / G)
+    grouped = y.to(dtype).reshape(batch, groups, conv.in_channels // groups, height * width)
+    out = torch.einsum("gok,bgkn->bgon", weight, grouped)  # (B, G, C_out / G, H * W)
+    out = out.reshape(batch, conv.out_channels, height, width)
+    if conv.bias is not None:
+        out = out + conv.bias.to(dtype)[:, None, None]
+    return out
+
+
 def residual_branch(out: nn.Conv2d, norm: nn.Module, y: torch.Tensor) -> torch.Tensor:
     """
     norm(out(y)) with autocast disabled, in the dtype of ``out``'s weight:
@@ -154,7 +177,7 @@ def residual_branch(out: nn.Conv2d, norm: nn.Module, y: torch.Tensor) -> torch.T
     them in y's float32 too, and returns the normalised branch in its own dtype.
     """
     with torch.autocast(device_type=y.device.type, enabled=False):
-        branch = apply_in_wider_dtype(out, y)
+        branch = pointwise_conv(out, y)
         if norm is not None:
             branch = apply_in_wider_dtype(norm, branch)
         return branch.to(out.weight.dtype)
@@ -225,7 +248,7 @@ class ResidualBlock2d(NotScriptable, nn.Module):
         # each group: the images of one valid size (b, C, h, w), computed on that rectangle
         ys = [self.transform(x[index, :, :h, :w]) for index, h, w in groups]  # (b, inner, h, w)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            pieces = [apply_in_wider_dtype(self.out, y) for y in ys]  # (b, C, h, w)
+            pieces = [pointwise_conv(self.out, y) for y in ys]  # (b, C, h, w)
             pieces = norm_over_valid(self.norm, pieces, apply_in_wider_dtype)
         pieces = [piece.to(self.out.weight.dtype) for piece in pieces]
         branch = x.new_zeros(x.shape, dtype=pieces[0].dtype)  # (B, C, H, W), 0 on padding
