@@ -688,3 +688,62 @@ def test_one_factory_for_config_and_keywords():
         match="Cannot build a NL block for 63 channels from reduction: reduction=2 must divide",
     ):
         nonlocal_block_factory(block="NL", reduction=2)(63)
+
+
+FAMILY_KEYS = {
+    "GC": [
+        "MODEL.NONLOCAL.RES4",
+        "[]",
+        "MODEL.NONLOCAL.GC.STAGES",
+        "['res3', 'res4', 'res5']",
+    ],
+    "DNL": ["MODEL.NONLOCAL.BLOCK", "DNL"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(FAMILY_KEYS))
+@pytest.mark.parametrize(
+    "zoo_config",
+    [
+        "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml",
+        "COCO-Keypoints/keypoint_rcnn_R_50_FPN_3x.yaml",
+    ],
+)
+def test_zoo_configs_with_gc_or_dnl_load_stock_weights_and_equal_stock_at_init(
+    zoo_config, family, tmp_path
+):
+    """A stock checkpoint loads with only the new block's keys missing; outputs are the stock's."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from nonlocal_det.config import get_nonlocal_cfg
+
+    base = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""]
+    stock_cfg = get_nonlocal_cfg(model_zoo.get_config_file(zoo_config), base)
+    ours_cfg = get_nonlocal_cfg(
+        model_zoo.get_config_file(zoo_config),
+        [
+            *base,
+            "MODEL.META_ARCHITECTURE",
+            "NonLocalGeneralizedRCNN",
+            "MODEL.BACKBONE.NAME",
+            "build_nonlocal_backbone",
+            *FAMILY_KEYS[family],
+        ],
+    )
+    torch.manual_seed(0)
+    stock = build_model(stock_cfg).eval()
+    for p in stock.parameters():  # away from init, so that a wrong match would show
+        torch.nn.init.normal_(p, std=0.02) if p.dim() > 1 else torch.nn.init.uniform_(p, 0.5, 1.5)
+    DetectionCheckpointer(stock, save_dir=str(tmp_path)).save("stock")
+    ours = build_model(ours_cfg).eval()
+    new_keys = nonlocal_keys(ours)
+    key = ".context_block." if family == "GC" else ".nonlocal_block."
+    assert new_keys and all(key in k for k in new_keys)
+    incompatible = load_checkpoint(ours, str(tmp_path / "stock.pth"))
+    assert set(incompatible.missing_keys) == new_keys and incompatible.unexpected_keys == []
+    image = training_input(128, 160)["image"]
+    with torch.no_grad():
+        (a,), (b,) = stock([{"image": image}]), ours([{"image": image}])
+    assert len(a["instances"]) > 0
+    assert_instances_allclose(a["instances"], b["instances"], rtol=0)
