@@ -9,8 +9,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from helpers import CONFIG_DIR, REPO_ROOT, TINY, generate_synthetic_under, run_train_net
 
@@ -325,3 +327,115 @@ def test_benchmark_tools_write_under_output_by_default():
     for tool in (analyze_model, "benchmark_model"):
         source = open(os.path.join(TOOLS, f"{getattr(tool, '__name__', tool)}.py")).read()
         assert "--output docs/" not in source  # documented commands write under output/ too
+
+
+# ---------------------------------------------------------------- second battery, end to end
+
+
+def _edit_image_record(root, edit):
+    return _edit_train_json(root, lambda data: edit(data["images"]))
+
+
+def _sixteen_bit_png(root):
+    image = root / "datasets" / "nonlocal_synthetic" / "train" / "000002.png"
+    height, width = np.asarray(Image.open(image)).shape[:2]
+    Image.fromarray(np.full((height, width), 40000, np.uint16)).save(image)
+    return []
+
+
+def _weights_of_another_model(root):
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from helpers import load_cfg
+
+    model = build_model(load_cfg("mask_rcnn_R50_baseline.yaml", *TINY[2:]))
+    DetectionCheckpointer(model, save_dir=str(root)).save("baseline")
+    return ["--eval-only"], ["MODEL.WEIGHTS", str(root / "baseline.pth")]
+
+
+def _last_checkpoint_naming(root, content=None):
+    out = root / "o"
+    out.mkdir(exist_ok=True)
+    (out / "last_checkpoint").write_text("model_0000099.pth")
+    if content is not None:
+        (out / "model_0000099.pth").write_bytes(content)
+    return ["--resume"]
+
+
+def _truncated_checkpoint(root):
+    torch.save({"model": {"w": torch.zeros(1000)}}, root / "full.pth")
+    return _last_checkpoint_naming(root, (root / "full.pth").read_bytes()[:-300])
+
+
+def _config_file(root, text):
+    path = root / "bad.yaml"
+    path.write_text(text)
+    return ["--config-file", str(path)]
+
+
+QUICKSTART = os.path.join(CONFIG_DIR, "quickstart.yaml")
+# (case, setup(root) -> extra arguments before the overrides, overrides, words in the one line)
+SECOND_BATTERY = [
+    ("duplicate image id", lambda r: _edit_image_record(r, lambda im: im[1].update(id=im[0]["id"]))
+     and [], [], "is used by 2 images"),
+    ("16-bit PNG", _sixteen_bit_png, [], "pixel mode 'I;16'"),
+    ("segmentation []", lambda r: _edit_train_json(
+        r, lambda d: d["annotations"][0].update(segmentation=[])) and [], [], "has a mask head"),
+    ("no segmentation", lambda r: _edit_train_json(
+        r, lambda d: d["annotations"][0].pop("segmentation")) and [], [], "has a mask head"),
+    ("duplicate annotation id", lambda r: _edit_train_json(
+        r, lambda d: d["annotations"][1].update(id=d["annotations"][0]["id"])) and [], [],
+     "is used by 2 annotations"),
+    ("no categories", lambda r: _edit_train_json(r, lambda d: d.pop("categories")) and [], [],
+     "'categories' is missing"),
+    ("no height, image checks off", lambda r: _edit_image_record(
+        r, lambda im: im[0].pop("height")) and [], ["DATALOADER.CHECK_IMAGES", "False"],
+     "height is None, not an int >= 1"),
+    ("checkpoint period 0", lambda r: [], ["SOLVER.CHECKPOINT_PERIOD", "0"],
+     "SOLVER.CHECKPOINT_PERIOD=0: must be an int >= 1"),
+    ("base lr nan in a file", lambda r: _config_file(
+        r, f'_BASE_: "{CONFIG_DIR}/mask_rcnn_R50_NL.yaml"\nSOLVER:\n  BASE_LR: .nan\n'), [],
+     "SOLVER.BASE_LR=nan: must be a finite number > 0"),
+    ("negative base lr", lambda r: [], ["SOLVER.BASE_LR", "-0.1"], "SOLVER.BASE_LR=-0.1"),
+    ("batch of 0", lambda r: [], ["SOLVER.IMS_PER_BATCH", "0"], "SOLVER.IMS_PER_BATCH=0"),
+    ("device gpu", lambda r: [], ["MODEL.DEVICE", "gpu"], "MODEL.DEVICE='gpu'"),
+    ("workers -1", lambda r: [], ["DATALOADER.NUM_WORKERS", "-1"], "DATALOADER.NUM_WORKERS=-1"),
+    ("empty yaml", lambda r: _config_file(r, ""), [], "is empty"),
+    ("output dir is a file", lambda r: (r / "o").write_text("x") and [], [],
+     "OUTPUT_DIR="),
+    ("eval-only, weights of another model", _weights_of_another_model, [],
+     "does not fit the config's model"),
+    ("resume, last_checkpoint names a missing file", _last_checkpoint_naming, [],
+     "names 'model_0000099.pth', which is not a file"),
+    ("resume, truncated checkpoint", _truncated_checkpoint, [], "truncated or damaged"),
+]  # fmt: skip
+
+
+def _without(opts, key):
+    """``opts`` (KEY VALUE ...) without ``key``'s pair."""
+    pairs = list(zip(opts[::2], opts[1::2]))
+    return [x for k, v in pairs if k != key for x in (k, v)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "case,setup,overrides,words", SECOND_BATTERY, ids=[c[0] for c in SECOND_BATTERY]
+)
+def test_second_battery_stops_before_training_in_one_line(
+    workdir, tmp_path, case, setup, overrides, words
+):
+    root = fresh_copy(workdir, tmp_path)
+    extra = setup(root) or []
+    flags, opts = extra if isinstance(extra, tuple) else (extra, [])
+    if "--config-file" not in flags:
+        flags = ["--config-file", os.path.join(CONFIG_DIR, "mask_rcnn_R50_NL.yaml"), *flags]
+    tiny = _without(TINY, "SOLVER.BASE_LR") if "bad.yaml" in " ".join(flags) else TINY
+    rc, log = run_train_net(
+        root, *flags, *tiny, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(root / "o"),
+        *opts, *overrides, config=None,
+    )  # fmt: skip
+    assert_user_error(rc, log, words)
+    assert_nothing_trained(log)
+    errors = [line for line in log.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, errors  # one message (a data message lists its problems below it)

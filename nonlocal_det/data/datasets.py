@@ -85,7 +85,7 @@ def generated_version(json_path: str):
     try:
         with open(json_path) as f:
             return json.load(f).get("info", {}).get("version")
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # AttributeError: JSON of another shape
         return None
 
 
