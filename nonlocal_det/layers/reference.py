@@ -79,20 +79,23 @@ def reference_nonlocal_op(block: NonLocalBlock2d, x: torch.Tensor) -> torch.Tens
     return y.reshape(x.shape[0], block.inner_channels, *x.shape[-2:])
 
 
+def _cgnl_kernel(block: CGNLBlock2d, t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """f(theta_i, phi_j) for every pair of a group's elements: (..., NC') -> (..., NC', NC')."""
+    prod = t.unsqueeze(-1) * p.unsqueeze(-2)  # theta_i phi_j
+    if block.kernel == "dot":
+        return prod
+    coeffs = taylor_coefficients(block.kernel, block.order, block.gamma)
+    kernel = sum(c * prod**power for power, c in enumerate(coeffs))
+    if block.kernel == "gaussian_rbf":
+        kernel = kernel * torch.exp(-block.gamma * (t.unsqueeze(-1) ** 2 + p.unsqueeze(-2) ** 2))
+    return kernel
+
+
 def reference_cgnl_op(block: CGNLBlock2d, x: torch.Tensor) -> torch.Tensor:
     """Y' of eq. 8 with the full (N C') x (N C') kernel matrix per group."""
     batch, _, height, width = x.shape
     t, p, g = (m(x).reshape(batch, block.groups, -1) for m in (block.theta, block.phi, block.g))
-    prod = t.unsqueeze(-1) * p.unsqueeze(-2)  # theta_i phi_j, (B, G, NC', NC')
-    if block.kernel == "dot":
-        kernel = prod
-    else:
-        coeffs = taylor_coefficients(block.kernel, block.order, block.gamma)
-        kernel = sum(c * prod**power for power, c in enumerate(coeffs))
-        if block.kernel == "gaussian_rbf":
-            envelope = torch.exp(-block.gamma * (t.unsqueeze(-1) ** 2 + p.unsqueeze(-2) ** 2))
-            kernel = kernel * envelope
-    y = torch.einsum("bgij,bgj->bgi", kernel, g)
+    y = torch.einsum("bgij,bgj->bgi", _cgnl_kernel(block, t, p), g)
     if block.use_scale:
         y = y / p.shape[-1] ** 0.5
     return y.reshape(batch, block.inner_channels, height, width)
@@ -236,17 +239,7 @@ def _masked_cgnl_op(block: CGNLBlock2d, x: torch.Tensor, valid: torch.Tensor):
         valid[None, None].expand(1, block.inner_channels, height, width).reshape(block.groups, -1)
     )
     t, p, g = (m(x).reshape(block.groups, -1) for m in (block.theta, block.phi, block.g))
-    prod = t.unsqueeze(-1) * p.unsqueeze(-2)  # (G, NC', NC')
-    if block.kernel == "dot":
-        kernel = prod
-    else:
-        coeffs = taylor_coefficients(block.kernel, block.order, block.gamma)
-        kernel = sum(c * prod**power for power, c in enumerate(coeffs))
-        if block.kernel == "gaussian_rbf":
-            kernel = kernel * torch.exp(
-                -block.gamma * (t.unsqueeze(-1) ** 2 + p.unsqueeze(-2) ** 2)
-            )
-    kernel = kernel.masked_fill(~mask.unsqueeze(1), 0.0)  # only valid j
+    kernel = _cgnl_kernel(block, t, p).masked_fill(~mask.unsqueeze(1), 0.0)  # only valid j
     y = torch.einsum("gij,gj->gi", kernel, g)
     if block.use_scale:
         y = y / int(mask[0].sum()) ** 0.5  # sqrt(N_valid C')
