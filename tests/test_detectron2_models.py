@@ -190,7 +190,7 @@ def test_freeze_at_leaves_nonlocal_trainable_unless_its_stage_is_frozen(caplog):
     nl = resnet.res4[4].nonlocal_block
     assert all(p.requires_grad for p in nl.parameters())
     assert not any(p.requires_grad for p in resnet.res2.parameters())
-    assert "after res4.4: trainable" in caplog.text
+    assert "res4.4 (1024 channels): NonLocalBlock2d after it; trainable" in caplog.text
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="nonlocal_det"):
@@ -199,7 +199,7 @@ def test_freeze_at_leaves_nonlocal_trainable_unless_its_stage_is_frozen(caplog):
         ).bottom_up
     nl = resnet.res4[4].nonlocal_block
     assert not any(p.requires_grad for p in nl.parameters())
-    assert "after res4.4: FROZEN" in caplog.text
+    assert "res4.4 (1024 channels): NonLocalBlock2d after it; FROZEN" in caplog.text
 
 
 def test_norm_choices():
@@ -260,7 +260,7 @@ def test_cgnl_config_builds_cgnl():
                 "MODEL.FPN.IN_FEATURES",
                 "['res2', 'res3', 'res4']",
             ],
-            "MODEL.NONLOCAL.RES5 = \\[0\\] places non-local blocks in res5, but",
+            "MODEL.NONLOCAL.RES5 = \\[0\\] places blocks in res5, but",
         ),
         (["MODEL.NONLOCAL.REDUCTION", "3"], "MODEL.NONLOCAL.REDUCTION.*reduction=3 must divide"),
         (
@@ -441,12 +441,12 @@ def test_keypoint_head_any_resolution_and_zero_rois(resolution):
             ["MODEL.ROI_KEYPOINT_HEAD.NUM_NONLOCAL", "5"],
             "NUM_NONLOCAL=5 blocks, one every NONLOCAL_EVERY=2 convs, need 10",
         ),
-        (["MODEL.ROI_KEYPOINT_HEAD.NONLOCAL_EVERY", "0"], "NONLOCAL_EVERY >= 1"),
+        (["MODEL.ROI_KEYPOINT_HEAD.NONLOCAL_EVERY", "0"], "NONLOCAL_EVERY=0: must be an int >= 1"),
     ],
 )
 def test_keypoint_head_bad_config(opts, words):
-    cfg = load_cfg("keypoint_rcnn_R101_NL_head.yaml", *opts)
     with pytest.raises(ValueError, match=words):
+        cfg = load_cfg("keypoint_rcnn_R101_NL_head.yaml", *opts)
         build_keypoint_head(cfg, ShapeSpec(channels=256, height=14, width=14))
 
 

@@ -295,7 +295,9 @@ def _keypoint_problems(ann, where, defined, needs: Needs) -> Iterable[Problem]:
             if defined
             else "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS is"
         )
-        yield Problem(where, "keypoints", f"has {len(kps) // 3} points", f"{source} {expected}")
+        yield Problem(
+            where, "keypoints", f"has {len(kps) // 3} points", f"{source} {expected} keypoints"
+        )
     bad = sorted({v for v in kps[2::3] if v not in (0, 1, 2)})
     if bad:
         yield Problem(

@@ -70,15 +70,17 @@ def _resolve_indices(stage: str, indices: Sequence[int], num_blocks: int, key: s
     return sorted(resolved)
 
 
-def _check_stages(stages, wanted: Sequence[str], key: str) -> None:
+def _check_stages(stages, wanted: Sequence[str], key: str, value) -> None:
     for stage in wanted:
         if stage not in STAGE_NAMES:
-            raise ConfigError(f"{key}: unknown stage {stage!r}; expected one of {STAGE_NAMES}")
+            raise ConfigError(
+                f"{key} = {value}: unknown stage {stage!r}; expected one of {STAGE_NAMES}"
+            )
         if stage not in stages:
             raise ConfigError(
-                f"{key} places blocks in {stage}, but this ResNet builds only {list(stages)} (in "
-                f"C4 models res5 is part of the RoI head). Leave {stage} out of {key} or output "
-                "a later stage (MODEL.RESNETS.OUT_FEATURES)."
+                f"{key} = {value} places blocks in {stage}, but this ResNet builds only "
+                f"{list(stages)} (in C4 models res5 is part of the RoI head). Leave {stage} out of "
+                f"{key} or output a later stage (MODEL.RESNETS.OUT_FEATURES)."
             )
 
 
@@ -112,8 +114,8 @@ def insert_nonlocal_blocks(
         The names of the rebuilt blocks, e.g. ``["res4.21"]``.
     """
     for stage, indices in positions.items():
-        _check_stages(stages, [stage], f"{key_of(stage)} = {list(indices)}")
-    _check_stages(stages, context_stages, f"{context_key} = {list(context_stages)}")
+        _check_stages(stages, [stage], key_of(stage), list(indices))
+    _check_stages(stages, context_stages, context_key, list(context_stages))
     chosen: Dict[str, Dict[int, Dict]] = {}
     for stage, indices in positions.items():
         for index in _resolve_indices(stage, indices, len(stages[stage]), key_of(stage)):
