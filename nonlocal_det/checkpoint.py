@@ -145,6 +145,36 @@ def load_trained_weights(
         )
 
 
+def check_checkpoint_file(path: str, subject: str, fix: str = "copy or download it again") -> None:
+    """
+    MissingInputError unless ``path`` looks like a checkpoint: a torch zip archive (``.pth``)
+    whose central directory is intact, or a pickle (Detectron2's ``.pkl``, legacy ``.pth``),
+    read from the file's first and last bytes only. ``subject`` names the file in the message
+    (``"MODEL.WEIGHTS='model.pth'"``), ``fix`` says what to do.
+    """
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path):
+                return
+        except (zipfile.BadZipFile, OSError) as e:
+            raise MissingInputError(
+                f"{subject} is a damaged checkpoint archive ({e}); {fix}."
+            ) from None
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head[:1] == b"\x80" and head[1:2] and head[1] <= 5:  # a pickle, protocol 2..5
+        return
+    if head == b"PK":
+        raise MissingInputError(
+            f"{subject} is a truncated or damaged torch checkpoint (its zip directory is "
+            f"missing); {fix}."
+        )
+    raise MissingInputError(
+        f"{subject} is not a checkpoint (neither a torch .pth archive nor a Detectron2 .pkl "
+        "pickle); pass the model_final.pth a training run wrote, or a model-zoo .pkl."
+    )
+
+
 def resume_checkpoint(output_dir: str) -> Optional[str]:
     """
     The checkpoint ``--resume`` continues from: the file ``output_dir/last_checkpoint`` names;
@@ -152,8 +182,6 @@ def resume_checkpoint(output_dir: str) -> Optional[str]:
     MissingInputError, naming the file and the fix, when it names a file that is missing or not
     a complete checkpoint (an interrupted copy, a full disk).
     """
-    from .preflight import check_checkpoint_file
-
     tag = os.path.join(output_dir, LAST_CHECKPOINT_FILE)
     if not os.path.isfile(tag):
         return None

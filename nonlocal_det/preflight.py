@@ -5,11 +5,10 @@ not a traceback.
 
 import logging
 import os
-import zipfile
 
 from detectron2.utils.file_io import PathManager
 
-from .checkpoint import LAST_CHECKPOINT_FILE
+from .checkpoint import LAST_CHECKPOINT_FILE, check_checkpoint_file, resume_checkpoint
 from .errors import BadDataError, ConfigError, MissingInputError, UnsupportedSetupError
 
 __all__ = [
@@ -81,8 +80,6 @@ def check_weights(cfg, resume: bool):
             cfg.train.output_dir,
         )
     if resume:
-        from .checkpoint import resume_checkpoint
-
         if resume_checkpoint(output_dir) is not None:
             return
         logging.getLogger("nonlocal_det").info(
@@ -110,36 +107,6 @@ def check_weights(cfg, resume: bool):
             f"{key}={weights!r}: {local} is not a file. Pass an existing checkpoint."
         )
     check_checkpoint_file(local, f"{key}={local!r}")
-
-
-def check_checkpoint_file(path: str, subject: str, fix: str = "copy or download it again") -> None:
-    """
-    MissingInputError unless ``path`` looks like a checkpoint: a torch zip archive (``.pth``)
-    whose central directory is intact, or a pickle (Detectron2's ``.pkl``, legacy ``.pth``),
-    read from the file's first and last bytes only. ``subject`` names the file in the message
-    (``"MODEL.WEIGHTS='model.pth'"``), ``fix`` says what to do.
-    """
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path):
-                return
-        except (zipfile.BadZipFile, OSError) as e:
-            raise MissingInputError(
-                f"{subject} is a damaged checkpoint archive ({e}); {fix}."
-            ) from None
-    with open(path, "rb") as f:
-        head = f.read(2)
-    if head[:1] == b"\x80" and head[1:2] and head[1] <= 5:  # a pickle, protocol 2..5
-        return
-    if head == b"PK":
-        raise MissingInputError(
-            f"{subject} is a truncated or damaged torch checkpoint (its zip directory is "
-            f"missing); {fix}."
-        )
-    raise MissingInputError(
-        f"{subject} is not a checkpoint (neither a torch .pth archive nor a Detectron2 .pkl "
-        "pickle); pass the model_final.pth a training run wrote, or a model-zoo .pkl."
-    )
 
 
 def check_output_dir(path: str, key: str) -> None:
