@@ -228,6 +228,17 @@ class _LampTotals:
         }
 
 
+# Query specificity compares every pair of query maps (Q^2 M work): above this many queries, an
+# evenly spaced subset of them (every k-th, in raster order) is compared.
+SPECIFICITY_QUERIES = 256
+
+
+def _spread(maps: torch.Tensor) -> torch.Tensor:
+    """At most SPECIFICITY_QUERIES rows of ``maps`` (Q, M), evenly spaced."""
+    step = -(-maps.shape[0] // SPECIFICITY_QUERIES)
+    return maps[::step]
+
+
 def _shape_boxes(record, lamp):
     """The record's ground-truth boxes (XYXY) that do not overlap the lamp's box."""
     from detectron2.structures import BoxMode
@@ -290,8 +301,8 @@ def measure_attention(cfg, max_images=None, random_ok=False):
                     with torch.no_grad():
                         maps = query_maps(blocks[name], x[i : i + 1], size)
                         maps_init = query_maps(at_init[name], x[i : i + 1], size)
-                    scores[name]["trained"].append(query_specificity(maps))
-                    scores[name]["init"].append(query_specificity(maps_init))
+                    scores[name]["trained"].append(query_specificity(_spread(maps)))
+                    scores[name]["init"].append(query_specificity(_spread(maps_init)))
                     if name not in strides or not boxes:
                         continue
                     grid = tuple(size) if size is not None else tuple(x.shape[-2:])
