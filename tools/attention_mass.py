@@ -6,9 +6,10 @@ What a trained model's blocks (NL, DNL, GC) attend to, over the config's first t
   divergence between the attention maps of pairs of queries of one image (or one person RoI for
   head blocks; at most 256 queries, evenly spaced), averaged over images; 0 for attention that is
   the same for every query (uniform, a GC block's by construction, or the query-independent maps
-  GCNet reported for blocks trained on COCO), 1 when queries attend to disjoint keys. Beside it, the same measure for each block at
-  initialisation (the config's model built without weights, applied to the trained model's
-  block inputs). ``nonlocal_det.analysis.attention`` defines the measures.
+  GCNet reported for blocks trained on COCO), 1 when queries attend to disjoint keys. Beside it,
+  the same measure for each block at initialisation (the config's model built without weights,
+  applied to the trained model's block inputs). ``nonlocal_det.analysis.attention`` defines
+  the measures.
 - on ``nonlocal_longrange``, the **lamp mass** of every backbone block: queries are the
   block's grid positions whose centres lie inside a shape's ground-truth box (not the lamp's),
   cue keys the key cells (2x2 pooled with sub-sampling) overlapping the lamp's box; mass = the

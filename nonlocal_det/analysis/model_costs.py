@@ -85,10 +85,11 @@ def analyze(config_file, height, width, opts=()):
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         by_module = analysis.by_module()
         total = analysis.total()
-    from nonlocal_det.layers import CGNLBlock2d, NonLocalBlock2d
+    from nonlocal_det.layers import CGNLBlock2d, GlobalContextBlock2d, NonLocalBlock2d
 
+    kinds = (NonLocalBlock2d, CGNLBlock2d, GlobalContextBlock2d)  # DNL: a NonLocalBlock2d
     return {
-        "blocks": sum(isinstance(m, (NonLocalBlock2d, CGNLBlock2d)) for m in model.modules()),
+        "blocks": sum(isinstance(m, kinds) for m in model.modules()),
         "params": sum(p.numel() for p in model.parameters()),
         "flops": total,
         "backbone_flops": by_module.get("model.backbone", 0),
