@@ -239,7 +239,7 @@ def test_visualize_attention_refuses_a_model_without_blocks(images, tmp_path):
     import visualize_attention
     from nonlocal_det.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="the model has no non-local block"):
+    with pytest.raises(ConfigError, match="the model has no block of the non-local family"):
         visualize_attention.main(
             [
                 "--config-file",

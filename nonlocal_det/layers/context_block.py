@@ -144,8 +144,8 @@ class GlobalContextBlock2d(NotScriptable, nn.Module):
         """c: (B, C, H, W) -> (B, C, 1, 1), in float32 or wider."""
         weights = self.pooling_weights(x)  # (B, N)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            pooled = torch.einsum("bcn,bn->bc", x.flatten(2).to(weights.dtype), weights)
-        return pooled[:, :, None, None]
+            pooled = torch.matmul(x.flatten(2).to(weights.dtype), weights[:, :, None])  # (B, C, 1)
+        return pooled[:, :, :, None]
 
     def fusion_terms(self, context: torch.Tensor):
         """(mul, add): (B, C, 1, 1) each, or None for a fusion not used."""

@@ -141,9 +141,9 @@ class NonLocalBlock2d(ResidualBlock2d):
         """a_i = w_theta . theta_i (B, N) and b_j = w_phi . phi_j (B, M)."""
         w = self.concat_project.weight.flatten()
         w_theta, w_phi = w[: self.inner_channels], w[self.inner_channels :]
-        a = torch.einsum("bdn,d->bn", queries.flatten(2), w_theta.to(queries.dtype))
-        b = torch.einsum("bdm,d->bm", keys.flatten(2), w_phi.to(keys.dtype))
-        return a, b
+        a = torch.matmul(queries.flatten(2).transpose(1, 2), w_theta.to(queries.dtype)[:, None])
+        b = torch.matmul(keys.flatten(2).transpose(1, 2), w_phi.to(keys.dtype)[:, None])
+        return a.squeeze(2), b.squeeze(2)
 
     def aggregate(
         self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor

@@ -150,7 +150,9 @@ def pointwise_conv(conv: nn.Conv2d, y: torch.Tensor) -> torch.Tensor:
 
     A matrix product, not ``conv2d``: with dynamic shapes, torch.compile's Inductor fails to
     lower a convolution that follows the attention's matrix products ("cannot determine truth
-    value of Relational"); the product is the same arithmetic and compiles.
+    value of Relational"); the product is the same arithmetic and compiles. ``matmul`` with the
+    batch on the left rather than ``einsum``: fvcore counts the former exactly and rounds the
+    latter's FLOPs to four significant digits.
     """
     dtype = torch.promote_types(y.dtype, conv.weight.dtype)
     groups = conv.groups
@@ -159,8 +161,8 @@ def pointwise_conv(conv: nn.Conv2d, y: torch.Tensor) -> torch.Tensor:
         groups, conv.out_channels // groups, conv.in_channels // groups
     )  # (G, C_out / G, C_in / G)
     grouped = y.to(dtype).reshape(batch, groups, conv.in_channels // groups, height * width)
-    out = torch.einsum("gok,bgkn->bgon", weight, grouped)  # (B, G, C_out / G, H * W)
-    out = out.reshape(batch, conv.out_channels, height, width)
+    out = torch.matmul(grouped.transpose(2, 3), weight.transpose(1, 2))  # (B, G, H * W, C_out / G)
+    out = out.transpose(2, 3).reshape(batch, conv.out_channels, height, width)
     if conv.bias is not None:
         out = out + conv.bias.to(dtype)[:, None, None]
     return out
