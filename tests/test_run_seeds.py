@@ -269,6 +269,8 @@ ABLATION_REPORT = [
     "--config-files",
     config("longrange_baseline.yaml"),
     config("longrange_NL.yaml"),
+    config("longrange_GC.yaml"),
+    config("longrange_DNL.yaml"),
     "--seeds",
     "0",
     "1",
@@ -298,7 +300,8 @@ def test_committed_ablation_table_is_rebuilt_from_the_committed_run_summaries(tm
 def test_report_names_a_missing_summary(tmp_path, capsys):
     import seeds_report
 
-    args = [*ABLATION_REPORT[:7], "7", *ABLATION_REPORT[8:]]  # a seed that was never run
+    seeds = ABLATION_REPORT.index("--seeds")
+    args = [*ABLATION_REPORT[: seeds + 2], "7", *ABLATION_REPORT[seeds + 3 :]]  # never run
     from nonlocal_det.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no summary .*seed7.json"):
