@@ -1,5 +1,7 @@
 """GC and DNL blocks against their formulas written out (nonlocal_det.layers.reference)."""
 
+import math
+
 import pytest
 import torch
 
@@ -187,3 +189,37 @@ def test_dnl_memory_at_64x200x200_under_one_gib():
 def test_empty_batch(kind):
     block = GlobalContextBlock2d(16) if kind == "GC" else DisentangledNonLocal2d(16)
     assert block(torch.zeros(0, 16, 4, 5)).shape == (0, 16, 4, 5)
+
+
+@pytest.mark.parametrize("fusions", [("channel_add",), ("channel_add", "channel_mul")])
+def test_fvcore_counts_gc_as_its_formula(fusions):
+    """conv_mask and the pooling (C N each), per fusion two bottleneck convs (2 C C/r) and the
+    LayerNorm (5 C/r), per image."""
+    from fvcore.nn import FlopCountAnalysis
+
+    batch, c, h, w, bottleneck = 2, 64, 13, 11, 16  # counts fvcore's einsum would round
+    block = GlobalContextBlock2d(c, ratio=bottleneck / c, fusions=fusions).eval()
+    count = FlopCountAnalysis(block, torch.randn(batch, c, h, w))
+    count.unsupported_ops_warnings(False)
+    per_fusion = 2 * c * bottleneck + 5 * bottleneck
+    assert count.total() == batch * (2 * c * h * w + len(fusions) * per_fusion)
+
+
+@pytest.mark.parametrize("sub_sample", [True, False])
+def test_fvcore_counts_dnl_as_its_formula(sub_sample):
+    """W_theta, W_phi, W_g, W_z (2 C^2 N), the unary logits (C N) and pooling (C/2 M), the
+    pairwise products (N M C) and GroupNorm (5 C N), per image; with sub-sampling M is the key
+    grid of each side halved, rounded up."""
+    from fvcore.nn import FlopCountAnalysis
+
+    from nonlocal_det.analysis.model_costs import sdpa_flop_jit
+
+    batch, c, h, w = 2, 64, 13, 11  # counts fvcore's einsum would round
+    n = h * w
+    m = math.ceil(h / 2) * math.ceil(w / 2) if sub_sample else n
+    block = DisentangledNonLocal2d(c, sub_sample=sub_sample, norm="GN").eval()
+    count = FlopCountAnalysis(block, torch.randn(batch, c, h, w))
+    count.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
+    count.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    expected = 2 * c * c * n + c * n + c // 2 * m + n * m * c + 5 * c * n
+    assert count.total() == batch * expected

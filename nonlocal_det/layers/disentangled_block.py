@@ -99,8 +99,8 @@ class DisentangledNonLocal2d(NonLocalBlock2d):
         unary = self.unary_weights(x)  # (B, M)
         with torch.autocast(device_type=x.device.type, enabled=False):
             v = values.flatten(2).to(unary.dtype)  # (B, inner, M)
-            y_unary = torch.einsum("bm,bdm->bd", unary, v)  # (B, inner)
-        return y + y_unary[:, :, None, None].to(y.dtype)
+            y_unary = torch.matmul(v, unary[:, :, None])  # (B, inner, 1)
+        return y + y_unary[:, :, :, None].to(y.dtype)
 
     @torch.no_grad()
     def attention_for_queries(self, x: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
