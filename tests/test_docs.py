@@ -45,9 +45,11 @@ def test_the_init_advice_is_the_same_sentence_everywhere(path):
 
 
 def test_nothing_in_the_repository_speaks_of_issues_or_sessions():
-    folders = ["README.md", "docs", "datasets", "nonlocal_det", "tools", "configs"]
+    folders = ["README.md", "docs", "datasets", "nonlocal_det", "tools", "configs", "tests"]
+    folders += ["train_net.py", "setup.py", "pyproject.toml", ".ci"]
     out = subprocess.run(
-        ["grep", "-rniE", r"issue ?#?[0-9]+|\bsessions?\b|no time left", *folders],
+        ["grep", "-rniE", "--exclude=test_docs.py", r"issue ?#?[0-9]+|\bsessions?\b|no time left"]
+        + folders,
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

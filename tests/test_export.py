@@ -353,10 +353,10 @@ def test_backbone_onnx_matches_eager(nl_backbone, dynamo, tmp_path):
     else:
         dynamic = {"dynamic_axes": {"x": {2: "height", 3: "width"}}}
     torch.onnx.export(nl_backbone, (small,), path, input_names=["x"], dynamo=dynamo, **dynamic)
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    onnx_runtime = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     with torch.no_grad():
         for x in (small, torch.randn(LARGE)):
-            assert_same_maps(nl_backbone(x), session.run(None, {"x": x.numpy()}))
+            assert_same_maps(nl_backbone(x), onnx_runtime.run(None, {"x": x.numpy()}))
 
 
 def test_mask_rcnn_onnx_matches_eager(tmp_path):
@@ -381,12 +381,12 @@ def test_mask_rcnn_onnx_matches_eager(tmp_path):
         input_names=["image"],
         dynamic_axes={"image": {1: "height", 2: "width"}},
     )
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    onnx_runtime = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     for image in (example, random_image(*OTHER_HW, seed=1)):
         model.valid_region = image is example  # the export attends over the padding
         with torch.no_grad():
             (expected,) = inference(model, [{"image": image}])
-        outputs = [torch.from_numpy(o) for o in session.run(None, {"image": image.numpy()})]
+        outputs = [torch.from_numpy(o) for o in onnx_runtime.run(None, {"image": image.numpy()})]
         assert_same_instances(
             expected["instances"], adapter.outputs_schema(outputs)[0]["instances"], MASK_FIELDS
         )

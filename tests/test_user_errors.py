@@ -1,5 +1,5 @@
 """
-Every user mistake of issue 20, end to end through train_net.py or the tool: a non-zero exit, the
+User mistakes end to end through train_net.py or a tool: a non-zero exit, the
 message naming the file, record or key (and the fix), no traceback, and for bad data no training
 iteration. The annotation checks themselves: tests/test_coco_checks.py.
 """
