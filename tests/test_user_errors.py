@@ -329,7 +329,7 @@ def test_benchmark_tools_write_under_output_by_default():
         assert "--output docs/" not in source  # documented commands write under output/ too
 
 
-# ---------------------------------------------------------------- second battery, end to end
+# ------------------------------------- setup values, data and output folders, end to end
 
 
 def _edit_image_record(root, edit):
@@ -376,7 +376,7 @@ def _config_file(root, text):
 
 QUICKSTART = os.path.join(CONFIG_DIR, "quickstart.yaml")
 # (case, setup(root) -> extra arguments before the overrides, overrides, words in the one line)
-SECOND_BATTERY = [
+SETUP_AND_DATA_MISTAKES = [
     ("duplicate image id", lambda r: _edit_image_record(r, lambda im: im[1].update(id=im[0]["id"]))
      and [], [], "is used by 2 images"),
     ("16-bit PNG", _sixteen_bit_png, [], "pixel mode 'I;16'"),
@@ -420,9 +420,11 @@ def _without(opts, key):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "case,setup,overrides,words", SECOND_BATTERY, ids=[c[0] for c in SECOND_BATTERY]
+    "case,setup,overrides,words",
+    SETUP_AND_DATA_MISTAKES,
+    ids=[c[0] for c in SETUP_AND_DATA_MISTAKES],
 )
-def test_second_battery_stops_before_training_in_one_line(
+def test_setup_and_data_mistakes_stop_before_training_in_one_line(
     workdir, tmp_path, case, setup, overrides, words
 ):
     root = fresh_copy(workdir, tmp_path)
