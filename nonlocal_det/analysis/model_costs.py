@@ -13,7 +13,7 @@ TEST.DETECTIONS_PER_IMAGE (100) detections, in every model alike.
 
 import torch
 
-__all__ = ["analysis_cfg", "fix_roi_workload", "analyze"]
+__all__ = ["analysis_cfg", "fix_roi_workload", "counted_our_way", "analyze"]
 
 
 def sdpa_flop_jit(inputs, outputs):
@@ -25,6 +25,15 @@ def sdpa_flop_jit(inputs, outputs):
     for d in q[:-2]:
         batch *= d
     return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+def counted_our_way(analysis):
+    """
+    ``analysis`` (an fvcore or Detectron2 FlopCountAnalysis) with the fused attention counted
+    (``sdpa_flop_jit``) and fvcore's warnings about uncounted ops and uncalled modules off.
+    """
+    analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
+    return analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
 
 
 def analysis_cfg(config_file, opts=()):
@@ -80,9 +89,7 @@ def analyze(config_file, height, width, opts=()):
     fix_roi_workload(model)
     image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(0)) * 255
     with torch.no_grad():
-        analysis = FlopCountAnalysis(model, [{"image": image}])
-        analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
-        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        analysis = counted_our_way(FlopCountAnalysis(model, [{"image": image}]))
         by_module = analysis.by_module()
         total = analysis.total()
     from nonlocal_det.layers import CGNLBlock2d, GlobalContextBlock2d, NonLocalBlock2d
