@@ -1,7 +1,7 @@
 """
-User mistakes end to end through train_net.py or a tool: a non-zero exit, the
-message naming the file, record or key (and the fix), no traceback, and for bad data no training
-iteration. The annotation checks themselves: tests/test_coco_checks.py.
+User mistakes end to end through train_net.py or a tool: a non-zero exit, the message naming the
+file, record or key (and the fix), no traceback, and for bad data no training iteration. The
+annotation checks themselves: tests/test_coco_checks.py.
 """
 
 import json
