@@ -46,6 +46,10 @@ if detectron2_available():
 
     register_synthetic_datasets()
     register_long_range_datasets()
+    from .data.datasets import register_generated_dataset
+    from .data.generated import PAIRS
+
+    register_generated_dataset(PAIRS)
 
 
 def __getattr__(name):

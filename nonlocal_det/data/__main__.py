@@ -1,7 +1,7 @@
 """
-Generate a dataset of nonlocal_det's: ``python -m nonlocal_det.data [--dataset synthetic|long_range]
-[--out DIR] [--train N] [--val N] [--seed S]``. train_net.py does this by itself when a config
-names a generated dataset that is missing.
+Generate a dataset of nonlocal_det's: ``python -m nonlocal_det.data
+[--dataset synthetic|long_range|pairs] [--out DIR] [--train N] [--val N] [--seed S]``.
+train_net.py does this by itself when a config names a generated dataset that is missing.
 """
 
 import argparse

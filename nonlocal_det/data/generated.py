@@ -4,7 +4,9 @@ The datasets nonlocal_det generates itself, in one list used by their Detectron2
 
 - ``nonlocal_synthetic`` (``synthetic.py``): shapes and persons with keypoints, for the quickstart;
 - ``nonlocal_longrange`` (``long_range.py``): shapes whose category is decided by a lamp at the
-  far end of the image, for the non-local ablation.
+  far end of the image, for the non-local ablation;
+- ``nonlocal_pairs`` (``pairs.py``): shapes whose category is decided by their own partner lamp,
+  one of four at the far end, for the ablation of query-specific attention.
 """
 
 import os
@@ -12,9 +14,9 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Dict
 
-from . import long_range, synthetic
+from . import long_range, pairs, synthetic
 
-__all__ = ["GeneratedDataset", "SYNTHETIC", "LONG_RANGE", "GENERATED_DATASETS"]
+__all__ = ["GeneratedDataset", "SYNTHETIC", "LONG_RANGE", "PAIRS", "GENERATED_DATASETS"]
 
 
 @dataclass(frozen=True)
@@ -50,4 +52,5 @@ _KEYPOINT_METADATA = dict(
 )
 SYNTHETIC = GeneratedDataset("nonlocal_synthetic", synthetic, _KEYPOINT_METADATA)
 LONG_RANGE = GeneratedDataset("nonlocal_longrange", long_range)
-GENERATED_DATASETS = {d.directory: d for d in (SYNTHETIC, LONG_RANGE)}
+PAIRS = GeneratedDataset("nonlocal_pairs", pairs)
+GENERATED_DATASETS = {d.directory: d for d in (SYNTHETIC, LONG_RANGE, PAIRS)}
