@@ -21,12 +21,21 @@ import detectron2.utils.comm as comm
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 
-from nonlocal_det.checkpoint import load_trained_weights, resume_checkpoint
-from nonlocal_det.config import config_kind, get_nonlocal_cfg
-from nonlocal_det.data.loading import check_datasets
-from nonlocal_det.engine import NonLocalDefaultTrainer as Trainer
-from nonlocal_det.engine import launch_reporting_errors, run_lazy_config, setup_nonlocal_logger
-from nonlocal_det.preflight import check_amp, check_output_dir, check_weights, check_world_size
+from nonlocal_det.harness.checkpoint import load_trained_weights, resume_checkpoint
+from nonlocal_det.harness.config import config_kind, get_nonlocal_cfg
+from nonlocal_det.harness.data.loading import check_datasets
+from nonlocal_det.harness.engine import NonLocalDefaultTrainer as Trainer
+from nonlocal_det.harness.engine import (
+    launch_reporting_errors,
+    run_lazy_config,
+    setup_nonlocal_logger,
+)
+from nonlocal_det.harness.preflight import (
+    check_amp,
+    check_output_dir,
+    check_weights,
+    check_world_size,
+)
 
 QUICKSTART_CONFIG = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "configs", "quickstart.yaml"

@@ -3,13 +3,17 @@ nonlocal_det: non-local (Wang et al., CVPR 2018), compact generalized non-local 
 NeurIPS 2018), global context (Cao et al., 2019) and disentangled non-local (Yin et al., ECCV
 2020) blocks for Detectron2.
 
-``nonlocal_det.layers`` needs only torch. Names that build Detectron2 models need Detectron2;
-without it, using them raises an ImportError that says how to install it.
+The library: ``nonlocal_det.layers`` (the blocks; needs only torch), ``nonlocal_det.modeling``
+(Detectron2 backbones, keypoint head and meta-architectures with the blocks),
+``nonlocal_det.config`` (``add_nonlocal_config``) and ``nonlocal_det.errors``. Names that build
+Detectron2 models need Detectron2; without it, using them raises an ImportError that says how to
+install it. The training harness (train_net.py, the generated datasets, the checks, the tools'
+code) is ``nonlocal_det.harness``, which builds on the library; the library never imports it.
 """
 
 import importlib
 
-from .detectron2_support import detectron2_available, require_detectron2
+from .errors import detectron2_available, require_detectron2
 from .layers import CGNLBlock2d, DisentangledNonLocal2d, GlobalContextBlock2d, NonLocalBlock2d
 
 __version__ = "0.1.0"
@@ -25,14 +29,11 @@ _DETECTRON2_EXPORTS = {
     "insert_nonlocal_blocks": ".modeling",
     "nonlocal_block_factory": ".modeling",
     "context_block_factory": ".modeling",
-    "register_synthetic_datasets": ".data.datasets",
-    "register_long_range_datasets": ".data.datasets",
 }
 
 if detectron2_available():
-    # Registers the backbones, the keypoint head and the generated dataset with Detectron2.
+    # Registers the backbones, the keypoint head and the meta-architectures with Detectron2.
     from .config import add_nonlocal_config
-    from .data.datasets import register_long_range_datasets, register_synthetic_datasets
     from .modeling import (
         KRCNNConvDeconvUpsampleNLHead,
         build_nonlocal_backbone,
@@ -43,13 +44,6 @@ if detectron2_available():
         make_nonlocal_stages,
         nonlocal_block_factory,
     )
-
-    register_synthetic_datasets()
-    register_long_range_datasets()
-    from .data.datasets import register_generated_dataset
-    from .data.generated import PAIRS
-
-    register_generated_dataset(PAIRS)
 
 
 def __getattr__(name):

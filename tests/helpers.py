@@ -43,7 +43,7 @@ SHIPPED_CONFIGS = sorted(
 def generate_synthetic_under(root, train: int, val: int):
     """A small nonlocal_synthetic dataset at ``root/datasets/nonlocal_synthetic`` (the layout
     train_net.py finds when run in ``root``); returns ``root``."""
-    from nonlocal_det.data import synthetic
+    from nonlocal_det.harness.data import synthetic
 
     synthetic.generate(str(root / "datasets" / "nonlocal_synthetic"), {"train": train, "val": val})
     return root
@@ -53,14 +53,14 @@ def generate_synthetic_under(root, train: int, val: int):
 def synthetic_registered_under(root, train: int, val: int):
     """``generate_synthetic_under``, with the ``nonlocal_synthetic_*`` names registered on it while
     the context lasts (the default registration is restored afterwards); yields ``root``."""
-    from nonlocal_det.data.datasets import register_synthetic_datasets
+    from nonlocal_det.harness.data.generated import SYNTHETIC
 
     generate_synthetic_under(root, train, val)
-    register_synthetic_datasets(str(root / "datasets" / "nonlocal_synthetic"))
+    SYNTHETIC.register(str(root / "datasets" / "nonlocal_synthetic"))
     try:
         yield root
     finally:
-        register_synthetic_datasets()
+        SYNTHETIC.register()
 
 
 # ---------------------------------------------------------------- blocks
@@ -83,7 +83,7 @@ def randomize(block: nn.Module, seed: int = 0) -> nn.Module:
 
 def load_cfg(config_name: str, *opts):
     """A config from configs/, on CPU, with no weights to download."""
-    from nonlocal_det.config import get_nonlocal_cfg
+    from nonlocal_det.harness.config import get_nonlocal_cfg
 
     return get_nonlocal_cfg(
         os.path.join(CONFIG_DIR, config_name), ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts]

@@ -139,7 +139,7 @@ def test_autocast_training_steps_stay_finite(model_name, dtype):
 )
 @pytest.mark.parametrize("precision", ["float16", "bfloat16"])
 def test_train_net_amp_on_cuda(tmp_path, precision):
-    from nonlocal_det.data import synthetic
+    from nonlocal_det.harness.data import synthetic
 
     synthetic.generate(str(tmp_path / "datasets" / "nonlocal_synthetic"), {"train": 6, "val": 2})
     out = tmp_path / "out"
@@ -164,7 +164,7 @@ def test_train_net_amp_on_cuda(tmp_path, precision):
 
 @pytest.mark.slow
 def test_amp_precision_must_be_a_half_type(tmp_path):
-    from nonlocal_det.data import synthetic
+    from nonlocal_det.harness.data import synthetic
 
     synthetic.generate(str(tmp_path / "datasets" / "nonlocal_synthetic"), {"train": 2, "val": 1})
     rc, log = run_train_net(

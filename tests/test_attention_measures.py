@@ -1,11 +1,11 @@
-"""nonlocal_det.analysis.attention: query specificity and cue mass on maps and tiny blocks."""
+"""harness.analysis.attention: query specificity and cue mass on maps and tiny blocks."""
 
 import math
 
 import pytest
 import torch
 
-from nonlocal_det.analysis.attention import cue_mass, query_maps, query_specificity
+from nonlocal_det.harness.analysis.attention import cue_mass, query_maps, query_specificity
 from nonlocal_det.layers import NonLocalBlock2d
 
 

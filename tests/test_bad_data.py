@@ -28,7 +28,7 @@ DATASET_OPTS = [
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
-    from nonlocal_det.data import synthetic
+    from nonlocal_det.harness.data import synthetic
 
     root = tmp_path_factory.mktemp("pristine") / "nonlocal_synthetic"
     synthetic.generate(str(root), {"train": 6, "val": 4})
@@ -60,7 +60,7 @@ def _register(name, root, split="train"):
     register_coco_instances(
         name, {}, str(root / "annotations" / f"{split}.json"), str(root / split)
     )
-    from nonlocal_det.data import synthetic
+    from nonlocal_det.harness.data import synthetic
 
     MetadataCatalog.get(name).keypoint_names = synthetic.KEYPOINT_NAMES
 
@@ -70,8 +70,8 @@ def _cfg(name, *opts):
 
 
 def _training_error(name, root, *opts):
-    from nonlocal_det.data.loading import training_dataset_dicts
-    from nonlocal_det.preflight import BadDataError
+    from nonlocal_det.harness.data.loading import training_dataset_dicts
+    from nonlocal_det.harness.preflight import BadDataError
 
     _register(name, root)
     with pytest.raises(BadDataError) as info:
@@ -180,8 +180,8 @@ def test_annotation_file_without_images_is_an_error(dataset):
 
 
 def test_unregistered_dataset_is_named():
-    from nonlocal_det.data.loading import training_dataset_dicts
-    from nonlocal_det.preflight import BadDataError
+    from nonlocal_det.harness.data.loading import training_dataset_dicts
+    from nonlocal_det.harness.preflight import BadDataError
 
     with pytest.raises(BadDataError, match="Dataset 'my_unregistered_set' is not registered"):
         training_dataset_dicts(_cfg("my_unregistered_set"))

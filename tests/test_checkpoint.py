@@ -19,7 +19,7 @@ pytestmark = pytest.mark.detectron2
 def _checkpointer(tmp_path):
     from detectron2.checkpoint import DetectionCheckpointer
 
-    from nonlocal_det.checkpoint import write_checkpoints_atomically
+    from nonlocal_det.harness.checkpoint import write_checkpoints_atomically
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -69,7 +69,7 @@ def synthetic_in(tmp_path):
 
 @pytest.mark.slow
 def test_resume_restores_optimizer_scheduler_and_iteration(synthetic_in):
-    from nonlocal_det.config import get_nonlocal_cfg
+    from nonlocal_det.harness.config import get_nonlocal_cfg
 
     train_net = import_train_net()
     opts = [
@@ -123,8 +123,8 @@ def _expected_lr(cfg, iteration):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_continues_from_the_last_checkpoint(tmp_path):
-    from nonlocal_det.config import get_nonlocal_cfg
-    from nonlocal_det.data import synthetic
+    from nonlocal_det.harness.config import get_nonlocal_cfg
+    from nonlocal_det.harness.data import synthetic
 
     synthetic.generate(str(tmp_path / "datasets" / "nonlocal_synthetic"), {"train": 6, "val": 2})
     out = tmp_path / "out"

@@ -21,7 +21,7 @@ if HAS_DETECTRON2:
     from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, ResNet
     from detectron2.utils.events import EventStorage
 
-    from nonlocal_det.config import get_nonlocal_cfg
+    from nonlocal_det.harness.config import get_nonlocal_cfg
     from nonlocal_det.layers import NonLocalBlock2d
 
     @BACKBONE_REGISTRY.register()

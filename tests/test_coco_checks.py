@@ -1,4 +1,4 @@
-"""nonlocal_det.data.coco_checks: each problem named, what Detectron2 handles accepted."""
+"""nonlocal_det.harness.data.coco_checks: each problem named, what Detectron2 handles accepted."""
 
 import copy
 import json
@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nonlocal_det.data.coco_checks import annotation_problems, format_problems, image_problems
+from nonlocal_det.harness.data.coco_checks import (
+    annotation_problems,
+    format_problems,
+    image_problems,
+)
 
 GOOD = {
     "images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}],

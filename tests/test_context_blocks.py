@@ -1,4 +1,4 @@
-"""GC and DNL blocks against their formulas written out (nonlocal_det.layers.reference)."""
+"""GC and DNL blocks against their formulas written out (harness.analysis.reference)."""
 
 import math
 
@@ -6,16 +6,16 @@ import pytest
 import torch
 
 from helpers import randomize
-from nonlocal_det.analysis.attention import query_maps, query_specificity
+from nonlocal_det.harness.analysis.attention import query_maps, query_specificity
+from nonlocal_det.harness.analysis.reference import (
+    pairwise_matrix,
+    reference_dnl_op,
+    reference_forward,
+)
 from nonlocal_det.layers import (
     GC_POOLINGS,
     DisentangledNonLocal2d,
     GlobalContextBlock2d,
-)
-from nonlocal_det.layers.reference import (
-    pairwise_matrix,
-    reference_dnl_op,
-    reference_forward,
 )
 
 FUSION_SETS = [("channel_add",), ("channel_mul",), ("channel_add", "channel_mul")]
@@ -174,7 +174,7 @@ def test_autocast_keeps_the_attention_in_float32(kind, dtype):
 @pytest.mark.slow
 def test_dnl_memory_at_64x200x200_under_one_gib():
     """Forward+backward at 64 x 200 x 200 (N = 40000, M = 10000): the NL blocks' 1 GiB bar."""
-    from nonlocal_det.utils.measure import cpu_peak_bytes
+    from nonlocal_det.harness.utils.measure import cpu_peak_bytes
 
     torch.manual_seed(0)
     block = DisentangledNonLocal2d(64, norm="BN", init="standard")
@@ -197,7 +197,7 @@ def test_fvcore_counts_gc_as_its_formula(fusions):
     LayerNorm (5 C/r), per image."""
     from fvcore.nn import FlopCountAnalysis
 
-    from nonlocal_det.analysis.model_costs import counted_our_way
+    from nonlocal_det.harness.analysis.model_costs import counted_our_way
 
     batch, c, h, w, bottleneck = 2, 64, 13, 11, 16  # counts fvcore's einsum would round
     block = GlobalContextBlock2d(c, ratio=bottleneck / c, fusions=fusions).eval()
@@ -213,7 +213,7 @@ def test_fvcore_counts_dnl_as_its_formula(sub_sample):
     grid of each side halved, rounded up."""
     from fvcore.nn import FlopCountAnalysis
 
-    from nonlocal_det.analysis.model_costs import counted_our_way
+    from nonlocal_det.harness.analysis.model_costs import counted_our_way
 
     batch, c, h, w = 2, 64, 13, 11  # counts fvcore's einsum would round
     n = h * w

@@ -21,7 +21,7 @@ def test_default_trainer_builds_ddp_through_the_module_level_create_ddp_model():
     import detectron2.engine.defaults as d2_defaults
     from detectron2.engine import DefaultTrainer
 
-    from nonlocal_det import distributed
+    from nonlocal_det.harness import distributed
 
     # DefaultTrainer.__init__ looks the function up as a global of its module ...
     assert "create_ddp_model" in DefaultTrainer.__init__.__code__.co_names
@@ -48,8 +48,8 @@ def test_trainer_sets_amp_precision_and_checkpoints_atomically(synthetic_in):
     from detectron2.engine import AMPTrainer, hooks
     from fvcore.common.checkpoint import Checkpointer
 
-    from nonlocal_det.config import get_nonlocal_cfg
-    from nonlocal_det.engine import NonLocalDefaultTrainer
+    from nonlocal_det.harness.config import get_nonlocal_cfg
+    from nonlocal_det.harness.engine import NonLocalDefaultTrainer
 
     opts = [
         *TINY,

@@ -32,9 +32,9 @@ if HAS_DETECTRON2:
     from detectron2.utils.events import EventStorage
     from detectron2.utils.testing import assert_instances_allclose
 
-    from nonlocal_det.config import get_nonlocal_cfg
+    from nonlocal_det.harness.config import get_nonlocal_cfg
     from nonlocal_det.layers import CGNLBlock2d, NonLocalBlock2d
-    from nonlocal_det.modeling import has_nonlocal
+    from nonlocal_det.modeling import NonLocalMixin
     from nonlocal_det.modeling.resnet_blocks import attached_variant
 
     @BACKBONE_REGISTRY.register()
@@ -115,7 +115,11 @@ def test_paper_placements():
         )
         resnet = build_backbone(cfg).bottom_up
         found = {
-            stage: [i for i, block in enumerate(getattr(resnet, stage)) if has_nonlocal(block)]
+            stage: [
+                i
+                for i, block in enumerate(getattr(resnet, stage))
+                if isinstance(block, NonLocalMixin)
+            ]
             for stage in ("res2", "res3", "res4", "res5")
         }
         assert {k: v for k, v in found.items() if v} == expected
@@ -173,7 +177,7 @@ def test_backbone_depths_and_block_types(depth, opts, backbone):
     )
     module = __import__(type(block).__module__, fromlist=[type(block).__name__])
     assert getattr(module, type(block).__name__) is type(block)
-    assert has_nonlocal(block) and isinstance(block.nonlocal_block, NonLocalBlock2d)
+    assert isinstance(block, NonLocalMixin) and isinstance(block.nonlocal_block, NonLocalBlock2d)
     assert block.nonlocal_block.in_channels == block.out_channels
     x = torch.randn(1, 3, 64, 96)
     model.eval()
@@ -183,23 +187,26 @@ def test_backbone_depths_and_block_types(depth, opts, backbone):
 
 
 def test_freeze_at_leaves_nonlocal_trainable_unless_its_stage_is_frozen(caplog):
+    from nonlocal_det.harness.advice import warn_about_the_blocks
+
+    cfg = load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.BACKBONE.FREEZE_AT", "2")
     with caplog.at_level(logging.INFO, logger="nonlocal_det"):
-        resnet = build_backbone(
-            load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.BACKBONE.FREEZE_AT", "2")
-        ).bottom_up
+        resnet = build_backbone(cfg).bottom_up
+        warn_about_the_blocks(cfg)
     nl = resnet.res4[4].nonlocal_block
     assert all(p.requires_grad for p in nl.parameters())
     assert not any(p.requires_grad for p in resnet.res2.parameters())
-    assert "res4.4 (1024 channels): NonLocalBlock2d after it; trainable" in caplog.text
+    assert "Blocks of the non-local family in res4.4" in caplog.text
+    assert "freezes" not in caplog.text
 
     caplog.clear()
+    cfg = load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.BACKBONE.FREEZE_AT", "4")
     with caplog.at_level(logging.INFO, logger="nonlocal_det"):
-        resnet = build_backbone(
-            load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.BACKBONE.FREEZE_AT", "4")
-        ).bottom_up
+        resnet = build_backbone(cfg).bottom_up
+        warn_about_the_blocks(cfg)
     nl = resnet.res4[4].nonlocal_block
     assert not any(p.requires_grad for p in nl.parameters())
-    assert "res4.4 (1024 channels): NonLocalBlock2d after it; FROZEN" in caplog.text
+    assert "MODEL.BACKBONE.FREEZE_AT=4 freezes ['res4'], where MODEL.NONLOCAL places" in caplog.text
 
 
 def test_norm_choices():
@@ -377,13 +384,9 @@ def test_keypoint_head_layout_and_identity_at_init():
     torch.manual_seed(0)
     head = _keypoint_head()
     names = [n for n, _ in head.named_children()]
-    convs = [
-        [f"conv_fcn{k}", f"conv_fcn_relu{k}"] + ([f"nonlocal_fcn{k}"] if k % 2 == 0 else [])
-        for k in range(1, 9)
-    ]
-    assert names == [n for group in convs for n in group] + [
-        "score_lowres"
-    ]  # registered in the order they run
+    stock_layers = [n for k in range(1, 9) for n in (f"conv_fcn{k}", f"conv_fcn_relu{k}")]
+    # the stock head's layers, then the blocks (``layers`` runs each after its conv's ReLU)
+    assert names == stock_layers + ["score_lowres"] + [f"nonlocal_fcn{k}" for k in (2, 4, 6, 8)]
     torch.manual_seed(0)
     cfg = load_cfg("keypoint_rcnn_R101_baseline.yaml")
     stock = KRCNNConvDeconvUpsampleHead(cfg, ShapeSpec(channels=256, height=14, width=14))
@@ -716,7 +719,7 @@ def test_zoo_configs_with_gc_or_dnl_load_stock_weights_and_equal_stock_at_init(
     """A stock checkpoint loads with only the new block's keys missing; outputs are the stock's."""
     from detectron2.checkpoint import DetectionCheckpointer
 
-    from nonlocal_det.config import get_nonlocal_cfg
+    from nonlocal_det.harness.config import get_nonlocal_cfg
 
     base = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""]
     stock_cfg = get_nonlocal_cfg(model_zoo.get_config_file(zoo_config), base)

@@ -90,8 +90,8 @@ def test_naive_sync_bn_n_in_a_block_equals_bn_on_the_whole_batch(tmp_path, split
 def _sync_bn_check_worker(out_dir):
     import detectron2.utils.comm as comm
 
-    from nonlocal_det.distributed import check_sync_bn_device
-    from nonlocal_det.preflight import UnsupportedSetupError
+    from nonlocal_det.harness.distributed import check_sync_bn_device
+    from nonlocal_det.harness.preflight import UnsupportedSetupError
 
     cfg = load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.NONLOCAL.NORM", "SyncBN")
     try:
@@ -172,9 +172,9 @@ def _train_worker(dataset_root, output_dir, opts):
     (metrics.json only holds medians over 20 iterations)."""
     import detectron2.utils.comm as comm
 
-    from nonlocal_det.data.datasets import register_synthetic_datasets
+    from nonlocal_det.harness.data.generated import SYNTHETIC
 
-    register_synthetic_datasets(dataset_root)
+    SYNTHETIC.register(dataset_root)
     train_net = import_train_net()
     cfg = train_net.setup(
         train_net.parse_args(["--config-file", CONFIG, *opts, "OUTPUT_DIR", output_dir])
@@ -190,14 +190,14 @@ def _train_worker(dataset_root, output_dir, opts):
 
 @pytest.fixture(scope="module")
 def dataset_root(tmp_path_factory):
-    from nonlocal_det.data import synthetic
+    from nonlocal_det.harness.data import synthetic
 
     root = tmp_path_factory.mktemp("dist")
     synthetic.generate(str(root / "datasets" / "nonlocal_synthetic"), {"train": 16, "val": 4})
     yield root
-    from nonlocal_det.data.datasets import register_synthetic_datasets
+    from nonlocal_det.harness.data.generated import SYNTHETIC
 
-    register_synthetic_datasets()
+    SYNTHETIC.register()
 
 
 def test_two_process_cpu_run_trains_and_evaluates(dataset_root):

@@ -4,8 +4,6 @@ import os
 import re
 import subprocess
 
-import pytest
-
 from helpers import REPO_ROOT
 
 
@@ -18,30 +16,23 @@ def _words(text: str) -> str:
     return " ".join(text.split())
 
 
-ADVICE = _words(
-    'Which INIT, as measured: "identity" to fine-tune a pre-trained model, and for a block with '
-    'a norm after W_z even from scratch (the quickstart: as good as "small", and "standard" '
-    'diverged); "standard" for a block without a norm trained from scratch (NORM "", the '
-    "long-range configs)."
-)
+def test_generated_parts_of_the_docs_are_what_the_code_writes(capsys):
+    """Every ``<!-- generated: NAME -->`` part equals what ``nonlocal_det.harness.docs`` writes."""
+    from nonlocal_det.harness import docs
+
+    assert docs.main(["--check"]) == 0, capsys.readouterr().out
+    names = {m.group(2) for path in docs.markdown_files() for m in docs._PART.finditer(_read(path))}
+    assert names == set(docs.SECTIONS)  # every fact the code holds is somewhere in the docs
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        "nonlocal_det/config.py",
-        "nonlocal_det/layers/nonlocal_block.py",
-        "nonlocal_det/layers/cgnl_block.py",
-        "nonlocal_det/layers/context_block.py",
-        "docs/usage.md",
-    ],
-)
-def test_the_init_advice_is_the_same_sentence_everywhere(path):
-    text = _read(path)
-    if path.endswith(".py"):
-        text = re.sub(r"^\s*#", "", text, flags=re.M)  # comments read as prose
-    assert ADVICE in _words(text)
-    assert "start from `small`" not in text and "start from small" not in text
+def test_a_stale_generated_part_is_found_and_rewritten():
+    from nonlocal_det.harness import docs
+
+    stale = "a\n<!-- generated: init-advice -->\nold words\n<!-- end: init-advice -->\nb"
+    fresh = docs.render(stale)
+    assert "old words" not in fresh and docs.SECTIONS["init-advice"]() in fresh
+    assert fresh.startswith("a\n<!-- generated: init-advice -->\n") and fresh.endswith("b")
+    assert docs.render(fresh) == fresh
 
 
 def test_nothing_in_the_repository_speaks_of_issues_or_sessions():

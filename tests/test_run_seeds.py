@@ -39,23 +39,23 @@ def config(name):
 @pytest.fixture(scope="module")
 def datasets_dir(tmp_path_factory):
     """Both generated datasets, a few images each, under a DETECTRON2_DATASETS of their own."""
-    from nonlocal_det.data import long_range, synthetic
-    from nonlocal_det.data.datasets import register_long_range_datasets, register_synthetic_datasets
+    from nonlocal_det.harness.data import long_range, synthetic
+    from nonlocal_det.harness.data.generated import LONG_RANGE, SYNTHETIC
 
     root = tmp_path_factory.mktemp("datasets")
     synthetic.generate(str(root / "nonlocal_synthetic"), {"train": 4, "val": 2})
     long_range.generate(str(root / "nonlocal_longrange"), {"train": 4, "val": 2})
     previous = os.environ.get("DETECTRON2_DATASETS")
     os.environ["DETECTRON2_DATASETS"] = str(root)
-    register_synthetic_datasets()
-    register_long_range_datasets()
+    SYNTHETIC.register()
+    LONG_RANGE.register()
     yield root
     if previous is None:
         del os.environ["DETECTRON2_DATASETS"]
     else:
         os.environ["DETECTRON2_DATASETS"] = previous
-    register_synthetic_datasets()
-    register_long_range_datasets()
+    SYNTHETIC.register()
+    LONG_RANGE.register()
 
 
 def _table_rows(text, first_cell):
@@ -223,7 +223,7 @@ def test_paper_mode_prints_the_published_r50_rows_beside_ours(datasets_dir, tmp_
 
 
 def test_cue_cells_are_the_key_cells_under_the_lamp():
-    from nonlocal_det.analysis.attention import cue_and_query_cells
+    from nonlocal_det.harness.analysis.attention import cue_and_query_cells
 
     # 4 x 8 grid of 16-px cells, 2x2 key cells of 32 px; lamp at x 8..40, y 0..32; a box over cells
     # (1..2, 5..6)
@@ -241,8 +241,8 @@ def test_uniform_attention_gives_a_ratio_of_one(datasets_dir, tmp_path):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
-    from nonlocal_det.analysis.attention import measure_attention
-    from nonlocal_det.config import get_nonlocal_cfg
+    from nonlocal_det.harness.analysis.attention import measure_attention
+    from nonlocal_det.harness.config import get_nonlocal_cfg
     from nonlocal_det.layers import NonLocalBlock2d
 
     cfg = get_nonlocal_cfg(config("longrange_NL.yaml"), ["MODEL.DEVICE", "cpu"])
@@ -312,7 +312,7 @@ def test_an_ap_coco_could_not_compute_is_shown_and_left_out_of_the_mean():
     """A run without a detection has AP None (NaN in COCOeval): '—', and the mean of the others."""
     import statistics
 
-    from nonlocal_det.utils.tables import format_ap, mean_std
+    from nonlocal_det.harness.utils.tables import format_ap, mean_std
 
     values = [70.0, None, 73.0]
     expected = f"{statistics.mean([70, 73]):.1f} ± {statistics.pstdev([70, 73]):.1f}"

@@ -15,8 +15,13 @@ import torch
 from PIL import Image
 
 from helpers import CONFIG_DIR, HAS_DETECTRON2, REPO_ROOT, load_cfg
-from nonlocal_det.data.coco_checks import DATA_RULES, Needs, annotation_problems, image_problems
 from nonlocal_det.errors import ConfigError, MissingInputError
+from nonlocal_det.harness.data.coco_checks import (
+    DATA_RULES,
+    Needs,
+    annotation_problems,
+    image_problems,
+)
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
 needs_detectron2 = pytest.mark.detectron2
@@ -52,7 +57,7 @@ def test_a_value_outside_its_domain_is_named_with_its_domain(key, value, words):
 
 @needs_detectron2
 def test_nan_in_a_yaml_file_is_named(tmp_path):
-    from nonlocal_det.config import get_nonlocal_cfg
+    from nonlocal_det.harness.config import get_nonlocal_cfg
 
     path = tmp_path / "nan.yaml"
     path.write_text(f'_BASE_: "{CONFIG_DIR}/quickstart.yaml"\nSOLVER:\n  BASE_LR: .nan\n')
@@ -72,7 +77,7 @@ def test_every_problem_of_a_config_is_listed_together():
     "text,words", [("", "is empty"), ("- a\n- b\n", "is a list, not a mapping")]
 )
 def test_a_yaml_file_that_is_not_a_mapping_is_named(tmp_path, text, words):
-    from nonlocal_det.config import get_nonlocal_cfg
+    from nonlocal_det.harness.config import get_nonlocal_cfg
 
     path = tmp_path / "config.yaml"
     path.write_text(text)
@@ -92,8 +97,8 @@ def test_a_renamed_key_names_its_new_name():
 def test_every_shipped_and_zoo_config_is_inside_the_domains():
     from detectron2 import model_zoo
 
-    from nonlocal_det.config import get_nonlocal_cfg, get_nonlocal_lazy_config
-    from nonlocal_det.config_domains import config_problems
+    from nonlocal_det.harness.config import get_nonlocal_cfg, get_nonlocal_lazy_config
+    from nonlocal_det.harness.config_domains import config_problems
 
     for name in sorted(os.listdir(CONFIG_DIR)):
         if name.endswith(".yaml") and not name.startswith("Base"):
@@ -106,7 +111,7 @@ def test_every_shipped_and_zoo_config_is_inside_the_domains():
 
 @needs_detectron2
 def test_lazy_config_values_are_checked_too():
-    from nonlocal_det.config import get_nonlocal_lazy_config
+    from nonlocal_det.harness.config import get_nonlocal_lazy_config
 
     with pytest.raises(ConfigError, match="train.max_iter=0: must be an int >= 1"):
         get_nonlocal_lazy_config(
@@ -116,7 +121,7 @@ def test_lazy_config_values_are_checked_too():
 
 @needs_detectron2
 def test_output_dir_that_is_a_file_or_cannot_be_created(tmp_path):
-    from nonlocal_det.preflight import check_output_dir
+    from nonlocal_det.harness.preflight import check_output_dir
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="is a file, not a folder"):
@@ -129,7 +134,7 @@ def test_output_dir_that_is_a_file_or_cannot_be_created(tmp_path):
 
 @needs_detectron2
 def test_a_batch_that_does_not_split_over_the_processes():
-    from nonlocal_det.preflight import check_world_size
+    from nonlocal_det.harness.preflight import check_world_size
 
     with pytest.raises(ConfigError, match="SOLVER.IMS_PER_BATCH=3 does not split over 2"):
         check_world_size(3, "SOLVER.IMS_PER_BATCH", 2)
@@ -142,7 +147,7 @@ def test_reliability_md_lists_every_domain_and_data_rule():
     for _, rule in DATA_RULES:
         assert rule in text, rule
     if HAS_DETECTRON2:
-        from nonlocal_det.config_domains import LAZY_DOMAINS, YAML_DOMAINS
+        from nonlocal_det.harness.config_domains import LAZY_DOMAINS, YAML_DOMAINS
 
         for key, domain in {**YAML_DOMAINS, **LAZY_DOMAINS}.items():
             assert f"| `{key}` | {domain.description} |" in text, key
@@ -280,7 +285,7 @@ def _save(path, model):
 
 @needs_detectron2
 def test_resume_states_of_an_output_folder(tmp_path):
-    from nonlocal_det.checkpoint import resume_checkpoint
+    from nonlocal_det.harness.checkpoint import resume_checkpoint
 
     assert resume_checkpoint(str(tmp_path)) is None  # no checkpoint: start from the weights
     (tmp_path / "last_checkpoint").write_text("model_0000099.pth")
@@ -299,7 +304,7 @@ def test_resume_states_of_an_output_folder(tmp_path):
 
 @needs_detectron2
 def test_a_checkpoint_of_another_model_is_refused_for_resume(tmp_path):
-    from nonlocal_det.checkpoint import check_resume_fits
+    from nonlocal_det.harness.checkpoint import check_resume_fits
 
     other = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GroupNorm(2, 8))
     _save(tmp_path / "model_final.pth", other)
@@ -314,7 +319,7 @@ def test_a_checkpoint_of_another_model_is_refused_for_resume(tmp_path):
 
 @needs_detectron2
 def test_weights_that_do_not_fit_are_refused_for_evaluation(tmp_path):
-    from nonlocal_det.checkpoint import load_trained_weights
+    from nonlocal_det.harness.checkpoint import load_trained_weights
 
     model = _model()
     extra = torch.nn.Sequential(*model, torch.nn.Conv2d(4, 4, 1))

@@ -1,7 +1,7 @@
 """
 MODEL.NONLOCAL.VALID_REGION on whole Detectron2 models: an image batched with an image of the
 other orientation (both padded) against the model whose non-local blocks are run by hand on each
-image's valid crop (nonlocal_det.analysis.valid_region, which tools/valid_region_check.py runs for
+image's valid crop (harness.analysis.valid_region, which tools/valid_region_check.py runs for
 docs/valid_region.md's table).
 """
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.detectron2
 
 @pytest.fixture(scope="module")
 def images():
-    from nonlocal_det.analysis import valid_region as valid_region_check
+    from nonlocal_det.harness.analysis import valid_region as valid_region_check
 
     return valid_region_check.random_image(160, 224, seed=1), valid_region_check.random_image(
         224, 160, seed=2
@@ -35,7 +35,7 @@ def images():
     ],
 )
 def test_key_on_computes_each_image_on_its_valid_crop(images, config, norm):
-    from nonlocal_det.analysis import valid_region as pc
+    from nonlocal_det.harness.analysis import valid_region as pc
 
     image, mate = images
     off = pc.build_model(os.path.join(CONFIG_DIR, config), norm, False, [image, mate])
@@ -87,22 +87,25 @@ def test_key_off_and_stock_meta_architecture_attend_over_the_padding(images):
         ("RetinaNet", "set MODEL.META_ARCHITECTURE 'NonLocalRetinaNet' (the same model)"),
         ("SemanticSegmentor", "'NonLocalSemanticSegmentor' (the same model)"),
         ("PanopticFPN", "'NonLocalPanopticFPN' (the same model)"),
-        ("MyOwnMetaArchitecture", "no valid-region version of 'MyOwnMetaArchitecture'"),
+        ("MyOwnMetaArchitecture", "'MyOwnMetaArchitecture' passes no valid sizes"),
+        ("PanopticDeepLab", "'PanopticDeepLab' passes no valid sizes"),
     ],
 )
 def test_stock_meta_architecture_with_key_on_warns_without_dropping_a_head(
     caplog, meta_architecture, advice
 ):
     """The advice names our version of the same meta-architecture only, else the key to turn off."""
-    from detectron2.modeling import build_backbone
+    from nonlocal_det.harness.advice import warn_about_the_blocks
 
-    build_backbone(load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.META_ARCHITECTURE", meta_architecture))
+    warn_about_the_blocks(
+        load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.META_ARCHITECTURE", meta_architecture)
+    )
     assert advice in caplog.text
     assert "MODEL.NONLOCAL.VALID_REGION False" in caplog.text
     named = re.findall(r"MODEL\.META_ARCHITECTURE '(\w+)'", caplog.text)
     assert named in ([], [f"NonLocal{meta_architecture}"])
     caplog.clear()
-    build_backbone(load_cfg("mask_rcnn_R50_NL.yaml"))
+    warn_about_the_blocks(load_cfg("mask_rcnn_R50_NL.yaml"))
     assert "VALID_REGION" not in caplog.text
 
 

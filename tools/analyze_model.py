@@ -3,7 +3,7 @@
 Parameters and FLOPs (fvcore, through Detectron2's FlopCountAnalysis) of a config at a given
 input size, and the non-local vs baseline overhead table of the shipped configs.
 
-How the model is run and counted: ``nonlocal_det.analysis.model_costs``.
+How the model is run and counted: ``nonlocal_det.harness.analysis.model_costs``.
 
     python tools/analyze_model.py --config-file configs/mask_rcnn_R101_NL.yaml --size 800 1333
     python tools/analyze_model.py --overhead-table --output output/overhead.md
@@ -13,16 +13,16 @@ import argparse
 import datetime
 import os
 
-from nonlocal_det.analysis.model_costs import analyze
-from nonlocal_det.cli.arguments import (
+from nonlocal_det.errors import exit_on_user_error
+from nonlocal_det.harness.analysis.model_costs import analyze
+from nonlocal_det.harness.cli.arguments import (
     ArgumentParser,
     config_pair,
     existing_file,
     image_size,
     new_file,
 )
-from nonlocal_det.errors import exit_on_user_error
-from nonlocal_det.utils.tables import write_text
+from nonlocal_det.harness.utils.tables import write_text
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,7 +8,7 @@ What a trained model's blocks (NL, DNL, GC) attend to, over the config's first t
   the same for every query (uniform, a GC block's by construction, or the query-independent maps
   GCNet reported for blocks trained on COCO), 1 when queries attend to disjoint keys. Beside it,
   the same measure for each block at initialisation (the config's model built without weights,
-  applied to the trained model's block inputs). ``nonlocal_det.analysis.attention`` defines
+  applied to the trained model's block inputs). ``nonlocal_det.harness.analysis.attention`` defines
   the measures.
 - on ``nonlocal_longrange``, the **lamp mass** of every backbone block: queries are the
   block's grid positions whose centres lie inside a shape's ground-truth box (not the lamp's),
@@ -24,10 +24,10 @@ What a trained model's blocks (NL, DNL, GC) attend to, over the config's first t
 import argparse
 import json
 
-from nonlocal_det.analysis.attention import attention_report, measure_attention
-from nonlocal_det.cli.arguments import ArgumentParser, new_file, positive_int
-from nonlocal_det.cli.tool_config import add_model_arguments, apply_debug, load_config
 from nonlocal_det.errors import exit_on_user_error
+from nonlocal_det.harness.analysis.attention import attention_report, measure_attention
+from nonlocal_det.harness.cli.arguments import ArgumentParser, new_file, positive_int
+from nonlocal_det.harness.cli.tool_config import add_model_arguments, apply_debug, load_config
 
 
 def main(argv=None):
@@ -39,7 +39,7 @@ def main(argv=None):
     add_model_arguments(parser)
     args = parser.parse_args(argv)
     apply_debug(args)
-    import nonlocal_det  # noqa: F401  (registers the models and datasets)
+    import nonlocal_det.harness  # noqa: F401  (registers the models and datasets)
 
     result = measure_attention(load_config(args), args.max_images, args.random_weights)
     print(attention_report(result))

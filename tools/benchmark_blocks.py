@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """
 Forward+backward time and extra peak memory of the blocks (NL, CGNL, DNL, GC), side by side in
-one run, against the full-matrix references (nonlocal_det.layers.reference) and, when installed,
+one run, against the full-matrix references (harness.analysis.reference) and, when installed,
 the peers: mmcv's NonLocal2d and ContextBlock, mmsegmentation's DisentangledNonLocal2d
 (tools/peer_blocks.py).
 
@@ -25,11 +25,16 @@ import json
 import os
 import statistics
 
-from nonlocal_det.cli.arguments import ArgumentParser, new_file, positive_float, positive_int
 from nonlocal_det.errors import exit_on_user_error
-from nonlocal_det.utils.machine import describe_machine
-from nonlocal_det.utils.measure import run_child_process, time_and_peak
-from nonlocal_det.utils.tables import markdown_table, write_text
+from nonlocal_det.harness.cli.arguments import (
+    ArgumentParser,
+    new_file,
+    positive_float,
+    positive_int,
+)
+from nonlocal_det.harness.utils.machine import describe_machine
+from nonlocal_det.harness.utils.measure import run_child_process, time_and_peak
+from nonlocal_det.harness.utils.tables import markdown_table, write_text
 
 SIZES = {
     # name: (channels, height, width)
@@ -145,7 +150,7 @@ def _attention_core(block, impl):
     """The attention core alone: leaf q/k/v maps, so the 1x1 convs are not timed."""
     import torch
 
-    from nonlocal_det.layers.reference import reference_aggregate
+    from nonlocal_det.harness.analysis.reference import reference_aggregate
 
     cache = {}
 
@@ -163,7 +168,7 @@ def _attention_core(block, impl):
 
 def _build(spec, device):
     """The callable x -> output that ``spec["impl"]`` times."""
-    from nonlocal_det.layers.reference import reference_forward
+    from nonlocal_det.harness.analysis.reference import reference_forward
 
     impl = spec["impl"]
     block = _our_block(spec, spec["channels"]).to(device)
@@ -337,7 +342,7 @@ def header(args, peers):
         '"extra MiB" is the peak memory of one forward + backward above what inputs and '
         "parameters already hold, as torch's allocator sees it. Ratios are the other "
         'implementation\'s time over ours (>1: ours is faster). "naive" is '
-        "`nonlocal_det.layers.reference` (the full pairwise matrix; GC: its formula written out). "
+        "`harness.analysis.reference` (the full pairwise matrix; GC: its formula written out). "
         "NL: reduction 2, 2×2 max-pool sub-sampling, BN after W_z. CGNL: 8 groups, order 3, GN. "
         "DNL: reduction 2, BN, temperature 0.05 (mmsegmentation's block runs without "
         "sub-sampling only). GC: ratio 1/16, add fusion.",

@@ -5,7 +5,7 @@ memory, and inference time per image, on the CPU (and on CUDA with --device cuda
 
 Each (config, measurement) runs in its own process, the configs in turn (A B A B ...), with random
 weights on a fixed random image with two ground-truth instances (boxes, masks, and keypoints for
-keypoint models). As in nonlocal_det.analysis.model_costs the RPN/box-predictor output layers are
+keypoint models). As in harness.analysis.model_costs the RPN/box-predictor output layers are
 zeroed and RPN NMS is off, so every model does the same RoI work; SGD (momentum 0.9) steps with lr
 0, because a randomly initialised ResNet with FrozenBN diverges after one real step. Peak memory is
 torch's allocator peak over one training iteration (CPU: profiler memory timeline; CUDA:
@@ -21,17 +21,17 @@ import json
 import os
 import statistics
 
-from nonlocal_det.cli.arguments import (
+from nonlocal_det.errors import exit_on_user_error
+from nonlocal_det.harness.cli.arguments import (
     ArgumentParser,
     config_pair,
     image_size,
     new_file,
     positive_int,
 )
-from nonlocal_det.errors import exit_on_user_error
-from nonlocal_det.utils.machine import describe_machine
-from nonlocal_det.utils.measure import run_child_process, time_and_peak
-from nonlocal_det.utils.tables import write_text
+from nonlocal_det.harness.utils.machine import describe_machine
+from nonlocal_det.harness.utils.measure import run_child_process, time_and_peak
+from nonlocal_det.harness.utils.tables import write_text
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,7 +69,7 @@ def run_child(spec):
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 
-    from nonlocal_det.analysis.model_costs import analysis_cfg, fix_roi_workload
+    from nonlocal_det.harness.analysis.model_costs import analysis_cfg, fix_roi_workload
 
     cfg = analysis_cfg(
         os.path.join(REPO_ROOT, "configs", spec["config"]), ["MODEL.DEVICE", spec["device"]]

@@ -16,8 +16,8 @@ import sys
 
 import torch
 
-from nonlocal_det.cli.arguments import ArgumentParser
 from nonlocal_det.errors import MissingInputError, exit_on_user_error
+from nonlocal_det.harness.cli.arguments import ArgumentParser
 from nonlocal_det.layers import GC_POOLINGS, DisentangledNonLocal2d, GlobalContextBlock2d
 from peer_blocks import available, mmcv_context_block, mmseg_dnl, parameter_pairs
 

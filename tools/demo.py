@@ -16,10 +16,10 @@ import os
 
 import cv2
 
-from nonlocal_det.cli.arguments import ArgumentParser, output_folder, probability
-from nonlocal_det.cli.tool_config import add_model_arguments, apply_debug, load_config
 from nonlocal_det.errors import MissingInputError, exit_on_user_error
-from nonlocal_det.modeling.build import build_trained_model
+from nonlocal_det.harness.checkpoint import build_trained_model
+from nonlocal_det.harness.cli.arguments import ArgumentParser, output_folder, probability
+from nonlocal_det.harness.cli.tool_config import add_model_arguments, apply_debug, load_config
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 

@@ -6,8 +6,8 @@ Each (config, seed) is one ``train_net.py`` process (Detectron2's trainer and CO
 with ``SEED <seed> OUTPUT_DIR <output-dir>/<config>/seed<seed>`` and the given overrides. A run
 whose ``final_metrics.json`` and ``run.json`` exist is not repeated, so an interrupted sweep
 resumes where it stopped. A progress line with an ETA follows every run; ``--summary-dir`` keeps
-each finished run's summary (``nonlocal_det.cli.seed_runs``) as soon as it ends. The report
-(``nonlocal_det.cli.seed_report``) follows; ``tools/seeds_report.py`` rebuilds it from the
+each finished run's summary (``nonlocal_det.harness.cli.seed_runs``) as soon as it ends. The report
+(``nonlocal_det.harness.cli.seed_report``) follows; ``tools/seeds_report.py`` rebuilds it from the
 summaries alone.
 
     python tools/run_seeds.py --config-files configs/quickstart.yaml --seeds 0 1 2 3 4 \
@@ -28,9 +28,10 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-from nonlocal_det.cli.arguments import ArgumentParser, non_negative_int, positive_int
-from nonlocal_det.cli.seed_report import add_report_arguments, write_report
-from nonlocal_det.cli.seed_runs import (
+from nonlocal_det.errors import MissingInputError, exit_on_user_error
+from nonlocal_det.harness.cli.arguments import ArgumentParser, non_negative_int, positive_int
+from nonlocal_det.harness.cli.seed_report import add_report_arguments, write_report
+from nonlocal_det.harness.cli.seed_runs import (
     RUN_FILE,
     TASKS,
     config_name,
@@ -39,10 +40,9 @@ from nonlocal_det.cli.seed_runs import (
     summary_path,
     write_summary,
 )
-from nonlocal_det.errors import MissingInputError, exit_on_user_error
-from nonlocal_det.io import write_json
-from nonlocal_det.utils.machine import cpu_model, git_commit
-from nonlocal_det.utils.tables import format_ap, format_duration
+from nonlocal_det.harness.io import write_json
+from nonlocal_det.harness.utils.machine import cpu_model, git_commit
+from nonlocal_det.harness.utils.tables import format_ap, format_duration
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO_ROOT, "train_net.py")

@@ -2,7 +2,7 @@
 """
 The report of a seed sweep from its run summaries alone (nothing is trained): a table per config,
 the ablation table, the papers' numbers where they apply, and the plot
-(``nonlocal_det.cli.seed_report``). tools/run_seeds.py writes the summaries (--summary-dir).
+(``nonlocal_det.harness.cli.seed_report``). tools/run_seeds.py writes the summaries (--summary-dir).
 
     python tools/seeds_report.py docs/ablation_runs \
         --config-files configs/longrange_baseline.yaml configs/longrange_NL.yaml \
@@ -13,9 +13,9 @@ the ablation table, the papers' numbers where they apply, and the plot
 import os
 import sys
 
-from nonlocal_det.cli.arguments import ArgumentParser, non_negative_int
-from nonlocal_det.cli.seed_report import add_report_arguments, load_summaries, write_report
 from nonlocal_det.errors import exit_on_user_error
+from nonlocal_det.harness.cli.arguments import ArgumentParser, non_negative_int
+from nonlocal_det.harness.cli.seed_report import add_report_arguments, load_summaries, write_report
 
 PAPER_RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_results.json")
 

@@ -3,7 +3,7 @@
 How long the checks before training take on a COCO-sized dataset: a generated annotation file of
 118,287 images (COCO train2017's count) with 7 annotations each (828k; COCO has 860k), every
 image a file of its own on disk (hard links to 64 distinct 640x480 JPEGs, so the header reads
-are real file opens), checked by ``nonlocal_det.data.coco_checks``.
+are real file opens), checked by ``nonlocal_det.harness.data.coco_checks``.
 
     python tools/time_data_checks.py [--images 118287] [--workdir /tmp/checks]
 """
@@ -16,9 +16,9 @@ import time
 import numpy as np
 from PIL import Image
 
-from nonlocal_det.cli.arguments import ArgumentParser, output_folder, positive_int
-from nonlocal_det.data.coco_checks import annotation_problems, image_problems
 from nonlocal_det.errors import exit_on_user_error
+from nonlocal_det.harness.cli.arguments import ArgumentParser, output_folder, positive_int
+from nonlocal_det.harness.data.coco_checks import annotation_problems, image_problems
 
 
 def build(workdir: str, num_images: int, per_image: int = 7) -> str:

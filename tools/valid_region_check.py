@@ -3,7 +3,7 @@
 Does an image's output depend on its batch-mates? An image alone vs batched with an image of the
 other orientation (so both are padded), on NL R50-FPN Mask R-CNN with random weights, the
 non-local blocks made non-identity, FrozenBN backbone, in eval mode
-(``nonlocal_det.analysis.valid_region``).
+(``nonlocal_det.harness.analysis.valid_region``).
 
 Per row: the interior change of the image's res4 features (its valid region less a margin of
 4 cells, L2 relative to the whole map's), and the share of its detections found again when
@@ -27,10 +27,10 @@ import sys
 
 import torch
 
-from nonlocal_det.analysis.valid_region import measure, table
-from nonlocal_det.cli.arguments import ArgumentParser, new_file
 from nonlocal_det.errors import exit_on_user_error
-from nonlocal_det.utils.tables import write_text
+from nonlocal_det.harness.analysis.valid_region import measure, table
+from nonlocal_det.harness.cli.arguments import ArgumentParser, new_file
+from nonlocal_det.harness.utils.tables import write_text
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 

@@ -17,10 +17,10 @@ import cv2
 import numpy as np
 import torch
 
-from nonlocal_det.cli.arguments import ArgumentParser, output_folder
-from nonlocal_det.cli.tool_config import add_model_arguments, apply_debug, load_config
 from nonlocal_det.errors import ConfigError, MissingInputError, exit_on_user_error
-from nonlocal_det.modeling.build import build_trained_model
+from nonlocal_det.harness.checkpoint import build_trained_model
+from nonlocal_det.harness.cli.arguments import ArgumentParser, output_folder
+from nonlocal_det.harness.cli.tool_config import add_model_arguments, apply_debug, load_config
 
 TOP_K = 20
 
@@ -168,7 +168,7 @@ def _run_model(model, block, image, cfg):
 
 def backbone_picture(args, model, image, name, block, x, scale):
     """The backbone block's arrows for --queries (or 3 default points); writes the PNG."""
-    from nonlocal_det.modeling import stride_in_backbone
+    from nonlocal_det.harness.analysis.attention import stride_in_backbone
 
     height, width = image.shape[:2]
     scale_x, scale_y = scale
@@ -198,7 +198,7 @@ def head_picture(args, model, image, outputs, features, scale):
     """The first keypoint-head block's arrows inside a person box; writes the PNG."""
     from detectron2.structures import Boxes
 
-    from nonlocal_det.analysis.attention import attention_blocks
+    from nonlocal_det.harness.analysis.attention import attention_blocks
 
     head = model.roi_heads.keypoint_head
     name, block = next(iter(attention_blocks(head).items()))
@@ -245,7 +245,7 @@ def head_picture(args, model, image, outputs, features, scale):
 
 
 def main(argv=None):
-    from nonlocal_det.analysis.attention import attention_blocks
+    from nonlocal_det.harness.analysis.attention import attention_blocks
 
     args = parse_args(argv)
     cfg = load_config(args)

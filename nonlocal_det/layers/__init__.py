@@ -4,7 +4,7 @@ from .cgnl_block import CGNL_KERNELS, CGNLBlock2d
 from .context_block import GC_FUSIONS, GC_POOLINGS, GlobalContextBlock2d
 from .disentangled_block import DisentangledNonLocal2d
 from .nonlocal_block import NONLOCAL_MODES, NonLocalBlock2d
-from .residual import RESIDUAL_INITS
+from .residual import INIT_ADVICE, RESIDUAL_INITS
 
 __all__ = [
     "NonLocalBlock2d",
@@ -16,4 +16,5 @@ __all__ = [
     "GC_POOLINGS",
     "GC_FUSIONS",
     "RESIDUAL_INITS",
+    "INIT_ADVICE",
 ]

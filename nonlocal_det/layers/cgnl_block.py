@@ -53,10 +53,7 @@ class CGNLBlock2d(ResidualBlock2d):
     "GN" normalises each of the ``groups`` groups on its own (the paper's per-group BN);
     the norm's affine weight starts at zero, so the block starts as the identity (``init``).
 
-    Which INIT, as measured: "identity" to fine-tune a pre-trained model, and for a block with a
-    norm after W_z even from scratch (the quickstart: as good as "small", and "standard"
-    diverged); "standard" for a block without a norm trained from scratch (NORM "", the
-    long-range configs).
+    Which ``init`` when, as measured: ``residual.INIT_ADVICE``.
 
     Submodules ``theta``, ``phi``, ``g``, ``out``, ``norm`` are checkpoint keys.
 

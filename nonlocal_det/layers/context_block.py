@@ -55,12 +55,7 @@ class GlobalContextBlock2d(NotScriptable, nn.Module):
     zero with ``init="identity"``, so with ``"channel_add"`` alone the block starts as exactly
     the identity; with ``"channel_mul"`` it starts as x * sigmoid(0) = x / 2, as in mmcv.
     ``"small"`` / ``"standard"``: that conv at 0.1x / 1x its MSRA init; GC has no norm after
-    it, so the advice for a block without a norm applies:
-
-    Which INIT, as measured: "identity" to fine-tune a pre-trained model, and for a block with a
-    norm after W_z even from scratch (the quickstart: as good as "small", and "standard"
-    diverged); "standard" for a block without a norm trained from scratch (NORM "", the
-    long-range configs).
+    it, so what ``residual.INIT_ADVICE`` says of a block without a norm applies.
 
     Pooling and the transforms run in float32 (or float64 for float64 inputs) with autocast
     disabled.

@@ -52,10 +52,7 @@ class NonLocalBlock2d(ResidualBlock2d):
     is zero, or, with ``norm=""``, W_z is (``init="identity"``, the paper's); ``init="small"``
     or ``"standard"`` start the branch non-zero (``residual.init_residual_branch``).
 
-    Which INIT, as measured: "identity" to fine-tune a pre-trained model, and for a block with a
-    norm after W_z even from scratch (the quickstart: as good as "small", and "standard"
-    diverged); "standard" for a block without a norm trained from scratch (NORM "", the
-    long-range configs).
+    Which ``init`` when, as measured: ``residual.INIT_ADVICE``.
 
     The attention core runs in float32 (or float64 for float64 inputs) with autocast disabled,
     and with memory linear in H * W for every mode, forward and backward.

@@ -6,11 +6,8 @@ from .backbone import (
     build_resnet_nl_backbone,
     build_resnet_nl_fpn_backbone,
     find_resnet,
-    has_nonlocal,
     insert_nonlocal_blocks,
     make_nonlocal_stages,
-    nonlocal_positions_from_cfg,
-    stride_in_backbone,
 )
 from .block_factory import context_block_factory, nonlocal_block_factory
 from .keypoint_head import KRCNNConvDeconvUpsampleNLHead
@@ -35,11 +32,8 @@ __all__ = [
     "build_resnet_nl_backbone",
     "build_resnet_nl_fpn_backbone",
     "find_resnet",
-    "has_nonlocal",
     "insert_nonlocal_blocks",
     "make_nonlocal_stages",
-    "nonlocal_positions_from_cfg",
-    "stride_in_backbone",
     "context_block_factory",
     "nonlocal_block_factory",
     "KRCNNConvDeconvUpsampleNLHead",

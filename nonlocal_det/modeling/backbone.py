@@ -21,10 +21,9 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone import ResNet
 from torch import nn
 
-from ..config import VALID_REGION_META_ARCHITECTURES
 from ..errors import ConfigError
 from .block_factory import context_block_factory, nonlocal_block_factory
-from .resnet_blocks import NONLOCAL_VARIANTS, NonLocalMixin, attached_variant
+from .resnet_blocks import NONLOCAL_VARIANTS, attached_variant
 
 __all__ = [
     "build_nonlocal_backbone",
@@ -32,7 +31,6 @@ __all__ = [
     "build_resnet_nl_fpn_backbone",
     "find_resnet",
     "block_strides",
-    "stride_in_backbone",
     "insert_nonlocal_blocks",
     "make_nonlocal_stages",
     "nonlocal_positions_from_cfg",
@@ -168,17 +166,6 @@ def block_strides(resnet: ResNet) -> Dict[nn.Module, int]:
     return strides
 
 
-def stride_in_backbone(backbone: nn.Module, module: nn.Module) -> int:
-    """
-    The stride on the input image of the grid ``module`` computes on: a residual block of
-    ``backbone``'s ResNet or a module inside one (an attached non-local or GC block).
-    """
-    for block, stride in block_strides(find_resnet(backbone)).items():
-        if any(m is module for m in block.modules()):
-            return stride
-    raise ValueError(f"{type(module).__name__} is not inside a residual block of this backbone")
-
-
 def find_resnet(backbone: nn.Module) -> ResNet:
     """
     The Detectron2 ResNet of a backbone: the backbone itself or its ``bottom_up`` (FPN); else None.
@@ -194,101 +181,6 @@ _NONLOCAL_BACKBONES = (
     "build_resnet_nl_backbone",
     "build_resnet_nl_fpn_backbone",
 )
-
-
-def _head_features(cfg) -> List[str]:
-    """The backbone outputs the config's heads read."""
-    if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE:
-        return list(cfg.MODEL.RETINANET.IN_FEATURES)
-    return list(dict.fromkeys([*cfg.MODEL.RPN.IN_FEATURES, *cfg.MODEL.ROI_HEADS.IN_FEATURES]))
-
-
-def _backbone_for(features: List[str], meta_architecture: str) -> str:
-    if "RetinaNet" in meta_architecture:
-        return "build_retinanet_resnet_fpn_backbone"
-    if all(f.startswith("res") for f in features):
-        return "build_resnet_backbone"
-    return "build_resnet_fpn_backbone"
-
-
-def _build_for_the_heads(
-    cfg, input_shape: ShapeSpec, backbone_name: str, name_key: str
-) -> Backbone:
-    """
-    The backbone ``backbone_name`` builds; if it cannot be built from this config (a C4 config
-    with the default FPN backbone: an assertion inside Detectron2's FPN), a ConfigError naming
-    the key and the value the config's heads need.
-    """
-    try:
-        return BACKBONE_REGISTRY.get(backbone_name)(cfg, input_shape)
-    except (AssertionError, KeyError) as e:
-        error = head_feature_mismatch(cfg, None, f"cannot be built ({type(e).__name__}: {e})")
-        if error is None:
-            raise
-        raise error from None
-
-
-def head_feature_mismatch(cfg, backbone=None, detail: str = None):
-    """
-    A ConfigError when the non-local backbone of ``cfg`` (built now unless given) lacks outputs
-    its heads read (a RetinaNet config with the default FPN backbone has no p7), naming
-    MODEL.NONLOCAL.BACKBONE_NAME and the value to use; None when they fit or the backbone is not
-    a non-local one.
-    """
-    if cfg.MODEL.BACKBONE.NAME not in _NONLOCAL_BACKBONES:
-        return None
-    name = (
-        cfg.MODEL.NONLOCAL.BACKBONE_NAME
-        if cfg.MODEL.BACKBONE.NAME == "build_nonlocal_backbone"
-        else {
-            "build_resnet_nl_backbone": "build_resnet_backbone",
-            "build_resnet_nl_fpn_backbone": "build_resnet_fpn_backbone",
-        }[cfg.MODEL.BACKBONE.NAME]
-    )
-    features = _head_features(cfg)
-    suggested = _backbone_for(features, cfg.MODEL.META_ARCHITECTURE)
-    if detail is None:
-        from detectron2.modeling import build_backbone
-
-        outputs = list((backbone or build_backbone(cfg)).output_shape())
-        missing = [f for f in features if f not in outputs]
-        if not missing:
-            return None
-        detail = f"builds the outputs {outputs}, without {missing}"
-    fix = (
-        f"set MODEL.NONLOCAL.BACKBONE_NAME {suggested!r}"
-        if suggested != name
-        else "check the heads' IN_FEATURES keys"
-    )
-    return ConfigError(
-        f"MODEL.NONLOCAL.BACKBONE_NAME={name!r} {detail}; this config's heads read {features} "
-        f"(MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}): {fix}."
-    )
-
-
-def _warn_if_valid_region_not_computed(cfg) -> None:
-    """
-    With MODEL.NONLOCAL.VALID_REGION on, a meta-architecture that does not pass the images' valid
-    sizes leaves the blocks attending over the padding: say so, and name our meta-architecture
-    only where one exists for this family (one that keeps every head of the stock one).
-    """
-    meta_architecture = cfg.MODEL.META_ARCHITECTURE
-    if not cfg.MODEL.NONLOCAL.VALID_REGION or meta_architecture in VALID_REGION_META_ARCHITECTURES:
-        return
-    ours = {stock: ours for ours, stock in VALID_REGION_META_ARCHITECTURES.items()}
-    fix = "set MODEL.NONLOCAL.VALID_REGION False to attend over the padding on purpose"
-    if meta_architecture in ours:
-        fix = f"set MODEL.META_ARCHITECTURE {ours[meta_architecture]!r} (the same model), or {fix}"
-    else:
-        fix = (
-            f"nonlocal_det has no valid-region version of {meta_architecture!r} (it has one of "
-            f"{sorted(ours)}); {fix}"
-        )
-    logger.warning(
-        f"MODEL.NONLOCAL.VALID_REGION is True, but MODEL.META_ARCHITECTURE={meta_architecture!r} "
-        "does not pass the images' valid sizes to the backbone's blocks: they attend over the "
-        f"padded map, so an image's outputs depend on its batch-mates. To silence this, {fix}."
-    )
 
 
 def _build_nonlocal_backbone(
@@ -309,8 +201,7 @@ def _build_nonlocal_backbone(
     nonlocal_block = nonlocal_block_factory(cfg)
     context_stages = list(cfg.MODEL.NONLOCAL.GC.STAGES)
     context_block = context_block_factory(cfg)
-    _warn_if_valid_region_not_computed(cfg)
-    backbone = _build_for_the_heads(cfg, input_shape, backbone_name, name_key)
+    backbone = BACKBONE_REGISTRY.get(backbone_name)(cfg, input_shape)
     resnet = find_resnet(backbone)
     if resnet is None:
         raise ConfigError(
@@ -326,24 +217,7 @@ def _build_nonlocal_backbone(
         key_of=lambda stage: f"MODEL.NONLOCAL.{stage.upper()}",
         context_key="MODEL.NONLOCAL.GC.STAGES",
     )
-    for where in replaced:
-        stage, index = where.split(".")
-        block = getattr(resnet, stage)[int(index)]
-        frozen = not any(p.requires_grad for p in block.parameters())
-        state = (
-            f"FROZEN with its stage (FREEZE_AT={cfg.MODEL.BACKBONE.FREEZE_AT})"
-            if frozen
-            else "trainable"
-        )
-        attached = [
-            f"{type(module).__name__} {placement}"
-            for module, placement in (
-                (block.context_block, "on its residual branch"),
-                (block.nonlocal_block, "after it"),
-            )
-            if module is not None
-        ]
-        logger.info(f"{where} ({block.out_channels} channels): {', '.join(attached)}; {state}")
+    logger.info(f"Blocks of the non-local family in {', '.join(replaced)}")
     return backbone
 
 
@@ -412,8 +286,3 @@ def make_nonlocal_stages(
     )
     logger.info(f"Blocks of the non-local family in {', '.join(replaced)}")
     return stages
-
-
-def has_nonlocal(block: nn.Module) -> bool:
-    """Whether a residual block has a block of the non-local family attached."""
-    return isinstance(block, NonLocalMixin)

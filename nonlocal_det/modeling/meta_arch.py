@@ -11,10 +11,9 @@ inside it, receive the padded tensor alone, and a ResNet runs its stages as
 ``nn.Sequential``\\ s. No argument can reach a block without re-implementing the
 meta-architecture's ``forward`` or ``ResNet.forward``. So the entry points Detectron2 calls with
 the inputs (``forward``, and ``inference`` where the meta-architecture has one) are overridden
-to open ``valid_sizes_in_blocks`` around Detectron2's own code, which then runs unchanged. The
-sizes live on the residual blocks only for that call (a ``with``; no global or thread-local
-state), so one model serves one forward at a time, as a module with BatchNorm statistics does.
-With ``valid_region=False`` the classes are Detectron2's.
+to open ``valid_sizes_in_blocks`` around Detectron2's own code, which then runs unchanged; the
+sizes reach the blocks through one context variable (``resnet_blocks.VALID_SIZES``), set for
+that call only. With ``valid_region=False`` the classes are Detectron2's.
 
 Covered: every meta-architecture whose backbone is called as ``backbone(images.tensor)`` on the
 batch its inputs' images make: GeneralizedRCNN, RetinaNet, SemanticSegmentor, PanopticFPN.
@@ -33,32 +32,31 @@ from detectron2.modeling import (
     RetinaNet,
     SemanticSegmentor,
 )
+from detectron2.utils.logger import log_first_n
 from torch import nn
 
 from ..layers.valid_region import exporting
 from .backbone import block_strides, find_resnet
-from .resnet_blocks import NonLocalMixin
+from .resnet_blocks import VALID_SIZES, NonLocalMixin
 
 __all__ = [
     "NonLocalGeneralizedRCNN",
     "NonLocalRetinaNet",
     "NonLocalSemanticSegmentor",
     "NonLocalPanopticFPN",
+    "VALID_REGION_META_ARCHITECTURES",
     "valid_sizes_in_blocks",
 ]
-
-logger = logging.getLogger(__name__)
-_warned_exporting = []
 
 
 @contextmanager
 def valid_sizes_in_blocks(backbone: nn.Module, image_sizes: Sequence[Tuple[int, int]]):
     """
     For the duration of the ``with``, every residual block of ``backbone``'s ResNet with a block
-    of the non-local family attached runs it with each image's valid size on that block's grid:
-    ceil(h / s), ceil(w / s) for an image of h x w pixels and the block's total stride s
-    (``block_strides``; ResNet's convolutions are centred, so a cell is valid when its centre
-    lies on a valid pixel).
+    of the non-local family attached runs it with each image's valid size on that block's grid
+    (``resnet_blocks.VALID_SIZES``): ceil(h / s), ceil(w / s) for an image of h x w pixels and
+    the block's total stride s (``block_strides``; ResNet's convolutions are centred, so a cell
+    is valid when its centre lies on a valid pixel).
 
     Nothing is passed while a model is traced, scripted or exported (``exporting``): the valid
     sizes are data, which an exported graph cannot branch on, so an exported model attends over
@@ -69,26 +67,24 @@ def valid_sizes_in_blocks(backbone: nn.Module, image_sizes: Sequence[Tuple[int, 
         yield
         return
     if exporting():
-        if not _warned_exporting:
-            _warned_exporting.append(True)
-            logger.warning(
-                "Exporting: the valid sizes of a padded batch are not passed to the non-local "
-                "blocks of an exported model; it attends over the padded map (docs/export.md)."
-            )
+        log_first_n(
+            logging.WARNING,
+            "Exporting: the valid sizes of a padded batch are not passed to the non-local "
+            "blocks of an exported model; it attends over the padded map (docs/export.md).",
+            key="message",
+        )
         yield
         return
-    assigned = []
-    for block, stride in block_strides(resnet).items():
-        if isinstance(block, NonLocalMixin):
-            assigned.append((block, block.valid_sizes))
-            block.valid_sizes = [
-                (math.ceil(h / stride), math.ceil(w / stride)) for h, w in image_sizes
-            ]
+    sizes = {
+        block: [(math.ceil(h / stride), math.ceil(w / stride)) for h, w in image_sizes]
+        for block, stride in block_strides(resnet).items()
+        if isinstance(block, NonLocalMixin)
+    }
+    token = VALID_SIZES.set(sizes)
     try:
         yield
     finally:
-        for block, previous in assigned:
-            block.valid_sizes = previous
+        VALID_SIZES.reset(token)
 
 
 def _image_sizes(batched_inputs: List[Dict]) -> List[Tuple[int, int]]:
@@ -134,6 +130,15 @@ class _ValidRegionInference(ValidRegionMixin):
     def inference(self, batched_inputs, *args, **kwargs):
         with self._valid_sizes_of(batched_inputs):
             return super().inference(batched_inputs, *args, **kwargs)
+
+
+# nonlocal_det's meta-architectures -> the Detectron2 one each extends, with the same heads.
+VALID_REGION_META_ARCHITECTURES = {
+    "NonLocalGeneralizedRCNN": "GeneralizedRCNN",
+    "NonLocalRetinaNet": "RetinaNet",
+    "NonLocalSemanticSegmentor": "SemanticSegmentor",
+    "NonLocalPanopticFPN": "PanopticFPN",
+}
 
 
 @META_ARCH_REGISTRY.register()

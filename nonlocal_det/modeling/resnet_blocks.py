@@ -22,7 +22,8 @@ it: Detectron2's ``build_resnet_backbone``, DeepLab's dilated ResNet with multi-
 LazyConfig's stages or a user's own builder.
 """
 
-from typing import Dict, Optional
+from contextvars import ContextVar
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,7 @@ from torch import nn
 from ..errors import ConfigError
 
 __all__ = [
+    "VALID_SIZES",
     "NonLocalMixin",
     "NonLocalBasicBlock",
     "NonLocalBottleneckBlock",
@@ -43,16 +45,23 @@ __all__ = [
 ]
 
 
+# {residual block: per image of the batch, its valid (h, w) on that block's output grid}, set by
+# ``meta_arch.valid_sizes_in_blocks`` for one model call and read by ``NonLocalMixin.forward``.
+# A context variable rather than an argument: Detectron2 calls ``backbone(images.tensor)`` and
+# runs ResNet stages as ``nn.Sequential``, so no argument reaches a block without re-implementing
+# their forwards. Rather than attributes set on every block for one call: one name, set and read
+# in one place each, undone by its token, private to a thread or task.
+VALID_SIZES: ContextVar[Dict[nn.Module, List[Tuple[int, int]]]] = ContextVar(
+    "nonlocal_det_valid_sizes", default=None
+)
+
+
 class NonLocalMixin:
     """
     What a residual block's variant adds, placed before a ``CNNBlockBase`` subclass that
     defines ``residual_branch(x)``: (B, C_in, H, W) -> (B, C_out, H / stride, W / stride) as
     the block, with ``context_block`` on its residual branch and ``nonlocal_block`` after it
-    (either may be None).
-
-    ``valid_sizes``: None, or per image of the batch being computed, its valid (h, w) on this
-    block's output grid, passed to both blocks; set only for the duration of one model call by
-    ``meta_arch.valid_sizes_in_blocks``.
+    (either may be None). Both get the valid sizes ``VALID_SIZES`` holds for this block, if any.
     """
 
     def __init__(
@@ -67,14 +76,14 @@ class NonLocalMixin:
             raise ValueError("a non-local variant needs a nonlocal_block, a context_block or both")
         self.context_block = context_block
         self.nonlocal_block = nonlocal_block
-        self.valid_sizes = None
 
     def residual_branch(self, x: torch.Tensor) -> torch.Tensor:
         """The block's convolutions up to its last conv and norm, before the shortcut's sum."""
         raise NotImplementedError
 
     def forward(self, x):
-        sizes = {} if self.valid_sizes is None else {"valid_sizes": self.valid_sizes}
+        valid_sizes = (VALID_SIZES.get() or {}).get(self)
+        sizes = {} if valid_sizes is None else {"valid_sizes": valid_sizes}
         if self.context_block is None:
             out = super().forward(x)
         else:

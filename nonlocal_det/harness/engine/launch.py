@@ -8,7 +8,7 @@ import sys
 import torch.multiprocessing as mp
 from detectron2.engine import launch
 
-from ..errors import USER_ERROR_EXIT_CODE, exit_on_user_error
+from nonlocal_det.errors import USER_ERROR_EXIT_CODE, exit_on_user_error
 
 
 def launch_reporting_errors(main_func, args) -> None:

@@ -1,7 +1,7 @@
 """
 Config for the tools that look at a trained model (demo, attention pictures and measures): one
 argument set, one loading path, the errors of ``nonlocal_det.errors``; the model itself comes from
-``nonlocal_det.modeling.build.build_trained_model``.
+``nonlocal_det.harness.checkpoint.build_trained_model``.
 """
 
 import argparse
@@ -35,7 +35,8 @@ def apply_debug(args) -> None:
 
 def load_config(args, frozen: bool = True):
     """The YAML config of ``args`` (ConfigError for bad files, keys, values), weights checked."""
-    from ..config import get_nonlocal_cfg
+    from nonlocal_det.harness.config import get_nonlocal_cfg
+
     from ..preflight import check_weights
 
     cfg = get_nonlocal_cfg(args.config_file, args.opts)

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List
 
-from .errors import ConfigError
+from nonlocal_det.errors import ConfigError
 
 __all__ = ["Domain", "YAML_DOMAINS", "LAZY_DOMAINS", "config_problems", "check_config"]
 

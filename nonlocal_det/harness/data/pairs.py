@@ -21,7 +21,7 @@ once, where a query-specific block can look up the one lamp of the query's colou
 streams; the pairing is stored in each image entry (``pairs``: shape box, lamp box, team, hue),
 read by tools/attention_mass.py. Generation is deterministic for a seed.
 
-    python -m nonlocal_det.data --dataset pairs
+    python -m nonlocal_det.harness.data --dataset pairs
 """
 
 import colorsys
@@ -49,6 +49,7 @@ SATURATION, VALUE = 0.85, 0.9
 SHAPES = ("circle", "square", "triangle")
 SPLITS = {"train": 0, "val": 1}  # split -> seed offset
 DEFAULT_SIZES = {"train": 400, "val": 100}
+DIRECTORY = "nonlocal_pairs"  # under $DETECTRON2_DATASETS; the registered names' prefix
 VERSION = 1
 
 
@@ -190,7 +191,9 @@ def generate_split(out_dir: str, split: str, num_images: int, *, seed: int = 0) 
         "min_gap_px": MIN_GAP,
         "min_hue_gap_deg": MIN_HUE_GAP,
     }
-    return write_split_json(out_dir, split, info, images, annotations, categories)
+    return write_split_json(
+        out_dir, split, info, images, annotations, categories, generator=DIRECTORY
+    )
 
 
 def generate(out_dir: str, sizes: Dict[str, int] = None, *, seed: int = 0) -> Dict[str, str]:

@@ -313,7 +313,8 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_summaries(summary_dir: str, config_files: List[str], seeds: List[int]):
     """{config file: [runs in seed order]} from the summaries; ConfigError naming a missing one."""
-    from ..errors import ConfigError
+    from nonlocal_det.errors import ConfigError
+
     from .seed_runs import load_summary, summary_path
 
     results = {}

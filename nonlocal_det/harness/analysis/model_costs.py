@@ -37,7 +37,7 @@ def counted_our_way(analysis):
 
 
 def analysis_cfg(config_file, opts=()):
-    from nonlocal_det.config import get_nonlocal_cfg
+    from nonlocal_det.harness.config import get_nonlocal_cfg
 
     fixed = [
         "MODEL.DEVICE",

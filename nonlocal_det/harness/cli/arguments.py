@@ -8,7 +8,7 @@ import argparse
 import math
 import os
 
-from ..errors import ConfigError
+from nonlocal_det.errors import ConfigError
 
 __all__ = [
     "ArgumentParser",
@@ -75,7 +75,7 @@ def probability(text: str) -> float:
 
 def config_pair(text: str):
     """'baseline.yaml:other.yaml': two files of the repository's configs/ folder."""
-    configs = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "configs")
+    configs = os.path.join(os.path.dirname(os.path.abspath(__file__)), *[os.pardir] * 3, "configs")
     names = text.split(":")
     if len(names) != 2 or not all(names):
         raise argparse.ArgumentTypeError(f"{text!r} is not baseline.yaml:other.yaml")

@@ -35,6 +35,7 @@ from detectron2.engine import AMPTrainer, DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.logger import setup_logger
 
+from ..advice import explaining_build_errors
 from ..checkpoint import (
     check_resume_fits,
     reading_weights,
@@ -43,7 +44,6 @@ from ..checkpoint import (
 )
 from ..data.loading import evaluation_dataset_dicts, training_dataset_dicts
 from ..distributed import check_sync_bn_device, cpu_ddp_support
-from ..modeling.build import naming_head_feature_mismatch
 from .results import write_final_metrics
 
 __all__ = ["NonLocalDefaultTrainer", "setup_nonlocal_logger"]
@@ -101,7 +101,7 @@ class NonLocalDefaultTrainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
-        with naming_head_feature_mismatch(cfg):
+        with explaining_build_errors(cfg):
             model = super().build_model(cfg)
         check_sync_bn_device(cfg, model)
         return model

@@ -4,8 +4,10 @@ from its mask) and a split's annotation file. Both generators (``synthetic``, ``
 their images their own way and write them through these.
 """
 
+import hashlib
+import json
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -18,6 +20,7 @@ __all__ = [
     "polygon_from_mask",
     "mask_annotation",
     "write_split_json",
+    "marker_of",
 ]
 
 
@@ -59,13 +62,47 @@ def mask_annotation(mask: np.ndarray, annotation_id: int, image_id: int, categor
     }
 
 
+# The key in a generated file's "info" that marks it as the generator's own, intact.
+MARKER_KEY = "nonlocal_det_marker"
+
+
+def _digest(content: Dict) -> str:
+    """sha256 of ``content`` as canonical JSON, without its marker."""
+    info = {k: v for k, v in content.get("info", {}).items() if k != MARKER_KEY}
+    canonical = json.dumps({**content, "info": info}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def write_split_json(
-    out_dir: str, split: str, info: Dict, images: List, annotations: List, categories: List
+    out_dir: str,
+    split: str,
+    info: Dict,
+    images: List,
+    annotations: List,
+    categories: List,
+    *,
+    generator: str,
 ) -> str:
-    """``out_dir/annotations/<split>.json``, written atomically; returns its path."""
+    """
+    ``out_dir/annotations/<split>.json``, written atomically with the marker of ``generator``
+    (a dataset directory name) and ``info["version"]``; returns its path.
+    """
     json_path = os.path.join(out_dir, "annotations", f"{split}.json")
-    write_json(
-        json_path,
-        {"info": info, "images": images, "annotations": annotations, "categories": categories},
-    )
+    content = {"info": info, "images": images, "annotations": annotations, "categories": categories}
+    marker = {"generator": generator, "version": info["version"], "digest": _digest(content)}
+    write_json(json_path, {**content, "info": {**info, MARKER_KEY: marker}})
     return json_path
+
+
+def marker_of(json_path: str) -> Optional[Tuple[str, int]]:
+    """(generator, version) of a file ``write_split_json`` wrote and nobody changed since; None
+    for any other file (edited, truncated, not JSON, another writer's)."""
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            content = json.load(f)
+        marker = content["info"][MARKER_KEY]
+        if marker["digest"] == _digest(content):
+            return marker["generator"], marker["version"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return None

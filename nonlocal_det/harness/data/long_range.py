@@ -16,7 +16,7 @@ datasets/README.md), so a baseline of that size cannot reach the lamp through co
 non-local block in res4 sees the whole image. Boxes and polygon masks in COCO format; train and
 val from separate random streams. Generation is deterministic for a seed.
 
-    python -m nonlocal_det.data --dataset long_range
+    python -m nonlocal_det.harness.data --dataset long_range
 """
 
 import math
@@ -38,6 +38,7 @@ MIN_GAP = 256  # px between the lamp's box and every shape's box, horizontally
 SHAPES = ("circle", "square", "triangle")
 SPLITS = {"train": 0, "val": 1}  # split -> seed offset
 DEFAULT_SIZES = {"train": 400, "val": 100}
+DIRECTORY = "nonlocal_longrange"  # under $DETECTRON2_DATASETS; the registered names' prefix
 VERSION = 2
 
 
@@ -149,7 +150,9 @@ def generate_split(out_dir: str, split: str, num_images: int, *, seed: int = 0) 
         "seed": seed,
         "min_gap_px": MIN_GAP,
     }
-    return write_split_json(out_dir, split, info, images, annotations, categories)
+    return write_split_json(
+        out_dir, split, info, images, annotations, categories, generator=DIRECTORY
+    )
 
 
 def generate(out_dir: str, sizes: Dict[str, int] = None, *, seed: int = 0) -> Dict[str, str]:

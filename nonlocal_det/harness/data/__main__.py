@@ -1,5 +1,5 @@
 """
-Generate a dataset of nonlocal_det's: ``python -m nonlocal_det.data
+Generate a dataset of nonlocal_det's: ``python -m nonlocal_det.harness.data
 [--dataset synthetic|long_range|pairs] [--out DIR] [--train N] [--val N] [--seed S]``.
 train_net.py does this by itself when a config names a generated dataset that is missing.
 """

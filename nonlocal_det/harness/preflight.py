@@ -8,8 +8,9 @@ import os
 
 from detectron2.utils.file_io import PathManager
 
+from nonlocal_det.errors import BadDataError, ConfigError, MissingInputError, UnsupportedSetupError
+
 from .checkpoint import LAST_CHECKPOINT_FILE, check_checkpoint_file, resume_checkpoint
-from .errors import BadDataError, ConfigError, MissingInputError, UnsupportedSetupError
 
 __all__ = [
     "BadDataError",

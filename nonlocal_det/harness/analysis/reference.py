@@ -9,10 +9,10 @@ block's parameters but none of its computation.
 import torch
 import torch.nn.functional as F
 
-from .cgnl_block import CGNLBlock2d, taylor_coefficients
-from .context_block import GlobalContextBlock2d
-from .disentangled_block import DisentangledNonLocal2d
-from .nonlocal_block import NonLocalBlock2d
+from nonlocal_det.layers.cgnl_block import CGNLBlock2d, taylor_coefficients
+from nonlocal_det.layers.context_block import GlobalContextBlock2d
+from nonlocal_det.layers.disentangled_block import DisentangledNonLocal2d
+from nonlocal_det.layers.nonlocal_block import NonLocalBlock2d
 
 __all__ = [
     "reference_embed",

@@ -15,6 +15,8 @@ from detectron2.config import instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 
+from nonlocal_det.harness.config import get_nonlocal_lazy_config
+
 from ..checkpoint import (
     check_resume_fits,
     load_trained_weights,
@@ -22,7 +24,6 @@ from ..checkpoint import (
     resume_checkpoint,
     write_checkpoints_atomically,
 )
-from ..config import get_nonlocal_lazy_config
 from ..data.loading import check_datasets
 from ..distributed import check_sync_bn_device, create_ddp_model
 from ..preflight import (

@@ -13,7 +13,8 @@ from typing import List, Optional
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .errors import ConfigError, MissingInputError
+from nonlocal_det.errors import ConfigError, MissingInputError
+
 from .io import atomic_write
 
 LAST_CHECKPOINT_FILE = "last_checkpoint"
@@ -221,3 +222,15 @@ def check_resume_fits(model, path: str, allow_unmatched: bool) -> None:
             "A run of another config wrote it: give this run an OUTPUT_DIR of its own, start "
             "without --resume, or pass --allow-unmatched-weights to load what fits on purpose."
         )
+
+
+def build_trained_model(cfg, random_ok: bool):
+    """``build_model(cfg)`` in eval mode with MODEL.WEIGHTS loaded (``load_trained_weights``)."""
+    from detectron2.modeling import build_model
+
+    from .advice import explaining_build_errors
+
+    with explaining_build_errors(cfg):
+        model = build_model(cfg).eval()
+    load_trained_weights(model, cfg.MODEL.WEIGHTS, random_ok=random_ok)
+    return model

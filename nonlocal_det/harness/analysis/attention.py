@@ -20,6 +20,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
+from torch import nn
 
 __all__ = [
     "query_specificity",
@@ -27,10 +28,24 @@ __all__ = [
     "cue_mass",
     "BlockInputs",
     "attention_blocks",
+    "stride_in_backbone",
     "cue_and_query_cells",
     "measure_attention",
     "attention_report",
 ]
+
+
+def stride_in_backbone(backbone: nn.Module, module: nn.Module) -> int:
+    """
+    The stride on the input image of the grid ``module`` computes on: a residual block of
+    ``backbone``'s ResNet or a module inside one (an attached non-local or GC block).
+    """
+    from nonlocal_det.modeling.backbone import block_strides, find_resnet
+
+    for block, stride in block_strides(find_resnet(backbone)).items():
+        if any(m is module for m in block.modules()):
+            return stride
+    raise ValueError(f"{type(module).__name__} is not inside a residual block of this backbone")
 
 
 def attention_blocks(module) -> Dict[str, torch.nn.Module]:
@@ -40,8 +55,8 @@ def attention_blocks(module) -> Dict[str, torch.nn.Module]:
     order. ConfigError for CGNL blocks, which have no per-query map to show or measure, and when
     there is no block.
     """
-    from ..errors import ConfigError
-    from ..layers import CGNLBlock2d, GlobalContextBlock2d, NonLocalBlock2d
+    from nonlocal_det.errors import ConfigError
+    from nonlocal_det.layers import CGNLBlock2d, GlobalContextBlock2d, NonLocalBlock2d
 
     if any(isinstance(m, CGNLBlock2d) for m in module.modules()):
         raise ConfigError(
@@ -273,8 +288,7 @@ def measure_attention(cfg, max_images=None, random_ok=False):
     from detectron2.data import DatasetCatalog
     from detectron2.modeling import build_model
 
-    from ..modeling.backbone import stride_in_backbone
-    from ..modeling.build import build_trained_model
+    from ..checkpoint import build_trained_model
 
     dataset = cfg.DATASETS.TEST[0]
     lamps = _lamp_boxes(dataset)

@@ -47,7 +47,7 @@ def build_model(config_file: str, norm: str, valid_region: bool, calibration_ima
     from detectron2.layers import FrozenBatchNorm2d
     from detectron2.modeling import build_model as build
 
-    from nonlocal_det.config import get_nonlocal_cfg
+    from nonlocal_det.harness.config import get_nonlocal_cfg
 
     backbone_norm = "FrozenBN" if calibration_images is None else "BN"
     opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.NONLOCAL.NORM", norm]
@@ -86,9 +86,9 @@ def open_blocks(model, image) -> None:
     (with random FrozenBN weights, activations at res4 reach ~1e3, so a fixed weight would leave
     the branch invisible).
     """
-    from nonlocal_det.modeling import has_nonlocal
+    from nonlocal_det.modeling import NonLocalMixin
 
-    blocks = [m.nonlocal_block for m in model.backbone.modules() if has_nonlocal(m)]
+    blocks = [m.nonlocal_block for m in model.backbone.modules() if isinstance(m, NonLocalMixin)]
     scales = {}
 
     def record(block, inputs, output):
@@ -115,9 +115,11 @@ class CropReference:
     """Run every non-local block of a (key-off) model on each image's valid crop, by hand."""
 
     def __init__(self, model):
-        from nonlocal_det.modeling import has_nonlocal
+        from nonlocal_det.modeling import NonLocalMixin
 
-        self.blocks = [m.nonlocal_block for m in model.backbone.modules() if has_nonlocal(m)]
+        self.blocks = [
+            m.nonlocal_block for m in model.backbone.modules() if isinstance(m, NonLocalMixin)
+        ]
         self.sizes = None
         self.handles = [b.register_forward_hook(self._on_crops) for b in self.blocks]
 

@@ -27,7 +27,7 @@ from detectron2.utils.file_io import PathManager
 
 from ..preflight import BadDataError, MissingInputError
 from . import coco_checks
-from .datasets import ensure_generated_datasets
+from .generated import ensure_generated_datasets
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,73 @@
+"""
+Facts the code holds, written into the docs by this command, so that each has one source:
+
+    python -m nonlocal_det.harness.docs           # rewrite the generated parts of the docs
+    python -m nonlocal_det.harness.docs --check   # exit 1 and name the parts that differ
+
+A generated part sits between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->`` in a
+markdown file of the repository; ``SECTIONS`` maps each NAME to the function that writes it.
+tests/test_docs.py runs ``--check``.
+"""
+
+import argparse
+import glob
+import os
+import re
+import sys
+from typing import Callable, Dict
+
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
+
+
+def _init_advice() -> str:
+    from nonlocal_det.layers import INIT_ADVICE
+
+    return INIT_ADVICE
+
+
+SECTIONS: Dict[str, Callable[[], str]] = {
+    "init-advice": _init_advice,
+}
+
+_PART = re.compile(r"(<!-- generated: ([\w-]+) -->\n)(.*?)(<!-- end: \2 -->)", re.S)
+
+
+def render(text: str) -> str:
+    """``text`` with every generated part written anew."""
+    return _PART.sub(
+        lambda m: m.group(1) + SECTIONS[m.group(2)]().strip() + "\n" + m.group(4), text
+    )
+
+
+def markdown_files():
+    return [os.path.join(REPO_ROOT, "README.md")] + sorted(
+        glob.glob(os.path.join(REPO_ROOT, "docs", "*.md"))
+    )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; list stale parts")
+    args = parser.parse_args(argv)
+    stale = []
+    for path in markdown_files():
+        with open(path) as f:
+            text = f.read()
+        new = render(text)
+        if new != text:
+            stale.append(os.path.relpath(path, REPO_ROOT))
+            if not args.check:
+                with open(path, "w") as f:
+                    f.write(new)
+    verb = (
+        "differ from the code (run python -m nonlocal_det.harness.docs)"
+        if args.check
+        else "rewritten"
+    )
+    for path in stale:
+        print(f"{path}: generated parts {verb}")
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
