@@ -18,10 +18,11 @@ launcher, and user errors as one line.
 import os
 
 import detectron2.utils.comm as comm
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 
-from nonlocal_det.harness.checkpoint import load_trained_weights, resume_checkpoint
+from nonlocal_det.harness.checkpoint import load_trained_weights, resumed_checkpoint
 from nonlocal_det.harness.config import config_kind, get_nonlocal_cfg
 from nonlocal_det.harness.data.loading import check_datasets
 from nonlocal_det.harness.engine import NonLocalDefaultTrainer as Trainer
@@ -61,7 +62,11 @@ def main(args):
     if args.eval_only:
         model = Trainer.build_model(cfg)
         check_weights(cfg, resume=args.resume)
-        path = resume_checkpoint(cfg.OUTPUT_DIR) if args.resume else None
+        path = (
+            resumed_checkpoint(DetectionCheckpointer(model, cfg.OUTPUT_DIR))
+            if args.resume
+            else None
+        )
         load_trained_weights(
             model,
             path or cfg.MODEL.WEIGHTS,

@@ -17,16 +17,13 @@ pytestmark = pytest.mark.detectron2
 
 
 def _checkpointer(tmp_path):
-    from detectron2.checkpoint import DetectionCheckpointer
-
-    from nonlocal_det.harness.checkpoint import write_checkpoints_atomically
+    from nonlocal_det.harness.checkpoint import CheckedCheckpointer
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.randn(1, 3, 8, 8)).square().sum().backward()
     optimizer.step()
-    checkpointer = DetectionCheckpointer(model, str(tmp_path), optimizer=optimizer)
-    return write_checkpoints_atomically(checkpointer), model, optimizer
+    return CheckedCheckpointer(model, str(tmp_path), optimizer=optimizer), model, optimizer
 
 
 def test_saved_checkpoint_loads_with_weights_only(tmp_path):

@@ -285,36 +285,71 @@ def _save(path, model):
 
 @needs_detectron2
 def test_resume_states_of_an_output_folder(tmp_path):
-    from nonlocal_det.harness.checkpoint import resume_checkpoint
+    from detectron2.checkpoint import DetectionCheckpointer
 
-    assert resume_checkpoint(str(tmp_path)) is None  # no checkpoint: start from the weights
+    from nonlocal_det.harness.checkpoint import resumed_checkpoint
+
+    checkpointer = DetectionCheckpointer(_model(), str(tmp_path))
+    assert resumed_checkpoint(checkpointer) is None  # no checkpoint: start from the weights
     (tmp_path / "last_checkpoint").write_text("model_0000099.pth")
-    with pytest.raises(MissingInputError, match="names 'model_0000099.pth', which is not a file"):
-        resume_checkpoint(str(tmp_path))
+    with pytest.raises(MissingInputError, match="model_0000099.pth .*No such file"):
+        resumed_checkpoint(checkpointer)
     _save(tmp_path / "model_0000099.pth", _model())
-    assert resume_checkpoint(str(tmp_path)) == str(tmp_path / "model_0000099.pth")
+    assert resumed_checkpoint(checkpointer) == str(tmp_path / "model_0000099.pth")
     data = (tmp_path / "model_0000099.pth").read_bytes()
     (tmp_path / "model_0000099.pth").write_bytes(data[: len(data) // 2])  # a truncated copy
     with pytest.raises(MissingInputError) as e:
-        resume_checkpoint(str(tmp_path))
+        resumed_checkpoint(checkpointer)
     message = str(e.value)
-    assert "model_0000099.pth" in message and "remove it" in message
+    assert "model_0000099.pth" in message and "truncated or damaged" in message
     assert "without --resume" in message and "MODEL.WEIGHTS" not in message
 
 
 @needs_detectron2
 def test_a_checkpoint_of_another_model_is_refused_for_resume(tmp_path):
-    from nonlocal_det.harness.checkpoint import check_resume_fits
+    from nonlocal_det.harness.checkpoint import CheckedCheckpointer, require_fit
 
     other = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GroupNorm(2, 8))
     _save(tmp_path / "model_final.pth", other)
+    checkpointer = CheckedCheckpointer(_model())
+    checkpointer.load(str(tmp_path / "model_final.pth"))
     with pytest.raises(ConfigError) as e:
-        check_resume_fits(_model(), str(tmp_path / "model_final.pth"), allow_unmatched=False)
+        require_fit(checkpointer, str(tmp_path / "model_final.pth"), allow_unmatched=False)
     assert "model_final.pth does not fit" in str(e.value) and "0.weight" in str(e.value)
     assert "--allow-unmatched-weights" in str(e.value)
-    check_resume_fits(_model(), str(tmp_path / "model_final.pth"), allow_unmatched=True)
+    require_fit(checkpointer, str(tmp_path / "model_final.pth"), allow_unmatched=True)
     _save(tmp_path / "model_final.pth", _model())
-    check_resume_fits(_model(), str(tmp_path / "model_final.pth"), allow_unmatched=False)
+    checkpointer.load(str(tmp_path / "model_final.pth"))
+    require_fit(checkpointer, str(tmp_path / "model_final.pth"), allow_unmatched=False)
+
+
+@needs_detectron2
+def test_resume_applies_the_configs_optimizer_settings_over_the_checkpoints(caplog):
+    """The optimizer and LR-scheduler state a checkpoint holds (lr 0.02) gives way to the config."""
+    from detectron2.solver import LRMultiplier, WarmupParamScheduler
+    from fvcore.common.param_scheduler import MultiStepParamScheduler
+
+    from nonlocal_det.harness.checkpoint import keep_config_settings, optimizer_settings
+
+    def trainer_parts(lr):
+        optimizer = torch.optim.SGD(_model().parameters(), lr=lr, momentum=0.9)
+        steps = WarmupParamScheduler(
+            MultiStepParamScheduler([1, 0.1], milestones=[50], num_updates=100), 0.1, 0.1
+        )
+        return optimizer, LRMultiplier(optimizer, steps, max_iter=100)
+
+    saved_optimizer, saved_scheduler = trainer_parts(0.02)
+    for _ in range(60):
+        saved_optimizer.step(), saved_scheduler.step()
+    optimizer, scheduler = trainer_parts(0.0001)
+    configured = optimizer_settings(optimizer, scheduler)
+    optimizer.load_state_dict(saved_optimizer.state_dict())
+    scheduler.load_state_dict(saved_scheduler.state_dict())
+    assert scheduler.base_lrs == [0.02]  # what Detectron2's resume alone would train with
+    keep_config_settings(optimizer, scheduler, configured, "model_0000059.pth")
+    assert scheduler.base_lrs == [0.0001] and scheduler.last_epoch == 60
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0001 * 0.1)  # after the step at 50
+    assert "group 0 base_lr 0.02 -> 0.0001" in caplog.text
 
 
 @needs_detectron2
@@ -344,22 +379,32 @@ def test_weights_that_do_not_fit_are_refused_for_evaluation(tmp_path):
         ("benchmark_blocks", ["--repeats", "0"], "argument --repeats: 0 is not an int >= 1"),
         ("benchmark_blocks", ["--sizes", "foo"], "invalid choice: 'foo'"),
         ("benchmark_blocks", ["--memory-limit-gb", "nan"], "is not a finite number"),
-        ("analyze_model", ["--size", "-1", "5"], "argument --size: -1 is not a side"),
+        ("analyze_model", ["--size", "-1", "5"], "argument --size: -1 is not a side of 32"),
         ("analyze_model", ["--overhead-table", "--pairs", "a.yaml"], "is not baseline.yaml:"),
-        ("analyze_model", ["--overhead-table", "--pairs", "a.yaml:b.yaml"], "a.yaml is not a file"),
+        (
+            "analyze_model",
+            ["--overhead-table", "--pairs", "a.yaml:b.yaml"],
+            "a.yaml is not a file of configs/",
+        ),
         ("analyze_model", [], "--config-file is required"),
+        ("demo", ["--input", "i", "--output", "o"], "required: --config-file"),
         ("benchmark_model", ["--cycles", "-2"], "argument --cycles: -2 is not an int >= 1"),
         ("attention_mass", ["--config-file", "x.yaml", "--max-images", "0"], "--max-images: 0"),
         ("time_data_checks", ["--images", "zero"], "'zero' is not an int"),
         ("seeds_report", ["d", "--config-files", "c", "--seeds", "-1"], "-1 is not an int >= 0"),
         ("run_seeds", ["--num-gpus", "0"], "argument --num-gpus: 0 is not an int >= 1"),
-        ("demo", ["--config-file", "c", "--input", "i", "--output", __file__], "is a file"),
+        (
+            "demo",
+            ["--config-file", "c", "--input", "i", "--output", __file__],
+            "is a file; name a folder",
+        ),
     ],
 )
-def test_tools_refuse_arguments_outside_their_domains_at_parse_time(tool, argv, words):
+def test_tools_refuse_arguments_outside_their_domains_at_parse_time(tool, argv, words, capsys):
     import importlib
 
     module = importlib.import_module(tool)
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(SystemExit) as e:
         module.main(argv)
-    assert words in str(e.value)
+    assert e.value.code == 2  # argparse's usage error: one line, no traceback
+    assert words in capsys.readouterr().err

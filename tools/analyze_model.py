@@ -15,12 +15,10 @@ import os
 
 from nonlocal_det.errors import exit_on_user_error
 from nonlocal_det.harness.analysis.model_costs import analyze
-from nonlocal_det.harness.cli.arguments import (
-    ArgumentParser,
+from nonlocal_det.harness.cli.args import (
     config_pair,
-    existing_file,
-    image_size,
-    new_file,
+    image_side,
+    writable_file,
 )
 from nonlocal_det.harness.utils.tables import write_text
 
@@ -62,15 +60,15 @@ def overhead_table(height, width, pairs=OVERHEAD_PAIRS):
 
 
 def parse_args(argv=None):
-    parser = ArgumentParser(
+    parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config-file", type=existing_file, help="a YAML config")
-    parser.add_argument("--size", nargs=2, type=image_size, default=(800, 1333), metavar=("H", "W"))
+    parser.add_argument("--config-file", help="a YAML config")
+    parser.add_argument("--size", nargs=2, type=image_side, default=(800, 1333), metavar=("H", "W"))
     parser.add_argument(
         "--overhead-table", action="store_true", help="NL vs baseline for the shipped configs"
     )
-    parser.add_argument("--output", type=new_file, help="write the overhead table here")
+    parser.add_argument("--output", type=writable_file, help="write the overhead table here")
     parser.add_argument(
         "--pairs",
         nargs="+",

@@ -21,27 +21,25 @@ What a trained model's blocks (NL, DNL, GC) attend to, over the config's first t
         MODEL.WEIGHTS output/quickstart/model_final.pth --output output/attention.json
 """
 
-import argparse
 import json
 
 from nonlocal_det.errors import exit_on_user_error
 from nonlocal_det.harness.analysis.attention import attention_report, measure_attention
-from nonlocal_det.harness.cli.arguments import ArgumentParser, new_file, positive_int
-from nonlocal_det.harness.cli.tool_config import add_model_arguments, apply_debug, load_config
+from nonlocal_det.harness.cli.args import (
+    model_argument_parser,
+    positive_int,
+    tool_config,
+    writable_file,
+)
 
 
 def main(argv=None):
-    parser = ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = model_argument_parser(__doc__)
     parser.add_argument("--max-images", type=positive_int)
-    parser.add_argument("--output", type=new_file, help="also write the result as JSON here")
-    add_model_arguments(parser)
+    parser.add_argument("--output", type=writable_file, help="also write the result as JSON here")
     args = parser.parse_args(argv)
-    apply_debug(args)
-    import nonlocal_det.harness  # noqa: F401  (registers the models and datasets)
-
-    result = measure_attention(load_config(args), args.max_images, args.random_weights)
+    cfg = tool_config(parser, args)
+    result = measure_attention(cfg, args.max_images, args.random_weights)
     print(attention_report(result))
     if args.output:
         with open(args.output, "w") as f:

@@ -26,11 +26,10 @@ import os
 import statistics
 
 from nonlocal_det.errors import exit_on_user_error
-from nonlocal_det.harness.cli.arguments import (
-    ArgumentParser,
-    new_file,
+from nonlocal_det.harness.cli.args import (
     positive_float,
     positive_int,
+    writable_file,
 )
 from nonlocal_det.harness.utils.machine import describe_machine
 from nonlocal_det.harness.utils.measure import run_child_process, time_and_peak
@@ -299,7 +298,7 @@ def padding_rows(args):
 
 
 def parse_args(argv=None):
-    parser = ArgumentParser(
+    parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -321,7 +320,9 @@ def parse_args(argv=None):
         action="store_true",
         help="only the padded-batch table: the large map with a third of its columns padded",
     )
-    parser.add_argument("--output", type=new_file, default=os.path.join("output", "benchmarks.md"))
+    parser.add_argument(
+        "--output", type=writable_file, default=os.path.join("output", "benchmarks.md")
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 

@@ -22,12 +22,11 @@ import os
 import statistics
 
 from nonlocal_det.errors import exit_on_user_error
-from nonlocal_det.harness.cli.arguments import (
-    ArgumentParser,
+from nonlocal_det.harness.cli.args import (
     config_pair,
-    image_size,
-    new_file,
+    image_side,
     positive_int,
+    writable_file,
 )
 from nonlocal_det.harness.utils.machine import describe_machine
 from nonlocal_det.harness.utils.measure import run_child_process, time_and_peak
@@ -114,7 +113,7 @@ def run_child(spec):
 
 
 def parse_args(argv=None):
-    parser = ArgumentParser(
+    parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
@@ -124,7 +123,7 @@ def parse_args(argv=None):
         default=[config_pair(p) for p in DEFAULT_PAIRS],
         help="baseline.yaml:nonlocal.yaml from configs/",
     )
-    parser.add_argument("--size", nargs=2, type=image_size, default=(800, 1333), metavar=("H", "W"))
+    parser.add_argument("--size", nargs=2, type=image_side, default=(800, 1333), metavar=("H", "W"))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=positive_int, default=2, help="timed runs per process")
     parser.add_argument(
@@ -133,7 +132,7 @@ def parse_args(argv=None):
         default=2,
         help="processes per config and measurement, in turn",
     )
-    parser.add_argument("--output", type=new_file, help="write the markdown table here")
+    parser.add_argument("--output", type=writable_file, help="write the markdown table here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 

@@ -11,13 +11,13 @@ is above 1e-9. The tests check the same blocks against the formulas written out 
     python tools/compare_peers.py
 """
 
+import argparse
 import itertools
 import sys
 
 import torch
 
 from nonlocal_det.errors import MissingInputError, exit_on_user_error
-from nonlocal_det.harness.cli.arguments import ArgumentParser
 from nonlocal_det.layers import GC_POOLINGS, DisentangledNonLocal2d, GlobalContextBlock2d
 from peer_blocks import available, mmcv_context_block, mmseg_dnl, parameter_pairs
 
@@ -87,7 +87,7 @@ def rows():
 
 
 def main(argv=None) -> int:
-    ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
     for peer in ("mmcv", "mmseg"):
         if not available(peer):
             raise MissingInputError(

@@ -10,7 +10,6 @@ Without trained weights (MODEL.WEIGHTS empty, or a checkpoint of another config)
 unless --random-weights says a random model is intended.
 """
 
-import argparse
 import glob
 import os
 
@@ -18,8 +17,12 @@ import cv2
 
 from nonlocal_det.errors import MissingInputError, exit_on_user_error
 from nonlocal_det.harness.checkpoint import build_trained_model
-from nonlocal_det.harness.cli.arguments import ArgumentParser, output_folder, probability
-from nonlocal_det.harness.cli.tool_config import add_model_arguments, apply_debug, load_config
+from nonlocal_det.harness.cli.args import (
+    model_argument_parser,
+    probability,
+    tool_config,
+    writable_folder,
+)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -43,23 +46,19 @@ def expand_inputs(inputs):
 
 
 def main(argv=None):
-    parser = ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = model_argument_parser(__doc__)
     parser.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
     parser.add_argument(
-        "--output", required=True, type=output_folder, help="folder for the drawings"
+        "--output", required=True, type=writable_folder, help="folder for the drawings"
     )
     parser.add_argument("--confidence-threshold", type=probability, default=0.5)
-    add_model_arguments(parser)
     args = parser.parse_args(argv)
-    apply_debug(args)
 
     from detectron2.data import MetadataCatalog
     from detectron2.engine import DefaultPredictor
     from detectron2.utils.visualizer import ColorMode, Visualizer
 
-    cfg = load_config(args, frozen=False)
+    cfg = tool_config(parser, args, frozen=False)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
     paths = expand_inputs(args.input)
     model = build_trained_model(cfg, random_ok=args.random_weights)

@@ -29,7 +29,7 @@ import time
 from typing import Dict, List, Optional
 
 from nonlocal_det.errors import MissingInputError, exit_on_user_error
-from nonlocal_det.harness.cli.arguments import ArgumentParser, non_negative_int, positive_int
+from nonlocal_det.harness.cli.args import non_negative_int, positive_int
 from nonlocal_det.harness.cli.seed_report import add_report_arguments, write_report
 from nonlocal_det.harness.cli.seed_runs import (
     RUN_FILE,
@@ -160,7 +160,7 @@ def sweep(
 
 
 def parse_args(argv=None):
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--config-files", nargs="+", default=[os.path.join(REPO_ROOT, "configs", "quickstart.yaml")]
     )

@@ -10,18 +10,19 @@ the ablation table, the papers' numbers where they apply, and the plot
         --table docs/ablation_table.md --plot docs/images/ablation.png
 """
 
+import argparse
 import os
 import sys
 
 from nonlocal_det.errors import exit_on_user_error
-from nonlocal_det.harness.cli.arguments import ArgumentParser, non_negative_int
+from nonlocal_det.harness.cli.args import non_negative_int
 from nonlocal_det.harness.cli.seed_report import add_report_arguments, load_summaries, write_report
 
 PAPER_RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_results.json")
 
 
 def main(argv=None) -> int:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("summary_dir", help="the --summary-dir of the sweep")
     parser.add_argument("--config-files", nargs="+", required=True)
     parser.add_argument("--seeds", nargs="+", type=non_negative_int, required=True)

@@ -8,6 +8,7 @@ are real file opens), checked by ``nonlocal_det.harness.data.coco_checks``.
     python tools/time_data_checks.py [--images 118287] [--workdir /tmp/checks]
 """
 
+import argparse
 import json
 import os
 import tempfile
@@ -17,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from nonlocal_det.errors import exit_on_user_error
-from nonlocal_det.harness.cli.arguments import ArgumentParser, output_folder, positive_int
+from nonlocal_det.harness.cli.args import positive_int, writable_folder
 from nonlocal_det.harness.data.coco_checks import annotation_problems, image_problems
 
 
@@ -59,9 +60,9 @@ def build(workdir: str, num_images: int, per_image: int = 7) -> str:
 
 
 def main(argv=None):
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=positive_int, default=118287)
-    parser.add_argument("--workdir", type=output_folder, help="default: a temporary folder")
+    parser.add_argument("--workdir", type=writable_folder, help="default: a temporary folder")
     args = parser.parse_args(argv)
     if args.workdir:
         measure(args.workdir, args.images)

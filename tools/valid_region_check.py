@@ -29,7 +29,7 @@ import torch
 
 from nonlocal_det.errors import exit_on_user_error
 from nonlocal_det.harness.analysis.valid_region import measure, table
-from nonlocal_det.harness.cli.arguments import ArgumentParser, new_file
+from nonlocal_det.harness.cli.args import writable_file
 from nonlocal_det.harness.utils.tables import write_text
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -47,7 +47,7 @@ def _pair(text: str):
 
 
 def main(argv=None) -> int:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--pairs",
         nargs="+",
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         "trained backbone has) or Detectron2's initial identity (padded zeros stay zero)",
     )
     parser.add_argument(
-        "--output", type=new_file, help="also write the table to this markdown file"
+        "--output", type=writable_file, help="also write the table to this markdown file"
     )
     args = parser.parse_args(argv)
     import nonlocal_det  # noqa: F401  (registers the meta-architectures and the backbone)

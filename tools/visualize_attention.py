@@ -19,8 +19,7 @@ import torch
 
 from nonlocal_det.errors import ConfigError, MissingInputError, exit_on_user_error
 from nonlocal_det.harness.checkpoint import build_trained_model
-from nonlocal_det.harness.cli.arguments import ArgumentParser, output_folder
-from nonlocal_det.harness.cli.tool_config import add_model_arguments, apply_debug, load_config
+from nonlocal_det.harness.cli.args import model_argument_parser, tool_config, writable_folder
 
 TOP_K = 20
 
@@ -93,11 +92,9 @@ def _point(text: str):
 
 
 def parse_args(argv=None):
-    parser = ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = model_argument_parser(__doc__)
     parser.add_argument("--input", required=True, help="an image")
-    parser.add_argument("--output", required=True, type=output_folder, help="folder for the PNGs")
+    parser.add_argument("--output", required=True, type=writable_folder, help="folder for PNGs")
     parser.add_argument(
         "--queries",
         action="append",
@@ -110,10 +107,8 @@ def parse_args(argv=None):
         help="x0,y0,x1,y1 in image pixels: the person box for the keypoint-head picture "
         "(default: the highest-scoring detected person)",
     )
-    add_model_arguments(parser)
     args = parser.parse_args(argv)
-    apply_debug(args)
-    return args
+    return args, tool_config(parser, args)
 
 
 def _box(text: str):
@@ -247,8 +242,7 @@ def head_picture(args, model, image, outputs, features, scale):
 def main(argv=None):
     from nonlocal_det.harness.analysis.attention import attention_blocks
 
-    args = parse_args(argv)
-    cfg = load_config(args)
+    args, cfg = parse_args(argv)
     image = _read_image(args)
     model = build_trained_model(cfg, random_ok=args.random_weights)
     name, block = next(iter(attention_blocks(model.backbone).items()))

@@ -1,30 +1,26 @@
 """
-Checkpoints that are never left half-written by a crash, and weights loaded with errors that name
-the key and the fix.
+Checkpoints: written whole or not at all, loaded with errors that name the key and the fix, and
+resumed truthfully. Detectron2's checkpointer does the work; ``CheckedCheckpointer`` writes through
+``atomic_write`` and keeps the key report fvcore's loading computes.
 """
 
 import contextlib
 import logging
-import os
 import pickle
 import zipfile
-from typing import List, Optional
+from typing import Dict, List, Optional
 
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from nonlocal_det.errors import ConfigError, MissingInputError
 
-from .io import atomic_write
+from .io import atomic_write, listing
 
-LAST_CHECKPOINT_FILE = "last_checkpoint"
+logger = logging.getLogger(__name__)
 
 
 class _AtomicWrites:
-    """
-    A path manager that writes local files with ``atomic_write`` and hands everything else
-    (reads, remote paths, ``exists``, ``ls`` ...) to the path manager it wraps.
-    """
+    """A path manager writing local files with ``atomic_write``; all else: the wrapped one."""
 
     def __init__(self, path_manager):
         self.wrapped = path_manager
@@ -38,35 +34,42 @@ class _AtomicWrites:
         return getattr(self.wrapped, name)
 
 
-def write_checkpoints_atomically(checkpointer: DetectionCheckpointer) -> DetectionCheckpointer:
+class CheckedCheckpointer(DetectionCheckpointer):
     """
-    ``checkpointer``, made to write ``model_*.pth`` and ``last_checkpoint`` atomically, so that
-    ``--resume`` after a SIGKILL or a power cut always finds the last complete checkpoint.
+    Detectron2's checkpointer that writes ``model_*.pth`` and ``last_checkpoint`` atomically (so
+    ``--resume`` after a SIGKILL finds the last complete checkpoint: fvcore opens every file it
+    writes through ``path_manager``) and keeps the key report of its last load as
+    ``incompatible`` (missing, unexpected, other-shape keys; Detectron2 only logs them).
+    """
 
-    fvcore's ``Checkpointer.save`` and ``tag_last_checkpoint`` open every file they write through
-    the checkpointer's ``path_manager`` attribute; that attribute is wrapped (``_AtomicWrites``),
-    and nothing else of the checkpointer changes. Save directories that are not local paths
-    (a PathManager URL) keep their own writing.
-    """
-    if not isinstance(checkpointer.path_manager, _AtomicWrites):
-        checkpointer.path_manager = _AtomicWrites(checkpointer.path_manager)
-    return checkpointer
+    def __init__(self, model, save_dir: str = "", **checkpointables):
+        super().__init__(model, save_dir, **checkpointables)
+        self.path_manager = _AtomicWrites(self.path_manager)
+        self.incompatible = None
+
+    def _load_model(self, checkpoint):
+        self.incompatible = super()._load_model(checkpoint)
+        return self.incompatible
+
+    def problems(self) -> List[str]:
+        """The parameters the last load left unloaded or could not place, in words."""
+        if self.incompatible is None:
+            return []
+        report = self.incompatible
+        shapes = [name for name, _, _ in report.incorrect_shapes]
+        return [
+            f"{len(names)} {words} ({listing(names)})"
+            for names, words in (
+                (shapes, "of another shape"),
+                (report.missing_keys, "missing"),
+                (report.unexpected_keys, "the model does not have"),
+            )
+            if names
+        ]
 
 
 # What torch.load and Detectron2's pickle loader raise for a file that is not a readable checkpoint.
-_UNREADABLE = (
-    pickle.UnpicklingError,
-    EOFError,
-    RuntimeError,
-    KeyError,
-    ValueError,
-    zipfile.BadZipFile,
-)
-
-
-def _first_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+_UNREADABLE = (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, ValueError)
 
 
 @contextlib.contextmanager
@@ -74,70 +77,35 @@ def reading_weights(key: str, path: str, fix: str = "copy or download it again")
     """Inside: a checkpoint that cannot be read raises MissingInputError naming ``key``."""
     try:
         yield
-    except _UNREADABLE as e:
+    except _UNREADABLE + (zipfile.BadZipFile,) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        first = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
         raise MissingInputError(
-            f"{key}={path!r} could not be read as a checkpoint ({_first_line(e)}); {fix}."
+            f"{key}={path!r} could not be read as a checkpoint ({first}); {fix}."
         ) from None
 
 
-class _RecordingCheckpointer(DetectionCheckpointer):
-    """Keeps the keys that did not load (fvcore's ``_load_model`` result) as ``incompatible``."""
-
-    def _load_model(self, checkpoint):
-        self.incompatible = super()._load_model(checkpoint)
-        return self.incompatible
-
-
-def _listing(names) -> str:
-    names = list(names)
-    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
-    return ", ".join(names[:3]) + more
-
-
-def mismatch_problems(missing, unexpected, other_shape) -> List[str]:
-    """The parameters a checkpoint leaves unloaded, or carries the model lacks, in words."""
-    problems = []
-    if other_shape:
-        problems.append(f"{len(other_shape)} of another shape ({_listing(other_shape)})")
-    if missing:
-        problems.append(f"{len(missing)} missing ({_listing(missing)})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} the model does not have ({_listing(unexpected)})")
-    return problems
-
-
 def load_trained_weights(
-    model,
-    weights: str,
-    *,
-    random_ok: bool,
-    key: str = "MODEL.WEIGHTS",
-    flag: str = "--random-weights",
+    model, weights: str, *, random_ok: bool, key: str = "MODEL.WEIGHTS", flag="--random-weights"
 ):
     """
-    Load a trained model's weights for evaluating or reporting what the model does. Refused, with
+    Load a trained model's weights for evaluating or reporting what it does. Refused, with
     ConfigError, unless ``random_ok`` (the command's ``flag``): no weights (a random model's
-    results mean nothing), and weights that leave any parameter of the model unloaded (missing,
-    or of another shape: Detectron2 only logs "Skip loading") or carry parameters the model
+    results mean nothing), and weights that leave a parameter unloaded or carry ones the model
     lacks (a checkpoint of another config). The message names the keys and the file.
     """
     if not weights:
         if random_ok:
-            logging.getLogger(__name__).warning(f"{key} is empty: the model has random weights")
+            logger.warning(f"{key} is empty: the model has random weights")
             return
         raise ConfigError(
             f"{key} is empty: this reports what a trained model does; pass the weights, or "
             f"{flag} to use a randomly initialised model on purpose."
         )
-    checkpointer = _RecordingCheckpointer(model)
+    checkpointer = CheckedCheckpointer(model)
     with reading_weights(key, weights):
         checkpointer.load(weights)
-    incompatible = checkpointer.incompatible
-    problems = mismatch_problems(
-        incompatible.missing_keys,
-        incompatible.unexpected_keys,
-        [name for name, _, _ in incompatible.incorrect_shapes],
-    )
+    problems = checkpointer.problems()
     if problems and not random_ok:
         raise ConfigError(
             f"{key}={weights!r} does not fit the config's model: parameters {'; '.join(problems)}. "
@@ -148,21 +116,18 @@ def load_trained_weights(
 
 def check_checkpoint_file(path: str, subject: str, fix: str = "copy or download it again") -> None:
     """
-    MissingInputError unless ``path`` looks like a checkpoint: a torch zip archive (``.pth``)
-    whose central directory is intact, or a pickle (Detectron2's ``.pkl``, legacy ``.pth``),
-    read from the file's first and last bytes only. ``subject`` names the file in the message
-    (``"MODEL.WEIGHTS='model.pth'"``), ``fix`` says what to do.
+    MissingInputError unless ``path`` is a file that looks like a checkpoint: a torch zip
+    archive (``.pth``) whose central directory is intact, or a pickle (``.pkl``, legacy ``.pth``),
+    read from its first and last bytes only. ``subject`` names it (``"MODEL.WEIGHTS='m.pth'"``).
     """
-    if zipfile.is_zipfile(path):
-        try:
+    try:
+        if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path):
                 return
-        except (zipfile.BadZipFile, OSError) as e:
-            raise MissingInputError(
-                f"{subject} is a damaged checkpoint archive ({e}); {fix}."
-            ) from None
-    with open(path, "rb") as f:
-        head = f.read(2)
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise MissingInputError(f"{subject} cannot be read as a checkpoint ({e}); {fix}.") from None
     if head[:1] == b"\x80" and head[1:2] and head[1] <= 5:  # a pickle, protocol 2..5
         return
     if head == b"PK":
@@ -176,51 +141,71 @@ def check_checkpoint_file(path: str, subject: str, fix: str = "copy or download 
     )
 
 
-def resume_checkpoint(output_dir: str) -> Optional[str]:
+def resumed_checkpoint(checkpointer: DetectionCheckpointer) -> Optional[str]:
     """
-    The checkpoint ``--resume`` continues from: the file ``output_dir/last_checkpoint`` names;
-    None when there is no ``last_checkpoint`` (training then starts from the initial weights).
-    MissingInputError, naming the file and the fix, when it names a file that is missing or not
-    a complete checkpoint (an interrupted copy, a full disk).
+    The checkpoint ``--resume`` continues from (fvcore's ``has_checkpoint`` and
+    ``get_checkpoint_file``), None when there is none; MissingInputError, naming the file and
+    the fix, when ``last_checkpoint`` names a file that is missing or not a whole checkpoint.
     """
-    tag = os.path.join(output_dir, LAST_CHECKPOINT_FILE)
-    if not os.path.isfile(tag):
+    if not checkpointer.has_checkpoint():
         return None
-    with open(tag) as f:
-        name = f.read().strip()
-    path = os.path.join(output_dir, name)
-    fix = (
-        f"remove {tag} to start from the initial weights, write the name of an intact "
-        f"model_*.pth of {output_dir} into it, or start without --resume"
+    path = checkpointer.get_checkpoint_file()
+    check_checkpoint_file(
+        path,
+        f"--resume: {path} (named by {checkpointer.save_dir}/last_checkpoint)",
+        fix=f"remove {checkpointer.save_dir}/last_checkpoint to start from the initial weights, "
+        "write the name of an intact model_*.pth into it, or start without --resume",
     )
-    if not name or not os.path.isfile(path):
-        raise MissingInputError(
-            f"--resume: {tag} names {name!r}, which is not a file in {output_dir}; {fix}."
-        )
-    check_checkpoint_file(path, f"--resume: {path} (named by {tag})", fix=f"remove it and {fix}")
     return path
 
 
-def check_resume_fits(model, path: str, allow_unmatched: bool) -> None:
-    """
-    ConfigError when the checkpoint ``--resume`` continues from (``resume_checkpoint``) does
-    not have exactly the model's parameters (a run of another config wrote it), naming the keys
-    and the file; unless ``allow_unmatched`` (--allow-unmatched-weights). Reads the file's index
-    only (memory-mapped).
-    """
-    with reading_weights(f"--resume: {path}", path, fix=f"remove {path} or start without --resume"):
-        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["model"]
-    own = model.state_dict()
-    problems = mismatch_problems(
-        [k for k in own if k not in saved],
-        [k for k in saved if k not in own],
-        [k for k in own if k in saved and tuple(own[k].shape) != tuple(saved[k].shape)],
-    )
+def require_fit(checkpointer: CheckedCheckpointer, path: str, allow_unmatched: bool) -> None:
+    """ConfigError when the checkpoint ``--resume`` loaded did not fit the model exactly."""
+    problems = checkpointer.problems()
     if problems and not allow_unmatched:
         raise ConfigError(
             f"--resume: {path} does not fit the config's model: parameters {'; '.join(problems)}. "
             "A run of another config wrote it: give this run an OUTPUT_DIR of its own, start "
             "without --resume, or pass --allow-unmatched-weights to load what fits on purpose."
+        )
+
+
+def optimizer_settings(optimizer, scheduler=None) -> Dict:
+    """The hyperparameters a resumed optimizer and LR scheduler state overrides, per group."""
+    settings = {
+        f"group {i} {k}": v
+        for i, group in enumerate(optimizer.param_groups)
+        for k, v in group.items()
+        if k not in ("params", "lr")
+    }
+    for i, base_lr in enumerate(getattr(scheduler, "base_lrs", [])):
+        settings[f"group {i} base_lr"] = base_lr
+    return settings
+
+
+def keep_config_settings(optimizer, scheduler, configured: Dict, path: str) -> None:
+    """
+    After ``--resume`` loaded ``path``'s optimizer and scheduler state: put back every
+    hyperparameter the config asks for (``configured``: ``optimizer_settings`` before loading)
+    where the checkpoint held another, so what runs is what the run's config.yaml records; log
+    each. The schedule's position (the iteration) stays the checkpoint's.
+    """
+    resumed = optimizer_settings(optimizer, scheduler)
+    changed = [k for k in configured if resumed.get(k) != configured[k]]
+    for name in changed:
+        _, index, field = name.split(" ")
+        if field == "base_lr":
+            scheduler.base_lrs[int(index)] = configured[name]
+        else:
+            optimizer.param_groups[int(index)][field] = configured[name]
+    if scheduler is not None and changed:
+        for group, lr in zip(optimizer.param_groups, scheduler.get_lr()):
+            group["lr"] = lr
+    if changed:
+        logger.warning(
+            f"--resume: {path} held other optimizer settings than the config; the config's apply "
+            + ", ".join(f"{k} {resumed.get(k)!r} -> {configured[k]!r}" for k in changed[:6])
+            + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
         )
 
 

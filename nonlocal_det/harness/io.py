@@ -4,7 +4,7 @@ import contextlib
 import json
 import os
 
-__all__ = ["atomic_write", "write_json"]
+__all__ = ["atomic_write", "write_json", "listing"]
 
 
 @contextlib.contextmanager
@@ -32,3 +32,10 @@ def write_json(path: str, obj, **dump_kwargs) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_write(path, "w") as f:
         json.dump(obj, f, **dump_kwargs)
+
+
+def listing(names, shown: int = 3) -> str:
+    """'a, b, c and 4 more': the first ``shown`` names and a count of the rest."""
+    names = list(names)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(str(n) for n in names[:shown]) + more

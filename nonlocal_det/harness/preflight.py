@@ -6,11 +6,12 @@ not a traceback.
 import logging
 import os
 
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
 from nonlocal_det.errors import BadDataError, ConfigError, MissingInputError, UnsupportedSetupError
 
-from .checkpoint import LAST_CHECKPOINT_FILE, check_checkpoint_file, resume_checkpoint
+from .checkpoint import check_checkpoint_file, resumed_checkpoint
 
 __all__ = [
     "BadDataError",
@@ -70,7 +71,7 @@ def check_weights(cfg, resume: bool):
     """
     Fetch the initial weights (MODEL.WEIGHTS, or a LazyConfig's train.init_checkpoint) now, so
     an offline machine gets a message rather than a traceback; with ``resume``, check the
-    checkpoint the run continues from instead, when there is one (``resume_checkpoint``).
+    checkpoint the run continues from instead, when there is one (``resumed_checkpoint``).
     """
     if _is_yaml(cfg):
         weights, key, output_dir = cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS", cfg.OUTPUT_DIR
@@ -81,10 +82,10 @@ def check_weights(cfg, resume: bool):
             cfg.train.output_dir,
         )
     if resume:
-        if resume_checkpoint(output_dir) is not None:
+        if resumed_checkpoint(DetectionCheckpointer(None, output_dir)) is not None:
             return
         logging.getLogger("nonlocal_det").info(
-            f"--resume: {os.path.join(output_dir, LAST_CHECKPOINT_FILE)} does not exist: "
+            f"--resume: {os.path.join(output_dir, 'last_checkpoint')} does not exist: "
             f"starting from {key}={weights!r}"
         )
     if not weights:

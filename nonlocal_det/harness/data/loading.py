@@ -25,6 +25,7 @@ from detectron2.data.build import (
 )
 from detectron2.utils.file_io import PathManager
 
+from ..io import listing
 from ..preflight import BadDataError, MissingInputError
 from . import coco_checks
 from .generated import ensure_generated_datasets
@@ -44,11 +45,6 @@ _CLASSES_SECTION = {
 def _source(name: str) -> str:
     json_file = MetadataCatalog.get(name).get("json_file", None)
     return f"annotation file {json_file}" if json_file else "its registered loader"
-
-
-def _listing(items: List[str]) -> str:
-    more = f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
-    return ", ".join(items[:_SHOWN]) + more
 
 
 def _not_json(name: str, error: json.JSONDecodeError) -> BadDataError:
@@ -143,7 +139,7 @@ def check_dataset_dicts(names: List[str], dicts: List[Dict], cfg) -> None:
     if missing:
         raise BadDataError(
             f"Datasets {names}: {len(missing)} of {len(dicts)} image files listed in "
-            f"{', '.join(_source(n) for n in names)} do not exist: {_listing(missing)}. Restore "
+            f"{', '.join(_source(n) for n in names)} do not exist: {listing(missing)}. Restore "
             "them or remove them from the annotation file."
         )
     section = _CLASSES_SECTION.get(cfg.MODEL.META_ARCHITECTURE)
@@ -165,7 +161,7 @@ def check_dataset_dicts(names: List[str], dicts: List[Dict], cfg) -> None:
         raise BadDataError(
             f"Datasets {names}: annotations with a category outside the model's "
             f"{classes_key}={num_classes} classes (contiguous ids 0..{num_classes - 1}){known}. "
-            f"Images: {_listing(bad_class)}. Set {classes_key} to the number of categories."
+            f"Images: {listing(bad_class)}. Set {classes_key} to the number of categories."
         )
     if cfg.MODEL.KEYPOINT_ON and section == "ROI_HEADS":
         expected = 3 * cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
@@ -181,7 +177,7 @@ def check_dataset_dicts(names: List[str], dicts: List[Dict], cfg) -> None:
             raise BadDataError(
                 f"Datasets {names}: keypoint annotations that do not have "
                 f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={expected // 3} (x, y, v) triplets: "
-                f"{_listing(bad_kps)}."
+                f"{listing(bad_kps)}."
             )
 
 

@@ -15,9 +15,9 @@ tests/test_detectron2_internals.py fails if Detectron2 changes under them:
    keeps it only as the private ``_trainer`` (its public ``model``/``optimizer`` properties reach
    through it, but no ``precision``); the AMPTrainer's public ``precision`` attribute is set after.
 
-Atomic checkpoints need no such step: the public ``checkpointer`` is made to write atomically
-(``write_checkpoints_atomically``) before any hook can save. A LazyConfig run (train_net.py)
-builds these objects itself, through their public constructors.
+Atomic checkpoints need no such step: ``build_hooks``, which ``DefaultTrainer.__init__`` calls
+before any hook exists, replaces the public ``checkpointer`` by a ``CheckedCheckpointer``. A
+LazyConfig run (train_net.py) builds these objects itself, through their public constructors.
 """
 
 import logging
@@ -35,12 +35,16 @@ from detectron2.engine import AMPTrainer, DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.logger import setup_logger
 
+from nonlocal_det.errors import ConfigError
+
 from ..advice import explaining_build_errors
 from ..checkpoint import (
-    check_resume_fits,
+    CheckedCheckpointer,
+    keep_config_settings,
+    optimizer_settings,
     reading_weights,
-    resume_checkpoint,
-    write_checkpoints_atomically,
+    require_fit,
+    resumed_checkpoint,
 )
 from ..data.loading import evaluation_dataset_dicts, training_dataset_dicts
 from ..distributed import check_sync_bn_device, cpu_ddp_support
@@ -63,7 +67,7 @@ def setup_nonlocal_logger(output_dir: str, device: str) -> None:
 class NonLocalDefaultTrainer(DefaultTrainer):
     """
     DefaultTrainer that also: trains several CPU processes (gloo), uses SOLVER.AMP.PRECISION
-    (float16 or bfloat16), writes checkpoints atomically (``write_checkpoints_atomically``),
+    (float16 or bfloat16), writes checkpoints atomically (``CheckedCheckpointer``),
     refuses torch's SyncBatchNorm on a multi-process CPU run at build time, loads checked
     dataset records (bad data stops before training), evaluates every task the model predicts
     with COCOEvaluator, and writes the results of every evaluation to
@@ -82,22 +86,38 @@ class NonLocalDefaultTrainer(DefaultTrainer):
                     "from the one nonlocal_det supports (see tests/test_detectron2_internals.py)."
                 )
             amp_trainer.precision = getattr(torch, cfg.SOLVER.AMP.PRECISION)
-        write_checkpoints_atomically(self.checkpointer)
+
+    def build_hooks(self):
+        """DefaultTrainer's hooks, saving through a ``CheckedCheckpointer`` (atomic writes)."""
+        self.checkpointer = CheckedCheckpointer(
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, **self.checkpointer.checkpointables
+        )
+        return super().build_hooks()
 
     def resume_or_load(self, resume=True, allow_unmatched=False):
         """
-        DefaultTrainer's, with the checkpoint ``--resume`` continues from checked first: a
-        damaged ``last_checkpoint`` state, or a checkpoint that does not fit the model (unless
-        ``allow_unmatched``), is named in one line; an unreadable MODEL.WEIGHTS too.
+        DefaultTrainer's, told truthfully: a damaged ``last_checkpoint`` state, a checkpoint that
+        does not fit the model (unless ``allow_unmatched``), or an unreadable MODEL.WEIGHTS is
+        named in one line; the config's optimizer settings apply over the checkpoint's; a
+        checkpoint at or past SOLVER.MAX_ITER is refused (nothing would train).
         """
-        path = resume_checkpoint(self.cfg.OUTPUT_DIR) if resume else None
-        if path is not None:
-            check_resume_fits(self.checkpointer.model, path, allow_unmatched)
+        path = resumed_checkpoint(self.checkpointer) if resume else None
+        configured = optimizer_settings(self.optimizer, self.scheduler)
         key, source = (
             ("--resume: checkpoint", path) if path else ("MODEL.WEIGHTS", self.cfg.MODEL.WEIGHTS)
         )
         with reading_weights(key, source):
             super().resume_or_load(resume)
+        if path is None:
+            return
+        require_fit(self.checkpointer, path, allow_unmatched)
+        keep_config_settings(self.optimizer, self.scheduler, configured, path)
+        if self.start_iter >= self.max_iter:
+            raise ConfigError(
+                f"--resume: {path} is at iteration {self.start_iter}, and SOLVER.MAX_ITER="
+                f"{self.max_iter}: nothing is left to train. Raise SOLVER.MAX_ITER to train on, or "
+                "evaluate the checkpoint with --eval-only."
+            )
 
     @classmethod
     def build_model(cls, cfg):

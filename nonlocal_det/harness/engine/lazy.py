@@ -15,15 +15,16 @@ from detectron2.config import instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 
-from nonlocal_det.harness.config import get_nonlocal_lazy_config
-
 from ..checkpoint import (
-    check_resume_fits,
+    CheckedCheckpointer,
+    keep_config_settings,
     load_trained_weights,
+    optimizer_settings,
     reading_weights,
-    resume_checkpoint,
-    write_checkpoints_atomically,
+    require_fit,
+    resumed_checkpoint,
 )
+from ..config import get_nonlocal_lazy_config
 from ..data.loading import check_datasets
 from ..distributed import check_sync_bn_device, create_ddp_model
 from ..preflight import (
@@ -86,9 +87,7 @@ def do_train(args, cfg):
         trainer = AMPTrainer(model, train_loader, optimizer, precision=getattr(torch, precision))
     else:
         trainer = SimpleTrainer(model, train_loader, optimizer)
-    checkpointer = write_checkpoints_atomically(
-        DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
-    )
+    checkpointer = CheckedCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     main_process = comm.is_main_process()
     trainer.register_hooks(
         [
@@ -106,9 +105,8 @@ def do_train(args, cfg):
             else None,
         ]
     )
-    path = resume_checkpoint(cfg.train.output_dir) if args.resume else None
-    if path is not None:
-        check_resume_fits(checkpointer.model, path, args.allow_unmatched_weights)
+    path = resumed_checkpoint(checkpointer) if args.resume else None
+    configured = optimizer_settings(optimizer)
     key, source = (
         ("--resume: checkpoint", path)
         if path
@@ -116,6 +114,9 @@ def do_train(args, cfg):
     )
     with reading_weights(key, source):
         checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    if path is not None:
+        require_fit(checkpointer, path, args.allow_unmatched_weights)
+        keep_config_settings(optimizer, None, configured, path)
     # the checkpoint holds the iteration that just finished
     start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
     trainer.train(start_iter, cfg.train.max_iter)
@@ -128,7 +129,11 @@ def run_lazy_config(args):
     check_weights(cfg, resume=args.resume)
     if args.eval_only:
         model = create_ddp_model(instantiate(cfg.model).to(cfg.train.device))
-        path = resume_checkpoint(cfg.train.output_dir) if args.resume else None
+        path = (
+            resumed_checkpoint(DetectionCheckpointer(model, cfg.train.output_dir))
+            if args.resume
+            else None
+        )
         load_trained_weights(
             model,
             path or cfg.train.init_checkpoint,
