@@ -4,6 +4,7 @@ import copy
 import json
 
 import numpy as np
+import pycocotools.mask as mask_util
 import pytest
 from PIL import Image
 
@@ -33,12 +34,20 @@ GOOD = {
             "id": 8,
             "image_id": 1,
             "category_id": 2,
-            "bbox": [30, 20, 20, 20],
+            "bbox": [30, 20, 10, 10],
             "iscrowd": 0,
-            "segmentation": {"counts": "abc", "size": [30, 40]},
+            "segmentation": {"counts": "abc", "size": [30, 40]},  # made a valid RLE below
         },
     ],
 }
+
+
+_mask = np.zeros((30, 40), np.uint8, order="F")
+_mask[21:29, 31:39] = 1
+GOOD["annotations"][1]["segmentation"] = mask_util.encode(_mask)
+GOOD["annotations"][1]["segmentation"]["counts"] = GOOD["annotations"][1]["segmentation"][
+    "counts"
+].decode()
 
 
 def problems_after(edit):
@@ -68,7 +77,32 @@ def test_a_good_file_has_no_problem():
         (
             lambda c: c["annotations"][0].__setitem__("bbox", [50, 40, 5, 5]),
             "bbox",
-            "entirely outside the 40x30 image",
+            "past the 40x30 image",
+        ),
+        (  # XYXY written as XYWH
+            lambda c: c["annotations"][1].__setitem__("bbox", [30, 20, 40, 30]),
+            "bbox",
+            "ends at (70, 50), past the 40x30 image",
+        ),
+        (  # a polygon shifted off its box
+            lambda c: c["annotations"][0].__setitem__("segmentation", [[22, 3, 32, 3, 32, 15]]),
+            "segmentation",
+            "outside its bbox [2, 3, 10, 12]",
+        ),
+        (
+            lambda c: c["annotations"][1]["segmentation"].__setitem__("counts", "abc"),
+            "segmentation",
+            "does not decode",
+        ),
+        (
+            lambda c: c["annotations"][0].__setitem__("num_keypoints", 0),
+            "num_keypoints",
+            "is 0, but 2 keypoints have v > 0",
+        ),
+        (
+            lambda c: c["annotations"][0].__setitem__("keypoints", [30, 25, 2, 35, 28, 1]),
+            "keypoints",
+            "outside their bbox",
         ),
         (
             lambda c: c["annotations"][0].__setitem__("segmentation", [[1, 2, 3, 4]]),
@@ -92,7 +126,7 @@ def test_a_good_file_has_no_problem():
                 "segmentation", {"counts": "a", "size": [10, 10]}
             ),
             "segmentation",
-            "size [10, 10]",
+            "of size [10, 10], the image is 30x40",
         ),
         (
             lambda c: c["annotations"][0].__setitem__("keypoints", [4, 5, 2]),
@@ -117,8 +151,8 @@ def test_a_good_file_has_no_problem():
     ],
 )
 def test_each_problem_names_the_record_and_field(edit, field, words):
-    (problem,) = problems_after(edit)
-    assert problem.field == field and words in problem.problem
+    problems = problems_after(edit)
+    problem = next(p for p in problems if p.field == field and words in p.problem)
     assert problem.record.startswith(("annotation 7 ", "annotation 8 "))
     assert problem.fix
 
@@ -129,9 +163,7 @@ def test_each_problem_names_the_record_and_field(edit, field, words):
         lambda c: c["annotations"][0].__setitem__(
             "bbox", [2, 3, 0, 12]
         ),  # empty: dropped by Detectron2
-        lambda c: c["annotations"][0].__setitem__(
-            "bbox", [-5, -5, 20, 20]
-        ),  # partly outside: clipped
+        lambda c: c["annotations"][0].__setitem__("bbox", [-1, -1, 14, 17]),  # rounding at the edge
         lambda c: c["annotations"][0].update(
             iscrowd=1, bbox=[50, 40, 5, 5]
         ),  # crowd: ignored in training

@@ -13,6 +13,8 @@ from typing import List, Optional
 from nonlocal_det.errors import ConfigError
 from nonlocal_det.modeling.meta_arch import VALID_REGION_META_ARCHITECTURES
 
+from .config_rules import lookup
+
 __all__ = [
     "HEAD_FEATURE_KEYS",
     "head_features",
@@ -54,17 +56,6 @@ KNOWN_BUILDERS = (
     "build_resnet_deeplab_backbone",
     "build_trident_resnet_backbone",
 )
-
-
-def lookup(cfg, dotted_key: str, default=None):
-    """``cfg`` at a dotted key ("MODEL.RPN.IN_FEATURES"), CfgNode or DictConfig; else default."""
-    node = cfg
-    for part in dotted_key.split("."):
-        try:
-            node = node[part]
-        except (KeyError, TypeError, AttributeError, IndexError):
-            return default
-    return node
 
 
 def _stock(meta_architecture: str) -> str:

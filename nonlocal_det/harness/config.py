@@ -13,7 +13,7 @@ import yaml
 from nonlocal_det.config import add_nonlocal_config
 from nonlocal_det.errors import ConfigError, MissingInputError, UnsupportedSetupError
 
-from .config_domains import check_config
+from .config_rules import check_config
 
 
 def _config_keys(node, prefix: str = "") -> List[str]:

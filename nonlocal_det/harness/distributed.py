@@ -6,7 +6,9 @@ import detectron2.engine.defaults as d2_defaults
 import detectron2.utils.comm as comm
 from torch import nn
 
-from .preflight import UnsupportedSetupError
+from nonlocal_det.errors import UnsupportedSetupError
+
+from .config_rules import lookup
 
 
 def create_ddp_model(model: nn.Module, **kwargs) -> nn.Module:
@@ -63,20 +65,20 @@ def check_sync_bn_device(cfg, model: nn.Module) -> None:
     several processes its first forward fails. Say so at build time, with the keys to change
     (YAML configs) or the value to use (LazyConfig).
     """
-    device = _get(cfg, "MODEL.DEVICE") or _get(cfg, "train.device")
+    device = lookup(cfg, "MODEL.DEVICE", None) or lookup(cfg, "train.device", None)
     if comm.get_world_size() == 1 or device != "cpu":
         return
     if not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
         return
-    keys = [k for k in _NORM_KEYS if _get(cfg, k) in ("SyncBN", "nnSyncBN")]
+    keys = [k for k in _NORM_KEYS if lookup(cfg, k, None) in ("SyncBN", "nnSyncBN")]
     if keys:
-        problem = ", ".join(f"{k}={_get(cfg, k)!r}" for k in keys)
+        problem = ", ".join(f"{k}={lookup(cfg, k, None)!r}" for k in keys)
         fix = " ".join(f"{k} naiveSyncBN_N" for k in keys)
     else:
         problem = "A norm of the model"
         fix = (
             "MODEL.NONLOCAL.NORM naiveSyncBN_N"
-            if _get(cfg, "MODEL")
+            if lookup(cfg, "MODEL", None)
             else "norm='naiveSyncBN_N' where the config has 'SyncBN'"
         )
     raise UnsupportedSetupError(
@@ -86,10 +88,3 @@ def check_sync_bn_device(cfg, model: nn.Module) -> None:
         "each "
         "process by its batch size, which differs between processes in RoI heads)."
     )
-
-
-def _get(cfg, dotted_key: str):
-    node = cfg
-    for part in dotted_key.split("."):
-        node = node.get(part) if node is not None else None
-    return node

@@ -25,8 +25,26 @@ def _init_advice() -> str:
     return INIT_ADVICE
 
 
+def _data_rules() -> str:
+    from .data.coco_checks import DATA_RULES
+
+    return "\n".join(
+        ["| applies to | rule |", "|---|---|"] + [f"| {r.subject} | {r.text} |" for r in DATA_RULES]
+    )
+
+
+def _config_rules() -> str:
+    from .config_rules import CROSS_FIELD_RULES, LAZY_DOMAINS, YAML_DOMAINS
+
+    rows = [(f"`{k}`", d.description) for k, d in {**YAML_DOMAINS, **LAZY_DOMAINS}.items()]
+    rows += [(", ".join(f"`{k}`" for k in r.keys), r.description) for r in CROSS_FIELD_RULES]
+    return "\n".join(["| key | rule |", "|---|---|"] + [f"| {k} | {d} |" for k, d in rows])
+
+
 SECTIONS: Dict[str, Callable[[], str]] = {
     "init-advice": _init_advice,
+    "data-rules": _data_rules,
+    "config-rules": _config_rules,
 }
 
 _PART = re.compile(r"(<!-- generated: ([\w-]+) -->\n)(.*?)(<!-- end: \2 -->)", re.S)

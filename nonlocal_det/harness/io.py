@@ -4,7 +4,7 @@ import contextlib
 import json
 import os
 
-__all__ = ["atomic_write", "write_json", "listing"]
+__all__ = ["atomic_write", "write_json", "listing", "is_int"]
 
 
 @contextlib.contextmanager
@@ -39,3 +39,8 @@ def listing(names, shown: int = 3) -> str:
     names = list(names)
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return ", ".join(str(n) for n in names[:shown]) + more
+
+
+def is_int(v) -> bool:
+    """An int that is not a bool (JSON and YAML give both)."""
+    return isinstance(v, int) and not isinstance(v, bool)

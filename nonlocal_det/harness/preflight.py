@@ -12,6 +12,7 @@ from detectron2.utils.file_io import PathManager
 from nonlocal_det.errors import BadDataError, ConfigError, MissingInputError, UnsupportedSetupError
 
 from .checkpoint import check_checkpoint_file, resumed_checkpoint
+from .config_rules import is_yaml
 
 __all__ = [
     "BadDataError",
@@ -30,14 +31,9 @@ __all__ = [
 AMP_PRECISIONS = ("float16", "bfloat16")
 
 
-def _is_yaml(cfg) -> bool:
-    """A YAML config (CfgNode), rather than a LazyConfig (DictConfig)."""
-    return "MODEL" in cfg
-
-
 def amp_settings(cfg):
     """(enabled, precision, device, key prefix) of mixed precision: SOLVER.AMP.* / train.amp.*."""
-    if _is_yaml(cfg):
+    if is_yaml(cfg):
         return cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.PRECISION, cfg.MODEL.DEVICE, "SOLVER.AMP."
     amp = cfg.train.amp
     return amp.enabled, amp.get("precision", "float16"), cfg.train.device, "train.amp."
@@ -48,7 +44,7 @@ def check_amp(cfg) -> None:
     enabled, precision, device, prefix = amp_settings(cfg)
     if not enabled:
         return
-    yaml = _is_yaml(cfg)
+    yaml = is_yaml(cfg)
     if precision not in AMP_PRECISIONS:
         raise UnsupportedSetupError(
             f"{prefix}{'PRECISION' if yaml else 'precision'}={precision!r} is not one of "
@@ -73,7 +69,7 @@ def check_weights(cfg, resume: bool):
     an offline machine gets a message rather than a traceback; with ``resume``, check the
     checkpoint the run continues from instead, when there is one (``resumed_checkpoint``).
     """
-    if _is_yaml(cfg):
+    if is_yaml(cfg):
         weights, key, output_dir = cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS", cfg.OUTPUT_DIR
     else:
         weights, key, output_dir = (

@@ -25,6 +25,7 @@ from detectron2.data.build import (
 )
 from detectron2.utils.file_io import PathManager
 
+from ..config_rules import is_yaml
 from ..io import listing
 from ..preflight import BadDataError, MissingInputError
 from . import coco_checks
@@ -32,7 +33,6 @@ from .generated import ensure_generated_datasets
 
 logger = logging.getLogger(__name__)
 
-_SHOWN = 3  # offending files listed in a message
 # The config section whose NUM_CLASSES a meta-architecture predicts, for the label checks.
 _CLASSES_SECTION = {
     "GeneralizedRCNN": "ROI_HEADS",
@@ -67,36 +67,57 @@ def data_needs(cfg, name: str) -> coco_checks.Needs:
     """What ``cfg``'s model and run read from dataset ``name`` beyond what every model reads."""
     keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS if cfg.MODEL.KEYPOINT_ON else 0
     return coco_checks.Needs(
-        masks=cfg.MODEL.MASK_ON, keypoints=keypoints, evaluated=name in cfg.DATASETS.TEST
+        masks=cfg.MODEL.MASK_ON,
+        mask_format=cfg.INPUT.MASK_FORMAT,
+        keypoints=keypoints,
+        evaluated=name in cfg.DATASETS.TEST,
     )
 
 
-def check_coco_file(name: str, cfg) -> None:
+# (json file, its modification time, needs, image checks): files the data rules passed already.
+_PASSED = set()
+
+
+def check_dataset_files(cfg, names: List[str]) -> None:
     """
-    For a dataset registered from a COCO json (``json_file`` in its metadata): every problem of
-    its annotations against ``coco_checks.DATA_RULES`` for this config's model and, with
-    DATALOADER.CHECK_IMAGES, of its image files, raised together as one BadDataError.
+    Every dataset of ``names`` registered from a COCO json (``json_file`` in its metadata)
+    against ``coco_checks.DATA_RULES`` for this config's model: each file's records, with
+    DATALOADER.CHECK_IMAGES its image files, then the files together (the splits agree on their
+    categories). One BadDataError names every file with problems. A file that passed with the
+    same needs is not read again.
     """
-    meta = MetadataCatalog.get(name)
-    json_file = meta.get("json_file", None)
-    if not json_file:
-        return
-    try:
-        with PathManager.open(json_file) as f:
-            coco = json.load(f)
-    except json.JSONDecodeError as e:
-        raise _not_json(name, e) from None
-    problems = coco_checks.annotation_problems(coco, data_needs(cfg, name))
-    image_problems = []
-    if cfg.DATALOADER.CHECK_IMAGES and not coco_checks.file_problems(coco):
-        image_problems = coco_checks.image_problems(coco, meta.get("image_root", ""))
-    problems += image_problems
-    if problems:
-        skip = "\n  (DATALOADER.CHECK_IMAGES False skips the image-file checks)"
-        raise BadDataError(
-            coco_checks.format_problems(f"Dataset {name!r} ({json_file})", problems)
-            + (skip if image_problems else "")
-        )
+    splits, messages = [], []
+    for name in dict.fromkeys(names):
+        _require_registered(name)
+        meta = MetadataCatalog.get(name)
+        json_file = meta.get("json_file", None)
+        if not json_file:
+            continue
+        needs = data_needs(cfg, name)
+        key = (json_file, os.path.getmtime(json_file), needs, cfg.DATALOADER.CHECK_IMAGES)
+        try:
+            with PathManager.open(json_file, encoding="utf-8") as f:
+                coco = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise _not_json(name, e) from None
+        splits.append((name, coco, needs.evaluated))
+        if key in _PASSED:
+            continue
+        problems = coco_checks.annotation_problems(coco, needs)
+        if cfg.DATALOADER.CHECK_IMAGES and not problems:
+            problems = coco_checks.image_problems(coco, meta.get("image_root", ""))
+        if problems:
+            messages.append(
+                coco_checks.format_problems(f"Dataset {name!r} ({json_file})", problems)
+            )
+        else:
+            _PASSED.add(key)
+    splits.sort(key=lambda split: split[2])  # the training splits first
+    across = coco_checks.split_problems(splits) if len(splits) > 1 else []
+    if across:
+        messages.append(coco_checks.format_problems(f"Datasets {[s[0] for s in splits]}", across))
+    if messages:
+        raise BadDataError("\n".join(messages))
 
 
 def _load(names: List[str], **kwargs):
@@ -124,9 +145,8 @@ def _load(names: List[str], **kwargs):
 
 def check_dataset_dicts(names: List[str], dicts: List[Dict], cfg) -> None:
     """
-    Raise BadDataError naming files whose images are missing or whose labels the model cannot
-    use. Image files already checked with their COCO file (``check_coco_file``) are not read
-    again.
+    BadDataError naming records whose labels the model cannot use, or whose image files are
+    missing (for datasets not read from a COCO file, whose images the data rules check).
     """
     if not isinstance(dicts, list):  # a torch Dataset: used as it is
         return
@@ -138,9 +158,8 @@ def check_dataset_dicts(names: List[str], dicts: List[Dict], cfg) -> None:
     )
     if missing:
         raise BadDataError(
-            f"Datasets {names}: {len(missing)} of {len(dicts)} image files listed in "
-            f"{', '.join(_source(n) for n in names)} do not exist: {listing(missing)}. Restore "
-            "them or remove them from the annotation file."
+            f"Datasets {names}: {len(missing)} of {len(dicts)} image files do not exist: "
+            f"{listing(missing)}. Restore them or remove them from the dataset."
         )
     section = _CLASSES_SECTION.get(cfg.MODEL.META_ARCHITECTURE)
     if section is None:  # a meta-architecture whose labels are not checked here
@@ -209,9 +228,7 @@ def checked_dataset_dicts(cfg, names: List[str], *, training: bool):
     filter), after the checks of their COCO files and with the records checked against the
     model (``check_dataset_dicts``). Bad data raises BadDataError before anything trains.
     """
-    for name in names:
-        _require_registered(name)
-        check_coco_file(name, cfg)
+    check_dataset_files(cfg, names)
     proposals = cfg.DATASETS.PROPOSAL_FILES_TRAIN if training else cfg.DATASETS.PROPOSAL_FILES_TEST
     min_keypoints = (
         cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
@@ -254,7 +271,7 @@ def _lazy_dataset_names(loader) -> List[str]:
 
 def config_dataset_names(cfg, eval_only: bool) -> List[str]:
     """The test datasets (and training datasets unless ``eval_only``) of a YAML or LazyConfig."""
-    if "DATASETS" in cfg:
+    if is_yaml(cfg):
         return list(cfg.DATASETS.TEST) + ([] if eval_only else list(cfg.DATASETS.TRAIN))
     dataloader = cfg.get("dataloader", {})
     return _lazy_dataset_names(dataloader.get("test")) + (
@@ -264,11 +281,10 @@ def config_dataset_names(cfg, eval_only: bool) -> List[str]:
 
 def check_datasets(cfg, eval_only: bool) -> None:
     """
-    Before training or evaluating: generate the datasets nonlocal_det generates itself if the config
-    uses them and they are missing or stale, and name missing dataset files (MissingInputError).
-    For YAML configs, also check the
-    evaluation datasets' records now (the training ones are checked as the loader is built), so
-    that bad data does not stop a run only at its end.
+    Before training or evaluating: generate the datasets nonlocal_det generates itself if the
+    config uses them and they are missing or stale, name missing dataset files
+    (MissingInputError), and, for YAML configs, check every file the run reads against the data
+    rules (``check_dataset_files``), so that bad data does not stop a run only at its end.
     """
     names = config_dataset_names(cfg, eval_only)
     if comm.is_main_process():
@@ -287,6 +303,5 @@ def check_datasets(cfg, eval_only: bool) -> None:
                     f"{os.environ.get('DETECTRON2_DATASETS', 'unset, so ./datasets')}); "
                     "see datasets/README.md for the layout."
                 )
-    if "DATASETS" in cfg and not eval_only:
-        for name in cfg.DATASETS.TEST:
-            evaluation_dataset_dicts(cfg, name)
+    if is_yaml(cfg):
+        check_dataset_files(cfg, names)

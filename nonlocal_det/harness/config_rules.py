@@ -1,11 +1,15 @@
 """
-The domain of every config value train_net.py and the tools use, checked when a config is loaded,
-so that a value outside it stops the run with one line naming the key, the value and the domain,
-before anything is built (not as a traceback, or a NaN, hours in).
+The rules a config's values must meet, checked when a config is loaded, so that a value outside
+them stops the run with one line naming the key, the value and the rule, before anything is
+built (not as a traceback, or a NaN, hours in):
 
-``YAML_DOMAINS`` and ``LAZY_DOMAINS`` are the tables (docs/reliability.md lists them);
-``config_problems`` applies one to a config. Keys a config lacks (a Detectron2 version without
-them) are skipped.
+- ``YAML_DOMAINS`` / ``LAZY_DOMAINS``: the domain of one value, for the values no builder of
+  Detectron2's checks (a name Detectron2 does not know, such as an unknown sampler or crop
+  type, is left to its builders, which the dry run calls before training: ``dry_run.py``);
+- ``CROSS_FIELD_RULES``: values that must agree with each other.
+
+docs/reliability.md lists them (written by ``python -m nonlocal_det.harness.docs``). Keys a
+config lacks (a Detectron2 version without them) are skipped.
 """
 
 import math
@@ -14,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List
 
 from nonlocal_det.errors import ConfigError
+
+from .io import is_int as _is_int
 
 __all__ = ["Domain", "YAML_DOMAINS", "LAZY_DOMAINS", "config_problems", "check_config"]
 
@@ -24,10 +30,6 @@ class Domain:
 
     description: str
     contains: Callable[[Any], bool]
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _is_number(v) -> bool:
@@ -91,7 +93,6 @@ YAML_DOMAINS: Dict[str, Domain] = {
     "MODEL.PIXEL_STD": sequence_of(numbers(0.0, low_open=True), min_len=1),
     "MODEL.PIXEL_MEAN": sequence_of(Domain("a finite number", _is_number), min_len=1),
     "MODEL.BACKBONE.FREEZE_AT": ints(0, 5),
-    "MODEL.RESNETS.DEPTH": one_of(18, 34, 50, 101, 152),
     "MODEL.RPN.BATCH_SIZE_PER_IMAGE": POSITIVE_INT,
     "MODEL.RPN.POSITIVE_FRACTION": FRACTION,
     "MODEL.RPN.NMS_THRESH": PROBABILITY,
@@ -126,7 +127,6 @@ YAML_DOMAINS: Dict[str, Domain] = {
         ),
     ),
     "MODEL.NONLOCAL.GC.RATIO": numbers(0.0, 1.0, low_open=True),
-    "MODEL.NONLOCAL.GC.POOLING": one_of("att", "avg"),
     "MODEL.NONLOCAL.GC.FUSION": Domain(
         "a non-empty list of distinct values from ['channel_add', 'channel_mul']",
         lambda v: (
@@ -139,13 +139,7 @@ YAML_DOMAINS: Dict[str, Domain] = {
     "INPUT.MAX_SIZE_TRAIN": POSITIVE_INT,
     "INPUT.MIN_SIZE_TEST": NON_NEGATIVE_INT,
     "INPUT.MAX_SIZE_TEST": POSITIVE_INT,
-    "INPUT.FORMAT": one_of("BGR", "RGB", "L", "YUV-BT.601"),
-    "INPUT.MASK_FORMAT": one_of("polygon", "bitmask"),
-    "INPUT.RANDOM_FLIP": one_of("none", "horizontal", "vertical"),
     "DATALOADER.NUM_WORKERS": NON_NEGATIVE_INT,
-    "DATALOADER.SAMPLER_TRAIN": one_of(
-        "TrainingSampler", "RepeatFactorTrainingSampler", "RandomSubsetTrainingSampler"
-    ),
     "DATALOADER.REPEAT_THRESHOLD": numbers(0.0),
     "SOLVER.IMS_PER_BATCH": POSITIVE_INT,
     "SOLVER.BASE_LR": numbers(0.0, low_open=True),
@@ -159,15 +153,9 @@ YAML_DOMAINS: Dict[str, Domain] = {
     "SOLVER.STEPS": sequence_of(NON_NEGATIVE_INT, increasing=True),
     "SOLVER.WARMUP_ITERS": NON_NEGATIVE_INT,
     "SOLVER.WARMUP_FACTOR": PROBABILITY,
-    "SOLVER.WARMUP_METHOD": one_of("linear", "constant"),
-    "SOLVER.LR_SCHEDULER_NAME": one_of(
-        "WarmupMultiStepLR", "WarmupCosineLR", "WarmupStepWithFixedGammaLR"
-    ),
     "SOLVER.CHECKPOINT_PERIOD": POSITIVE_INT,
     "SOLVER.REFERENCE_WORLD_SIZE": NON_NEGATIVE_INT,
-    "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": one_of("value", "norm"),
     "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": numbers(0.0, low_open=True),
-    "SOLVER.AMP.PRECISION": one_of("float16", "bfloat16"),
     "TEST.EVAL_PERIOD": NON_NEGATIVE_INT,
     "TEST.DETECTIONS_PER_IMAGE": POSITIVE_INT,
     "VIS_PERIOD": NON_NEGATIVE_INT,
@@ -189,46 +177,99 @@ LAZY_DOMAINS: Dict[str, Domain] = {
     "dataloader.test.num_workers": NON_NEGATIVE_INT,
 }
 
-_MISSING = object()
+MISSING = object()
 
 
-def _lookup(cfg, key: str):
+def is_yaml(cfg) -> bool:
+    """A YAML config (Detectron2's CfgNode), rather than a LazyConfig (omegaconf's DictConfig)."""
+    from detectron2.config import CfgNode
+
+    return isinstance(cfg, CfgNode)
+
+
+def lookup(cfg, dotted_key: str, default=MISSING):
+    """The value at ``"MODEL.RPN.IN_FEATURES"`` of a CfgNode or DictConfig; ``default`` if none."""
     node = cfg
-    for part in key.split("."):
+    for part in dotted_key.split("."):
         try:
             node = node[part]
-        except (KeyError, TypeError, AttributeError):
-            return _MISSING
+        except (KeyError, TypeError, AttributeError, IndexError):
+            return default
     return node
 
 
+@dataclass(frozen=True)
+class Rule:
+    """Values of several keys that must agree: ``problem(cfg)`` says how they do not, or None."""
+
+    keys: tuple
+    description: str
+    problem: Callable[[Any], Any]
+
+
+def _sizes(cfg, low: str, high: str):
+    lows = lookup(cfg, low)
+    lows = list(lows) if isinstance(lows, (list, tuple)) else [lows]
+    if lookup(cfg, high) < max(lows):
+        return f"{high}={lookup(cfg, high)} is below {low}={lookup(cfg, low)}"
+    return None
+
+
+CROSS_FIELD_RULES = (
+    Rule(
+        ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD"),
+        "as many values in each (one per input channel)",
+        lambda c: (
+            len(c.MODEL.PIXEL_MEAN) != len(c.MODEL.PIXEL_STD)
+            and f"MODEL.PIXEL_MEAN has {len(c.MODEL.PIXEL_MEAN)} values and MODEL.PIXEL_STD "
+            f"{len(c.MODEL.PIXEL_STD)}"
+        ),
+    ),
+    Rule(
+        ("INPUT.MIN_SIZE_TRAIN", "INPUT.MAX_SIZE_TRAIN"),
+        "MAX_SIZE_TRAIN at least the largest MIN_SIZE_TRAIN (else no image gets its short side)",
+        lambda c: _sizes(c, "INPUT.MIN_SIZE_TRAIN", "INPUT.MAX_SIZE_TRAIN"),
+    ),
+    Rule(
+        ("INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST"),
+        "MAX_SIZE_TEST at least MIN_SIZE_TEST",
+        lambda c: _sizes(c, "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST"),
+    ),
+    Rule(
+        ("INPUT.MIN_SIZE_TRAIN_SAMPLING", "INPUT.MIN_SIZE_TRAIN"),
+        "sampling 'range' draws between two sizes: MIN_SIZE_TRAIN holds exactly two",
+        lambda c: (
+            c.INPUT.MIN_SIZE_TRAIN_SAMPLING == "range"
+            and len(c.INPUT.MIN_SIZE_TRAIN) != 2
+            and f"INPUT.MIN_SIZE_TRAIN_SAMPLING='range' with INPUT.MIN_SIZE_TRAIN="
+            f"{c.INPUT.MIN_SIZE_TRAIN} ({len(c.INPUT.MIN_SIZE_TRAIN)} values)"
+        ),
+    ),
+)
+
+
 def config_problems(cfg, domains: Dict[str, Domain] = None) -> List[str]:
-    """'KEY=value: must be <domain>' for every value of ``cfg`` outside its domain."""
+    """'KEY=value: must be <domain>' for every value outside its domain, then every cross-field
+    rule that fails ('<how>: <rule>'); the rules run once every value is in its domain."""
+    yaml = is_yaml(cfg)
     if domains is None:
-        domains = YAML_DOMAINS if "MODEL" in cfg else LAZY_DOMAINS
+        domains = YAML_DOMAINS if yaml else LAZY_DOMAINS
     problems = []
     for key, domain in domains.items():
-        value = _lookup(cfg, key)
-        if value is _MISSING:
-            continue
-        if not domain.contains(value):
+        value = lookup(cfg, key)
+        if value is not MISSING and not domain.contains(value):
             problems.append(f"{key}={value!r}: must be {domain.description}")
-    if "MODEL" in cfg:
-        mean, std = cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD
-        if len(mean) != len(std):
-            problems.append(
-                f"MODEL.PIXEL_MEAN has {len(mean)} values and MODEL.PIXEL_STD {len(std)}: "
-                "give one of each per input channel"
-            )
+    if yaml and not problems:
+        for rule in CROSS_FIELD_RULES:
+            if all(lookup(cfg, k) is not MISSING for k in rule.keys) and rule.problem(cfg):
+                problems.append(f"{rule.problem(cfg)}: must be {rule.description}")
     return problems
 
 
 def check_config(cfg, where: str = "the config") -> None:
-    """ConfigError listing every value of ``cfg`` outside its domain (``config_problems``)."""
+    """ConfigError listing every problem of ``config_problems``."""
     problems = config_problems(cfg)
     if len(problems) == 1:
         raise ConfigError(f"{where}: {problems[0]}")
     if problems:
-        raise ConfigError(
-            f"{where}: {len(problems)} values outside their domains: " + "; ".join(problems)
-        )
+        raise ConfigError(f"{where}: {len(problems)} problems: " + "; ".join(problems))
