@@ -25,6 +25,7 @@ from detectron2.evaluation import verify_results
 from nonlocal_det.harness.checkpoint import load_trained_weights, resumed_checkpoint
 from nonlocal_det.harness.config import config_kind, get_nonlocal_cfg
 from nonlocal_det.harness.data.loading import check_datasets
+from nonlocal_det.harness.dry_run import dry_run, explaining_failures
 from nonlocal_det.harness.engine import NonLocalDefaultTrainer as Trainer
 from nonlocal_det.harness.engine import (
     launch_reporting_errors,
@@ -60,7 +61,8 @@ def main(args):
     cfg = setup(args)
     check_datasets(cfg, args.eval_only)
     if args.eval_only:
-        model = Trainer.build_model(cfg)
+        with explaining_failures(cfg, "building the model"):
+            model = Trainer.build_model(cfg)
         check_weights(cfg, resume=args.resume)
         path = (
             resumed_checkpoint(DetectionCheckpointer(model, cfg.OUTPUT_DIR))
@@ -81,8 +83,11 @@ def main(args):
 
     check_weights(cfg, resume=args.resume)
     check_amp(cfg)
-    trainer = Trainer(cfg)
+    with explaining_failures(cfg, "building the model, optimizer and data loader"):
+        trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume, allow_unmatched=args.allow_unmatched_weights)
+    if cfg.DRY_RUN:
+        dry_run(trainer)
     return trainer.train()
 
 

@@ -82,15 +82,6 @@ def add_nonlocal_config(cfg):
     # GC fusion: a non-empty subset of ["channel_add", "channel_mul"].
     cfg.MODEL.NONLOCAL.GC.FUSION = ["channel_add"]
 
-    # Before training: read every image file's header (exists, is an image, has the annotation
-    # file's width and height). False skips these reads for data you trust; annotations are
-    # always checked (nonlocal_det/data/coco_checks.py).
-    cfg.DATALOADER.CHECK_IMAGES = True
-
-    # Mixed precision (SOLVER.AMP.ENABLED, CUDA only): "float16" (Detectron2's default) or
-    # "bfloat16". The non-local attention itself always runs in float32.
-    cfg.SOLVER.AMP.PRECISION = "float16"
-
     for old, new in RENAMED_KEYS.items():
         if not cfg.key_is_renamed(old):
             cfg.register_renamed_key(old, new)

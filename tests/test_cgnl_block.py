@@ -121,7 +121,7 @@ def test_empty_batch():
         ({"groups": 3}, ValueError, "groups=3 must divide inner channels"),
         ({"groups": 32}, ValueError, "groups=32 must divide inner channels"),
         ({"reduction": 5}, ValueError, "reduction=5 must divide in_channels=16"),
-        ({"order": -1}, ValueError, "order must be an int >= 0"),
+        ({"order": -1}, ValueError, r"order must be an int in \[0, 33\]"),
         ({"gamma": 0.0}, ValueError, "gamma must be > 0"),
         ({"norm": "FrozenBN"}, ValueError, "frozen"),
     ],
@@ -186,3 +186,24 @@ def test_half_precision_block_is_finite(kernel):
         block.norm.weight.fill_(0.5)
     for z in (block(x), block(x, valid_sizes=[(30, 84)])):
         assert z.dtype == torch.float16 and torch.isfinite(z).all()
+
+
+def test_the_order_is_bounded_by_float32_and_an_overflow_is_named():
+    from nonlocal_det.errors import ConfigError
+    from nonlocal_det.layers.cgnl_block import max_taylor_order
+
+    # 1/P! is a normal number up to these orders: the domain of ``order`` follows from the dtype
+    assert [max_taylor_order(d) for d in (torch.float16, torch.float32, torch.float64)] == [
+        7,
+        33,
+        170,
+    ]
+    with pytest.raises(ValueError, match=r"order must be an int in \[0, 33\]"):
+        CGNLBlock2d(16, kernel="embedded_gaussian", groups=2, order=40)
+    block = CGNLBlock2d(
+        16, kernel="embedded_gaussian", groups=2, order=20, norm="", init="standard"
+    )
+    x = 30 * torch.randn(1, 16, 6, 6, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ConfigError, match="order=20.*overflowed torch.float32.*at most"):
+        block(x)
+    assert torch.isfinite(block(x / 30)).all()  # the same block on unit-scale features

@@ -9,9 +9,11 @@ import pytest
 from PIL import Image
 
 from nonlocal_det.harness.data.coco_checks import (
+    Needs,
     annotation_problems,
     format_problems,
     image_problems,
+    split_problems,
 )
 
 GOOD = {
@@ -212,3 +214,82 @@ def test_many_problems_are_listed_first_few_and_counted():
     message = format_problems("train.json", annotation_problems(coco))
     assert message.startswith("train.json: 12 problem(s):") and "and 7 more" in message
     assert json.dumps(message)  # plain text
+
+
+def _split(coco, **category_names):
+    coco = copy.deepcopy(coco)
+    for c in coco["categories"]:
+        c["name"] = category_names.get(str(c["id"]), c["name"])
+    return coco
+
+
+def test_splits_must_agree_on_what_a_category_id_means():
+    train = GOOD
+    swapped = _split(GOOD, **{"1": "box", "2": "person"})
+    problems = split_problems([("train", train, False), ("val", swapped, True)])
+    assert {p.field for p in problems} == {"category 1", "category 2"}
+    assert "is 'box' here, 'person' in training" in problems[0].problem
+    subset_of_train = copy.deepcopy(GOOD)
+    subset_of_train["categories"] = subset_of_train["categories"][:1]
+    assert split_problems([("train", train, False), ("val", subset_of_train, True)]) == []
+    beyond = copy.deepcopy(GOOD)
+    beyond["categories"].append({"id": 3, "name": "kite"})
+    (problem,) = split_problems([("train", train, False), ("val", beyond, True)])
+    assert problem.field == "category 3 (kite)" and "not a training category" in problem.problem
+    twice = _split(GOOD, **{"2": "person"})
+    (problem,) = split_problems([("train", twice, False)])
+    assert "name 'person' is used by 2 ids" in problem.problem
+
+
+@pytest.mark.parametrize(
+    "edit,needs,field,words",
+    [
+        (  # an RLE mask trained with the default mask format
+            lambda c: None,
+            Needs(masks=True),
+            "segmentation",
+            "is an RLE, and INPUT.MASK_FORMAT is 'polygon'",
+        ),
+        (  # what pycocotools' keypoint evaluation reads, on every annotation
+            lambda c: c["annotations"][1].update(iscrowd=1, area=100.0),
+            Needs(keypoints=2, evaluated=True, mask_format="bitmask"),
+            "keypoints",
+            "are missing",
+        ),
+        (
+            lambda c: (
+                [a.update(area=1.0, num_keypoints=2) for a in c["annotations"]]
+                and c["annotations"][0].pop("num_keypoints")
+            ),
+            Needs(keypoints=2, evaluated=True, mask_format="bitmask"),
+            "num_keypoints",
+            "is missing",
+        ),
+    ],
+)
+def test_rules_that_depend_on_the_run(edit, needs, field, words):
+    coco = copy.deepcopy(GOOD)
+    edit(coco)
+    problems = annotation_problems(coco, needs)
+    assert any(p.field == field and words in p.problem for p in problems), problems
+    assert annotation_problems(coco, Needs()) == [] or field != "segmentation"
+
+
+@pytest.mark.parametrize("suffix", ["jpg", "png"])
+def test_an_image_file_cut_short_is_named(tmp_path, suffix):
+    Image.fromarray(np.random.RandomState(0).randint(0, 255, (30, 40, 3), np.uint8)).save(
+        tmp_path / f"a.{suffix}"
+    )
+    coco = {"images": [{"id": 1, "file_name": f"a.{suffix}", "width": 40, "height": 30}]}
+    assert image_problems(coco, str(tmp_path)) == []
+    data = (tmp_path / f"a.{suffix}").read_bytes()
+    (tmp_path / f"a.{suffix}").write_bytes(data[: len(data) * 2 // 3])
+    (problem,) = image_problems(coco, str(tmp_path))
+    assert "is cut short" in problem.problem
+
+
+def test_an_image_path_that_is_a_folder_is_named(tmp_path):
+    (tmp_path / "a.png").mkdir()
+    coco = {"images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}]}
+    (problem,) = image_problems(coco, str(tmp_path))
+    assert "is a folder" in problem.problem

@@ -281,3 +281,17 @@ def test_memory_is_linear_in_positions(mode):
         block(x).sum().backward()
     largest = max(e.cpu_memory_usage for e in prof.events())
     assert largest < matrix_bytes / 8, f"largest allocation {largest / 1e6:.1f} MB"
+
+
+@pytest.mark.parametrize(
+    "x,sizes,error,words",
+    [
+        (torch.randn(1, 8, 5, 5, dtype=torch.float16), None, TypeError, "float32 parameters"),
+        (torch.randn(1, 8, 5, 5, dtype=torch.float64), None, TypeError, "float64 input"),
+        (torch.randn(1, 8, 0, 5), None, ValueError, "an empty map"),
+        (torch.randn(2, 8, 5, 5), [(4.9, 5), (5, 5)], ValueError, "is not two ints"),
+    ],
+)
+def test_inputs_a_block_cannot_take_are_named(x, sizes, error, words):
+    with pytest.raises(error, match=words):
+        NonLocalBlock2d(8)(x, sizes)

@@ -7,6 +7,7 @@ tests/test_user_errors.py.
 
 import copy
 import os
+import re
 import sys
 
 import numpy as np
@@ -396,3 +397,93 @@ def test_tools_refuse_arguments_outside_their_domains_at_parse_time(tool, argv, 
         module.main(argv)
     assert e.value.code == 2  # argparse's usage error: one line, no traceback
     assert words in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- rules across keys and files
+
+
+@needs_detectron2
+@pytest.mark.parametrize(
+    "opts,words",
+    [
+        (["INPUT.MAX_SIZE_TRAIN", "100"], "INPUT.MAX_SIZE_TRAIN=100 is below INPUT.MIN_SIZE_TRAIN"),
+        (
+            ["INPUT.MIN_SIZE_TRAIN_SAMPLING", "range", "INPUT.MIN_SIZE_TRAIN", "(192,)"],
+            "draws between two sizes",
+        ),
+        (["MODEL.PIXEL_STD", "[1.0, 1.0]"], "MODEL.PIXEL_MEAN has 3 values and MODEL.PIXEL_STD 2"),
+    ],
+)
+def test_values_that_must_agree_with_each_other(opts, words):
+    with pytest.raises(ConfigError, match=words):
+        load_cfg("quickstart.yaml", *opts)
+
+
+@needs_detectron2
+@pytest.mark.parametrize(
+    "files,words",
+    [
+        ({"a.yaml": "_BASE_: a.yaml\n"}, "_BASE_ leads in a circle: {d}/a.yaml -> {d}/a.yaml"),
+        ({"a.yaml": "_BASE_: b.yaml\n", "b.yaml": "_BASE_: a.yaml\n"}, "leads in a circle"),
+        ({"a.yaml": "_BASE_: gone.yaml\n"}, "_BASE_ {d}/gone.yaml (named by {d}/a.yaml)"),
+        (
+            {"a.yaml": "SOLVER:\n  BASE_LR: 0.1\nSOLVER:\n  MAX_ITER: 9\n"},
+            "key SOLVER is given twice",
+        ),
+    ],
+)
+def test_mistakes_in_the_yaml_files_themselves_are_named(tmp_path, files, words):
+    from nonlocal_det.harness.config import get_nonlocal_cfg
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(words.format(d=tmp_path))):
+        get_nonlocal_cfg(str(tmp_path / "a.yaml"))
+
+
+@needs_detectron2
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["--num-machines", "2"], "that address is this machine's own"),
+        (["--num-machines", "2", "--dist-url", "auto"], "that address is this machine's own"),
+        (["--machine-rank", "1"], "--machine-rank 1 of --num-machines 1"),
+        (["--num-gpus", "0"], "--num-gpus and --num-machines must be at least 1"),
+    ],
+)
+def test_a_launch_that_could_not_start_is_named_at_once(argv, words):
+    from detectron2.engine import default_argument_parser
+
+    from nonlocal_det.harness.engine.launch import check_machines
+
+    with pytest.raises(ConfigError, match=words):
+        check_machines(default_argument_parser().parse_args(argv))
+
+
+@needs_detectron2
+def test_a_machine_that_cannot_reach_machine_0_stops_within_the_wait(monkeypatch):
+    from detectron2.engine import default_argument_parser
+
+    from nonlocal_det.errors import UnsupportedSetupError
+    from nonlocal_det.harness.engine.launch import check_machines
+
+    def refused(address, timeout):  # machine 0 is not listening (yet)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr("socket.create_connection", refused)
+    monkeypatch.setenv("NONLOCAL_DET_DIST_WAIT", "1")
+    args = default_argument_parser().parse_args(
+        ["--num-machines", "2", "--machine-rank", "1", "--dist-url", "tcp://10.0.0.1:29500"]
+    )
+    with pytest.raises(UnsupportedSetupError, match="could not be reached for 1 s"):
+        check_machines(args)
+
+
+@pytest.mark.parametrize("text", ["{", "[]", '{"run": {}}'])
+def test_a_damaged_run_summary_is_named(tmp_path, text):
+    from nonlocal_det.errors import BadDataError
+    from nonlocal_det.harness.cli.seed_runs import load_summary
+
+    (tmp_path / "seed0.json").write_text(text)
+    with pytest.raises(BadDataError, match=f"{tmp_path}/seed0.json is not a run summary"):
+        load_summary(str(tmp_path / "seed0.json"))

@@ -55,6 +55,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from detectron2.data import MetadataCatalog
+    from detectron2.data.detection_utils import read_image
     from detectron2.engine import DefaultPredictor
     from detectron2.utils.visualizer import ColorMode, Visualizer
 
@@ -69,9 +70,10 @@ def main(argv=None):
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
     os.makedirs(args.output, exist_ok=True)
     for path in paths:
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-        if image is None:
-            raise MissingInputError(f"--input: {path} could not be read as an image")
+        try:  # Detectron2's reader (PIL): a file cut short is an error, not grey pixels
+            image = read_image(path, format="BGR")
+        except (OSError, ValueError) as e:
+            raise MissingInputError(f"--input: {path} could not be read whole ({e})") from None
         instances = predictor(image)["instances"].to("cpu")
         drawing = Visualizer(
             image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE

@@ -4,6 +4,7 @@ line: the file, the key (with the nearest existing one), the value.
 """
 
 import difflib
+import functools
 import os
 import re
 from typing import List
@@ -66,6 +67,35 @@ def _refuse_flags_among_overrides(overrides) -> None:
         )
 
 
+def add_harness_config(cfg) -> None:
+    """The keys of train_net.py's harness, beside the library's (``add_nonlocal_config``)."""
+    # Before training: read every image file's header and last bytes (exists, is a whole image
+    # of the annotation file's size). False skips these reads for data you trust; annotations
+    # are always checked (docs/reliability.md).
+    cfg.DATALOADER.CHECK_IMAGES = True
+    # Mixed precision (SOLVER.AMP.ENABLED, CUDA only): "float16" (Detectron2's default) or
+    # "bfloat16". The non-local attention itself always runs in float32.
+    cfg.SOLVER.AMP.PRECISION = "float16"
+    # Before the first iteration: run every stage once on a small sample (the augmentations
+    # and mappers, one training step, the evaluator), so that a failure comes first, named.
+    cfg.DRY_RUN = True
+
+
+@functools.lru_cache(maxsize=1)
+def _defaults():
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_nonlocal_config(cfg)
+    add_harness_config(cfg)
+    return cfg
+
+
+def default_config():
+    """A copy of the defaults: Detectron2's, the library's and the harness's keys."""
+    return _defaults().clone()
+
+
 def get_nonlocal_cfg(config_file: str, opts=()):
     """
     A Detectron2 config with the nonlocal_det keys, merged from ``config_file`` and
@@ -76,12 +106,10 @@ def get_nonlocal_cfg(config_file: str, opts=()):
     values of the wrong type, naming the file or the command line.
     """
     import torch
-    from detectron2.config import get_cfg
 
-    cfg = get_cfg()
-    add_nonlocal_config(cfg)
+    cfg = default_config()
     where = f"--config-file {config_file}"
-    _require_mapping(config_file, where)
+    _check_yaml_files(config_file, where)
     _merging(cfg, lambda: cfg.merge_from_file(config_file), where)
     _refuse_flags_among_overrides(opts)
     _merging(cfg, lambda: cfg.merge_from_list(list(opts)), "command-line override")
@@ -91,25 +119,55 @@ def get_nonlocal_cfg(config_file: str, opts=()):
     return cfg
 
 
-def _require_mapping(config_file: str, where: str) -> None:
-    """A YAML config must be a mapping of keys; an empty file or a list is named."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+        repeated = sorted({str(k) for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise ConfigError(
+                f"{self.name}: key {repeated[0]} is given twice in one mapping (line "
+                f"{node.start_mark.line + 1}); YAML would keep the last silently: keep one"
+            )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_yaml_files(config_file: str, where: str, chain=()) -> None:
+    """
+    A YAML config and the files its ``_BASE_`` names, in turn: each readable, a mapping, with no
+    key given twice; a ``_BASE_`` that is missing or leads back to a file of the chain is named.
+    """
     from detectron2.utils.file_io import PathManager
 
+    if config_file in chain:
+        cycle = " -> ".join([*chain[chain.index(config_file) :], config_file])
+        raise ConfigError(f"{where}: _BASE_ leads in a circle: {cycle}; break it")
     try:
         with PathManager.open(config_file) as f:
             text = f.read()
     except OSError as e:
-        raise ConfigError(f"{where} cannot be read ({e.strerror or e})") from None
+        named = f"_BASE_ {config_file} (named by {chain[-1]})" if chain else where
+        raise ConfigError(f"{named} cannot be read ({e.strerror or e})") from None
+    loader = _UniqueKeyLoader(text)
+    loader.name = config_file
     try:
-        content = yaml.safe_load(text)
+        content = loader.get_single_data()
     except yaml.YAMLError:
-        return  # reported with its line by the merge
+        return  # reported with its line by the merge (or a tag the safe loader does not know)
+    finally:
+        loader.dispose()
     if not isinstance(content, dict):
         shape = "empty" if content is None else f"a {type(content).__name__}, not a mapping"
         raise ConfigError(
-            f"{where} is {shape}: a config file holds KEY: value pairs (e.g. _BASE_: "
-            '"Base-RCNN-FPN.yaml" and the keys it changes).'
+            f"{where if not chain else config_file} is {shape}: a config file holds KEY: value "
+            'pairs (e.g. _BASE_: "Base-RCNN-FPN.yaml" and the keys it changes).'
         )
+    base = content.get("_BASE_")
+    if isinstance(base, str):
+        if not base.startswith(("/", "~")) and "://" not in base:
+            base = os.path.join(os.path.dirname(config_file), base)
+        _check_yaml_files(os.path.expanduser(base), where, (*chain, config_file))
 
 
 # --config-file extensions -> the kind of config train_net.py reads.

@@ -17,7 +17,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List
 
+import torch
+
 from nonlocal_det.errors import ConfigError
+from nonlocal_det.layers.cgnl_block import max_taylor_order
 
 from .io import is_int as _is_int
 
@@ -117,7 +120,7 @@ YAML_DOMAINS: Dict[str, Domain] = {
     "MODEL.NONLOCAL.RES4": sequence_of(ints(-1000)),
     "MODEL.NONLOCAL.RES5": sequence_of(ints(-1000)),
     "MODEL.NONLOCAL.CGNL.GROUPS": POSITIVE_INT,
-    "MODEL.NONLOCAL.CGNL.ORDER": NON_NEGATIVE_INT,
+    "MODEL.NONLOCAL.CGNL.ORDER": ints(0, max_taylor_order(torch.float32)),
     "MODEL.NONLOCAL.CGNL.GAMMA": numbers(0.0, low_open=True),
     "MODEL.NONLOCAL.DNL.TEMPERATURE": numbers(0.0, low_open=True),
     "MODEL.NONLOCAL.GC.STAGES": Domain(

@@ -4,13 +4,27 @@ import math
 
 import torch
 
+from ..errors import ConfigError
 from .aggregation import compute_dtype
 from .norm import NormSpec
 from .residual import ResidualBlock2d, conv1x1, require_divisible
+from .valid_region import exporting
 
-__all__ = ["CGNLBlock2d", "CGNL_KERNELS", "taylor_coefficients"]
+__all__ = ["CGNLBlock2d", "CGNL_KERNELS", "taylor_coefficients", "max_taylor_order"]
 
 CGNL_KERNELS = ("dot", "embedded_gaussian", "gaussian_rbf")
+
+
+def max_taylor_order(dtype: torch.dtype) -> int:
+    """
+    The largest Taylor order P whose coefficient 1/P! is a normal number of ``dtype`` (float32:
+    33, float64: 170, float16: 7): beyond it the terms underflow to nothing while their powers
+    t^P still overflow, so a higher order adds only the risk of infinities.
+    """
+    tiny, order = torch.finfo(dtype).tiny, 0
+    while math.lgamma(order + 2) <= -math.log(tiny):  # log (P + 1)! <= log(1 / tiny)
+        order += 1
+    return order
 
 
 def taylor_coefficients(kernel: str, order: int, gamma: float):
@@ -87,8 +101,12 @@ class CGNLBlock2d(ResidualBlock2d):
         super().__init__()
         if kernel not in CGNL_KERNELS:
             raise ValueError(f"Unknown CGNL kernel {kernel!r}; expected one of {CGNL_KERNELS}.")
-        if isinstance(order, bool) or not isinstance(order, int) or order < 0:
-            raise ValueError(f"order must be an int >= 0 (the Taylor order P), got {order!r}")
+        top = max_taylor_order(torch.float32)  # the dtype the block computes in (or float64)
+        if isinstance(order, bool) or not isinstance(order, int) or not 0 <= order <= top:
+            raise ValueError(
+                f"order must be an int in [0, {top}] (the Taylor order P; 1/P! underflows "
+                f"float32 beyond {top}), got {order!r}"
+            )
         if not gamma > 0:
             raise ValueError(f"gamma must be > 0, got {gamma!r}")
         inner_channels = require_divisible(in_channels, reduction, "in_channels", "reduction")
@@ -149,4 +167,19 @@ class CGNLBlock2d(ResidualBlock2d):
                 y = y * torch.exp(-self.gamma * t * t)
             if self.use_scale:
                 y = y / p.shape[-1] ** 0.5  # not math.sqrt: a trace would freeze the size
+            if self.kernel != "dot" and not exporting() and not torch.isfinite(y).all():
+                self._overflowed(t, p, x)
         return y.reshape(batch, self.inner_channels, height, width)  # (B, inner, H, W)
+
+    def _overflowed(self, t, p, x):
+        """A finite input gave non-finite terms: the expansion overflowed; say what to lower."""
+        if not torch.isfinite(x).all():
+            return  # the input was not finite already: not the block's doing
+        largest = max(t.abs().max().item(), p.abs().max().item(), 1.0 + 1e-6)
+        fits = int(math.log(torch.finfo(t.dtype).max) / math.log(largest) / 2)
+        raise ConfigError(
+            f"CGNLBlock2d(kernel={self.kernel!r}, order={self.order}): its Taylor expansion "
+            f"overflowed {t.dtype} (embeddings up to |t| = {largest:.3g}, whose {self.order}th "
+            f"powers multiply); lower the order (MODEL.NONLOCAL.CGNL.ORDER) to at most {fits}, "
+            "or use kernel 'dot'"
+        )

@@ -62,6 +62,10 @@ def check_feature_map(x, channels: int, owner: str) -> None:
         )
     if not x.is_floating_point():
         raise TypeError(f"{owner} expects a floating-point input, got {x.dtype}")
+    if 0 in x.shape[2:]:
+        raise ValueError(
+            f"{owner} got an empty map of shape {tuple(x.shape)}: it needs at least one position"
+        )
 
 
 def check_queries(queries, x: torch.Tensor) -> torch.Tensor:
@@ -251,8 +255,15 @@ class ResidualBlock2d(NotScriptable, nn.Module):
         Returns:
             (B, C, H, W), x + norm(W_z y).
         """
-        check_feature_map(x, self.in_channels, type(self).__name__)
-        groups = valid_groups(valid_sizes, x, type(self).__name__)
+        owner = type(self).__name__
+        check_feature_map(x, self.in_channels, owner)
+        weight = self.out.weight
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"{owner} holds {weight.dtype} parameters and got a {x.dtype} input: convert the "
+                f"block (.to({x.dtype})) or the input, or call it under torch.autocast"
+            )
+        groups = valid_groups(valid_sizes, x, owner)
         if groups is None:
             y = self.transform(x)  # (B, inner, H, W)
             return x + residual_branch(self.out, self.norm, y)  # (B, C, H, W)

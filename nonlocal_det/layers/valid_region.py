@@ -60,6 +60,11 @@ def valid_groups(valid_sizes, x: torch.Tensor, owner: str) -> Optional[List[Vali
         )
     groups = {}
     for index, (h, w) in enumerate(sizes):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (h, w)):
+            raise ValueError(
+                f"{owner}: valid size ({h!r}, {w!r}) of image {index} is not two ints (rows and "
+                "columns of the block's grid)"
+            )
         if not (1 <= h <= height and 1 <= w <= width):
             raise ValueError(
                 f"{owner}: valid size ({h}, {w}) of image {index} does not fit its "

@@ -9,6 +9,8 @@ import json
 import os
 from typing import Optional
 
+from nonlocal_det.errors import BadDataError
+
 from ..engine.results import FINAL_METRICS_FILE
 from ..io import write_json
 
@@ -78,15 +80,28 @@ def write_summary(run: dict, path: str) -> None:
 
 
 def load_summary(path: str) -> dict:
-    """The run a ``write_summary`` file records, in ``load_run``'s shape plus "loss"."""
-    with open(path) as f:
-        summary = json.load(f)
-    run = dict(summary["run"])
-    tasks = next(iter(summary["final_metrics"].values()))
-    run["all_metrics"] = tasks
-    run["metrics"] = {task: tasks[task]["AP"] for task, _ in TASKS if task in tasks}
-    run["directory"] = None
-    run["loss"] = summary["loss"]
+    """
+    The run a ``write_summary`` file records, in ``load_run``'s shape plus "loss"; BadDataError
+    naming the file when it is not one (damaged, or of another shape).
+    """
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+        run = dict(summary["run"])
+        tasks = next(iter(summary["final_metrics"].values()))
+        run["all_metrics"] = tasks
+        run["metrics"] = {task: tasks[task]["AP"] for task, _ in TASKS if task in tasks}
+        run["directory"] = None
+        run["loss"] = {
+            "iteration": summary["loss"]["iteration"],
+            "total_loss": summary["loss"]["total_loss"],
+        }
+        _ = run["seed"], run["wall_s"]  # the fields every report reads
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, StopIteration) as e:
+        raise BadDataError(
+            f"{path} is not a run summary of tools/run_seeds.py ({type(e).__name__}: {e}); "
+            "restore it from git, or rerun that run with --summary-dir"
+        ) from None
     return run
 
 

@@ -25,7 +25,9 @@ from detectron2.data.build import (
 )
 from detectron2.utils.file_io import PathManager
 
-from ..config_rules import is_yaml
+from nonlocal_det.errors import ConfigError
+
+from ..config_rules import is_yaml, lookup
 from ..io import listing
 from ..preflight import BadDataError, MissingInputError
 from . import coco_checks
@@ -287,6 +289,9 @@ def check_datasets(cfg, eval_only: bool) -> None:
     rules (``check_dataset_files``), so that bad data does not stop a run only at its end.
     """
     names = config_dataset_names(cfg, eval_only)
+    key, role = ("DATASETS.TEST", "to evaluate") if eval_only else ("DATASETS.TRAIN", "to train on")
+    if is_yaml(cfg) and not lookup(cfg, key):
+        raise ConfigError(f"{key} is empty: name the dataset(s) {role} (registered names)")
     if comm.is_main_process():
         for directory in ensure_generated_datasets(names):
             logger.info(f"Generated the dataset {directory}")
@@ -305,3 +310,23 @@ def check_datasets(cfg, eval_only: bool) -> None:
                 )
     if is_yaml(cfg):
         check_dataset_files(cfg, names)
+    elif not eval_only:
+        check_lazy_classes(cfg)
+
+
+def check_lazy_classes(cfg) -> None:
+    """A LazyConfig model predicting fewer classes than its training sets hold: one line."""
+    names = _lazy_dataset_names(cfg.get("dataloader", {}).get("train"))
+    for key in ("model.roi_heads.num_classes", "model.num_classes"):
+        predicted = lookup(cfg, key, None)
+        if not isinstance(predicted, int):
+            continue
+        for name in names:
+            if MetadataCatalog.get(name).get("thing_classes", None) is None:
+                DatasetCatalog.get(name)  # a COCO loader records its categories as it loads
+            classes = MetadataCatalog.get(name).get("thing_classes", None) or []
+            if len(classes) > predicted:
+                raise ConfigError(
+                    f"{key}={predicted}, but dataset {name!r} has {len(classes)} categories "
+                    f"({listing(classes, 5)}): set {key}={len(classes)}"
+                )

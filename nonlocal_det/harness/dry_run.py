@@ -1,0 +1,185 @@
+"""
+A dry run of every stage of a training run, before its first iteration (``DRY_RUN``, on by
+default): what Detectron2 builds, run on a small sample.
+
+1. the training augmentations and dataset mapper on records of every training set, and the test
+   mapper on records of every test set;
+2. one forward and backward pass of the built model on one training batch (its weights, norm
+   statistics and gradients are put back afterwards);
+3. the evaluator's ``process`` and ``evaluate`` on the predictions for a few test images.
+
+A Detectron2 assertion or any failure that would otherwise stop the run later is reported as one
+line: the stage, the error, the record it failed on, and the config keys of the code that raised
+it (``CODE_SECTIONS``: the Detectron2 module -> the config section it reads) that differ from
+Detectron2's defaults. docs/reliability.md states the cost.
+"""
+
+import copy
+import logging
+import shutil
+import tempfile
+import time
+import traceback
+from contextlib import contextmanager
+
+import torch
+from detectron2.data import DatasetMapper
+from detectron2.utils.events import EventStorage
+
+from nonlocal_det.errors import USER_ERRORS, ConfigError
+
+from .config_rules import lookup
+
+__all__ = ["CODE_SECTIONS", "dry_run", "explaining_failures"]
+
+logger = logging.getLogger(__name__)
+SAMPLE = 2  # records per dataset
+
+# The module (file name) of Detectron2 code that raised -> the config section it is built from.
+# The frames of a failure are read from the innermost out; the first one listed here names it.
+CODE_SECTIONS = {
+    "augmentation_impl.py": "INPUT",
+    "transform.py": "INPUT",
+    "detection_utils.py": "INPUT",
+    "dataset_mapper.py": "INPUT",
+    "anchor_generator.py": "MODEL.ANCHOR_GENERATOR",
+    "rpn.py": "MODEL.RPN",
+    "fpn.py": "MODEL.FPN",
+    "resnet.py": "MODEL.RESNETS",
+    "roi_heads.py": "MODEL.ROI_HEADS",
+    "box_head.py": "MODEL.ROI_BOX_HEAD",
+    "fast_rcnn.py": "MODEL.ROI_BOX_HEAD",
+    "mask_head.py": "MODEL.ROI_MASK_HEAD",
+    "keypoint_head.py": "MODEL.ROI_KEYPOINT_HEAD",
+    "retinanet.py": "MODEL.RETINANET",
+    "semantic_seg.py": "MODEL.SEM_SEG_HEAD",
+    "lr_scheduler.py": "SOLVER",
+    "solver/build.py": "SOLVER",
+    "coco_evaluation.py": "DATASETS.TEST",
+    "data/build.py": "DATALOADER",
+    "samplers/distributed_sampler.py": "DATALOADER",
+}
+
+
+def _defaults():
+    from .config import default_config
+
+    return default_config()
+
+
+def _section_of(error: BaseException):
+    for frame in reversed(traceback.extract_tb(error.__traceback__)):
+        path = frame.filename.replace("\\", "/")
+        for code, section in CODE_SECTIONS.items():
+            if "/detectron2/" in path and path.endswith(code):
+                return section
+    return None
+
+
+def suspects(cfg, error: BaseException, section: str = None):
+    """The keys of the section of the code that raised, set away from the defaults (the ones
+    whose value the message quotes first); all of the section's keys if none is."""
+    section = _section_of(error) or section
+    if section is None:
+        return []
+    node, default = lookup(cfg, section, None), lookup(_defaults(), section, None)
+    if node is None:
+        return []
+    keys = []
+
+    def walk(value, base, prefix):
+        if hasattr(value, "items"):
+            for name, child in value.items():
+                walk(
+                    child,
+                    lookup(base, name, None) if base is not None else None,
+                    f"{prefix}.{name}",
+                )
+        elif value != base:
+            keys.append((prefix, value))
+
+    walk(node, default, section)
+    message = str(error)
+    keys.sort(key=lambda kv: str(kv[1]) not in message)
+    return keys or [(section, "(all defaults)")]
+
+
+def explain(cfg, stage: str, error: BaseException, record=None, section=None) -> ConfigError:
+    """One line: the stage, the error, the record, the keys to look at."""
+    text = " ".join(str(error).split()) or "(no message)"
+    where = f" on {record['file_name']}" if record else ""
+    keys = ", ".join(f"{k}={v!r}" for k, v in suspects(cfg, error, section)[:4])
+    hint = f"; check {keys}" if keys else ""
+    return ConfigError(
+        f"dry run, {stage}{where}: {type(error).__name__}: {text[:300]}{hint} (DRY_RUN False "
+        "skips the dry run)"
+    )
+
+
+@contextmanager
+def explaining_failures(cfg, stage: str, section: str = None):
+    """Inside: any error but a user error becomes ``explain``'s one line."""
+    try:
+        yield
+    except USER_ERRORS:
+        raise
+    except Exception as e:
+        raise explain(cfg, stage, e, section=section) from e
+
+
+def _mapped(cfg, dicts, is_train: bool, stage: str):
+    mapper = DatasetMapper(cfg, is_train=is_train)
+    batch = []
+    for record in dicts[:SAMPLE]:
+        try:
+            batch.append(mapper(copy.deepcopy(record)))
+        except Exception as e:
+            if isinstance(e, USER_ERRORS):
+                raise
+            raise explain(cfg, stage, e, record, section="INPUT") from e
+    return batch
+
+
+def dry_run(trainer) -> float:
+    """
+    The dry run of a ``NonLocalDefaultTrainer``'s config before ``trainer.train()``; returns its
+    seconds. Nothing of the trainer's state changes.
+    """
+    from .data.loading import evaluation_dataset_dicts, training_dataset_dicts
+
+    cfg, model = trainer.cfg, trainer.model
+    start = time.perf_counter()
+    batch = _mapped(cfg, training_dataset_dicts(cfg), True, "training augmentations and mapper")
+    tests = {
+        name: _mapped(cfg, evaluation_dataset_dicts(cfg, name), False, f"test mapper of {name}")
+        for name in cfg.DATASETS.TEST
+    }
+    state = copy.deepcopy(model.state_dict())
+    was_training = model.training
+    try:
+        with explaining_failures(cfg, "one training step (forward and backward)", "MODEL"):
+            model.train()
+            with EventStorage(0):
+                losses = model(batch)
+            sum(losses.values()).backward()
+            bad = [k for k, v in losses.items() if not torch.isfinite(v).all()]
+            if bad:
+                raise FloatingPointError(f"losses {bad} are not finite at the first step")
+        for name, inputs in tests.items():
+            scratch = tempfile.mkdtemp(prefix="nonlocal_det_dry_run_")
+            with explaining_failures(cfg, f"evaluation of {name}", "DATASETS.TEST"):
+                model.eval()
+                evaluator = trainer.build_evaluator(cfg, name, output_folder=scratch)
+                evaluator.reset()
+                with torch.no_grad():
+                    for item in inputs:
+                        evaluator.process([item], model([item]))
+                evaluator.evaluate(img_ids=[item["image_id"] for item in inputs])
+            shutil.rmtree(scratch, ignore_errors=True)
+    finally:
+        model.load_state_dict(state)
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    seconds = time.perf_counter() - start
+    logger.info(f"Dry run of every stage passed in {seconds:.1f} s")
+    return seconds
