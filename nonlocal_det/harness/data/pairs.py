@@ -11,8 +11,9 @@ of each glyph. Nothing of a shape's own appearance depends on its team (its hue 
 detector finds it but can only guess its category, unless it relates the shape to the one lamp
 of its own colour.
 
-All lamps lie in a band at one end of the image (left or right at random), all shapes at the
-other, every shape's box at least ``MIN_GAP`` = 256 px (horizontally) from every lamp's box: as
+All lamps lie in one column at one end of the image (left or right at random), each in its own
+32-px cell (rows drawn at random), all shapes at the other end, every shape's box at least
+``MIN_GAP`` = 256 px (horizontally) from every lamp's box: as
 in ``nonlocal_longrange``, beyond the receptive field of the features a ResNet-18-FPN Mask R-CNN
 reads for a box. Unlike it, the evidence differs from one shape to the next: one summary of the
 image that is the same for every shape (a GC block's) has to carry four hue-to-glyph bindings at
@@ -42,7 +43,9 @@ PAIRS = 4  # per image, two of each glyph
 LAMP_RADIUS = 14
 RING_INNER_RADIUS = 7  # a hollow lamp's hole, background-filled
 RIM = 2  # px of white at a lamp's edge: lamps and circles differ locally
-LAMP_BAND = 80  # px at the lamps' end of the image that hold the lamps
+# The lamps stand in one column at the image's end, one in each 32-px cell: a res4 key cell
+# (16 px, 2x2-pooled) then holds one lamp, never parts of two.
+CELL = 32
 MIN_GAP = 256  # px between every lamp's box and every shape's box, horizontally
 MIN_HUE_GAP = 30.0  # degrees between the hues of two pairs of one image
 SATURATION, VALUE = 0.85, 0.9
@@ -50,7 +53,7 @@ SHAPES = ("circle", "square", "triangle")
 SPLITS = {"train": 0, "val": 1}  # split -> seed offset
 DEFAULT_SIZES = {"train": 400, "val": 100}
 DIRECTORY = "nonlocal_pairs"  # under $DETECTRON2_DATASETS; the registered names' prefix
-VERSION = 1
+VERSION = 2  # 2: one lamp per 32-px cell (1: lamps anywhere in an 80-px band)
 
 
 def _hues(rng, count: int) -> np.ndarray:
@@ -90,17 +93,17 @@ def generate_image(rng: np.random.RandomState):
     background = rng.randint(60, 200)
     canvas = np.clip(background + rng.normal(0, 12, size=(HEIGHT, WIDTH, 3)), 0, 255)
     canvas = cv2.GaussianBlur(canvas.astype(np.uint8), (5, 5), 0)
-    lamp_zone = (4, LAMP_BAND) if lamps_left else (WIDTH - LAMP_BAND, WIDTH - 4)
-    # Lamp masks lie inside lamp_zone, so shapes clear every lamp box by MIN_GAP from here on.
-    shape_zone = (lamp_zone[1] + MIN_GAP, WIDTH - 4) if lamps_left else (4, lamp_zone[0] - MIN_GAP)
+    lamp_x = CELL // 2 if lamps_left else WIDTH - CELL // 2
+    lamp_rows = rng.permutation(HEIGHT // CELL)[:PAIRS]  # the cell row of each pair's lamp
+    # Lamps lie within CELL px of the end, so shapes clear every lamp box by MIN_GAP from here on.
+    shape_zone = (CELL + MIN_GAP, WIDTH - 4) if lamps_left else (4, WIDTH - CELL - MIN_GAP)
     hues = _hues(rng, PAIRS)
     glyphs = rng.permutation([GLYPHS[i % 2] for i in range(PAIRS)])
     occupied = np.zeros((HEIGHT, WIDTH), bool)
 
-    def lamp_mask(cx):
-        cy = rng.uniform(LAMP_RADIUS + 2, HEIGHT - LAMP_RADIUS - 2)
+    def lamp_mask(row):
         mask = np.zeros((HEIGHT, WIDTH), np.uint8)
-        cv2.circle(mask, (int(round(cx)), int(round(cy))), LAMP_RADIUS, 1, -1, cv2.LINE_AA)
+        cv2.circle(mask, (lamp_x, CELL * int(row) + CELL // 2), LAMP_RADIUS, 1, -1, cv2.LINE_AA)
         return mask.astype(bool)
 
     def shape_mask(cx, kind):
@@ -112,16 +115,13 @@ def generate_image(rng: np.random.RandomState):
         return mask if mask.sum() >= 80 else None
 
     shapes, lamps = [], []
-    for hue, glyph in zip(hues, glyphs):
+    for hue, glyph, row in zip(hues, glyphs, lamp_rows):
         kind = SHAPES[rng.randint(len(SHAPES))]
         shape = _place(rng, occupied, shape_zone, lambda cx, kind=kind: shape_mask(cx, kind))
         if shape is None:
             return None
         occupied |= shape
-        lamp = _place(rng, occupied, lamp_zone, lamp_mask)
-        if lamp is None:
-            return None
-        occupied |= lamp
+        lamp = lamp_mask(row)
         colour = hue_to_bgr(hue)
         canvas[shape] = colour
         canvas[lamp] = (255, 255, 255)
