@@ -48,8 +48,9 @@ def softmax_aggregate(
     """
     y_i = sum_j softmax_j(scale * q_i . k_j) v_j (Gaussian and embedded Gaussian modes).
 
-    Above ``explicit_matrix_fits`` this is torch's fused ``scaled_dot_product_attention``,
-    which never holds the N x M matrix, forward or backward. Its memory-lean kernels need
+    Above ``explicit_matrix_fits``, and unless the model is being exported, this is torch's
+    fused ``scaled_dot_product_attention``, which never holds the N x M matrix, forward or
+    backward. Its memory-lean kernels need
     contiguous row-major inputs of one dtype and equal query/value widths, otherwise torch
     silently builds the full matrix; so the narrower of q/k and v is zero-padded to the
     other's width: zero columns change neither the logits nor the kept output columns.
@@ -57,9 +58,10 @@ def softmax_aggregate(
     dtype = compute_dtype(q, k, v)
     with torch.autocast(device_type=q.device.type, enabled=False):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-        # An exported model keeps the path taken at export time for every input size, so it
-        # gets the fused kernel, whose memory stays linear at any size.
-        if not exporting() and explicit_matrix_fits(q, k, v):
+        # An exported model takes explicit products and softmax at every size: every ONNX opset
+        # has them (the fused kernel needs opset 14), at the cost of the N x M matrix per image;
+        # a graph recorded for one size cannot chunk the queries of another without a loop.
+        if exporting() or explicit_matrix_fits(q, k, v):
             # Row-major products keep the N x M gradients contiguous for softmax's backward.
             if scale != 1.0:
                 q = q * scale  # N x D elements, fewer than the N x M logits

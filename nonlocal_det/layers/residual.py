@@ -212,7 +212,7 @@ class NotScriptable:
         raise UnsupportedSetupError(
             f"{type(self).__name__} cannot be scripted (torch.jit.script, which torch deprecates); "
             "export the model by tracing (torch.jit.trace with Detectron2's TracingAdapter, or "
-            "torch.onnx.export at opset >= 14) or with torch.export: docs/export.md."
+            "torch.onnx.export at any opset from 11) or with torch.export: docs/export.md."
         )
 
 
