@@ -34,7 +34,7 @@ if HAS_DETECTRON2:
 
     from nonlocal_det.harness.config import get_nonlocal_cfg
     from nonlocal_det.layers import CGNLBlock2d, NonLocalBlock2d
-    from nonlocal_det.modeling import NonLocalMixin
+    from nonlocal_det.modeling import NonLocalMixin, insert_nonlocal_blocks
     from nonlocal_det.modeling.resnet_blocks import attached_variant
 
     @BACKBONE_REGISTRY.register()
@@ -750,3 +750,34 @@ def test_zoo_configs_with_gc_or_dnl_load_stock_weights_and_equal_stock_at_init(
         (a,), (b,) = stock([{"image": image}]), ours([{"image": image}])
     assert len(a["instances"]) > 0
     assert_instances_allclose(a["instances"], b["instances"], rtol=0)
+
+
+def test_a_non_local_meta_architecture_around_a_backbone_without_a_resnet_is_refused():
+    """A model that asks for blocks and can hold none is an error naming the backbone's class."""
+    from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+
+    from nonlocal_det.errors import ConfigError
+
+    class PatchEmbedding(Backbone):  # a transformer's stem stands in for ViTDet or MViTv2
+        def __init__(self, cfg, input_shape):
+            super().__init__()
+            self.proj = torch.nn.Conv2d(3, 256, 16, stride=16)
+
+        def forward(self, x):
+            return {"p4": self.proj(x)}
+
+        def output_shape(self):
+            return {"p4": ShapeSpec(channels=256, stride=16)}
+
+    if "PatchEmbedding" not in BACKBONE_REGISTRY:
+        BACKBONE_REGISTRY.register(PatchEmbedding)
+    cfg = load_cfg("mask_rcnn_R50_NL.yaml", "MODEL.BACKBONE.NAME", "PatchEmbedding")
+    cfg.MODEL.merge_from_list(
+        ["RPN.IN_FEATURES", ["p4"], "ROI_HEADS.IN_FEATURES", ["p4"]]
+        + ["ANCHOR_GENERATOR.SIZES", [[32, 64]]]
+    )
+    with pytest.raises(ConfigError, match="its backbone is a .*PatchEmbedding, which has none"):
+        build_model(cfg)
+    stages = {"res4": torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))}
+    with pytest.raises(ConfigError, match="not a ResNet's"):
+        insert_nonlocal_blocks(stages, {"res4": [-2]}, lambda c: NonLocalBlock2d(c))

@@ -133,11 +133,17 @@ def insert_nonlocal_blocks(
             if type(block) not in NONLOCAL_VARIANTS:
                 keys = [key_of(stage)] if stage in positions else []
                 keys += [context_key] if stage in context_stages else []
+                resnet = any(isinstance(b, CNNBlockBase) for bs in stages.values() for b in bs)
+                takers = (
+                    f"Stages of this ResNet that take them: {extendable or 'none'}."
+                    if resnet
+                    else "These stages are not a ResNet's (no block is a CNNBlockBase)."
+                )
                 raise ConfigError(
                     f"{' and '.join(keys)} place blocks in {stage}, whose block {where} is a "
                     f"{type(block).__module__}.{type(block).__qualname__}: the non-local family "
                     f"attaches to Detectron2's {', '.join(c.__name__ for c in NONLOCAL_VARIANTS)}. "
-                    f"Stages of this ResNet that take them: {extendable or 'none'}."
+                    + takers
                 )
             blocks[index] = attached_variant(
                 block,

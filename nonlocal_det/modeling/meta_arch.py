@@ -35,6 +35,7 @@ from detectron2.modeling import (
 from detectron2.utils.logger import log_first_n
 from torch import nn
 
+from ..errors import ConfigError
 from ..layers.valid_region import exporting
 from .backbone import block_strides, find_resnet
 from .resnet_blocks import VALID_SIZES, NonLocalMixin
@@ -109,6 +110,13 @@ class ValidRegionMixin:
         """
         super().__init__(**kwargs)
         self.valid_region = valid_region
+        if find_resnet(self.backbone) is None:
+            stock = VALID_REGION_META_ARCHITECTURES.get(type(self).__name__, "the stock class")
+            raise ConfigError(
+                f"{type(self).__name__} runs blocks of the non-local family inside a Detectron2 "
+                f"ResNet, and its backbone is a {type(self.backbone).__module__}."
+                f"{type(self.backbone).__qualname__}, which has none: use {stock} for it"
+            )
 
     @classmethod
     def from_config(cls, cfg):
