@@ -1,122 +1,190 @@
 """
-Other Detectron2 projects' models take the blocks by config keys: a DeepLab-style dilated ResNet
-(output stride 8 and 16, multi-grid), a semantic segmentor and a panoptic FPN. Each is built the
-way that project builds it, from Detectron2's public builders; its outputs equal the stock
-model's at initialisation and one training step is finite.
+Detectron2's own projects as their users run them, with the recipes of docs/usage.md: each recipe
+is read from that page and built with the project's own code (``../shared/detectron2_projects``,
+unmodified, its folder on ``sys.path``); a checkpoint of the stock model loads into it with only
+the blocks' keys missing. The advice for a project's config names the builder its keys describe.
 """
 
 import math
+import os
+import re
+import sys
 
 import pytest
 import torch
+import yaml
 
-from helpers import HAS_DETECTRON2, training_input
+from helpers import HAS_DETECTRON2, REPO_ROOT, training_input
 
 pytestmark = pytest.mark.detectron2
 
 if HAS_DETECTRON2:
     from detectron2 import model_zoo
-    from detectron2.layers import ShapeSpec
-    from detectron2.modeling import BACKBONE_REGISTRY, build_backbone, build_model
-    from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, ResNet
+    from detectron2.modeling import build_model
+    from detectron2.modeling.backbone.resnet import BottleneckBlock
     from detectron2.utils.events import EventStorage
 
     from nonlocal_det.harness.config import get_nonlocal_cfg
     from nonlocal_det.layers import NonLocalBlock2d
 
-    @BACKBONE_REGISTRY.register()
-    def build_dilated_resnet_test_backbone(cfg, input_shape):
-        """
-        A ResNet-50 as DeepLab builds it: res4 dilated by RES4_DILATION and res5 by
-        RES5_DILATION times RES5_MULTI_GRID[k] in its k-th block, each dilated stage at stride 1.
-        """
-        r = cfg.MODEL.RESNETS
-        stem = BasicStem(input_shape.channels, r.STEM_OUT_CHANNELS, norm=r.NORM)
-        stages, in_channels, out_channels, bottleneck = [], 64, 256, 64
-        for stage, num_blocks in zip((2, 3, 4, 5), (3, 4, 6, 3)):
-            dilation = {4: r.RES4_DILATION, 5: r.RES5_DILATION}.get(stage, 1)
-            grid = list(r.RES5_MULTI_GRID) if stage == 5 else [1] * num_blocks
-            first_stride = 1 if stage == 2 or dilation > 1 else 2
-            stages.append(
-                ResNet.make_stage(
-                    BottleneckBlock,
-                    num_blocks,
-                    in_channels=in_channels,
-                    out_channels=out_channels,
-                    bottleneck_channels=bottleneck,
-                    stride_per_block=[first_stride] + [1] * (num_blocks - 1),
-                    dilation_per_block=[dilation * m for m in grid],
-                    norm=r.NORM,
-                    stride_in_1x1=r.STRIDE_IN_1X1,
-                )
-            )
-            in_channels, out_channels, bottleneck = out_channels, 2 * out_channels, 2 * bottleneck
-        return ResNet(stem, stages, out_features=r.OUT_FEATURES, freeze_at=0)
-
-
-def _dilated_cfg(res4_dilation, res5_dilation, multi_grid, *opts):
-    cfg = get_nonlocal_cfg(
-        model_zoo.get_config_file("Misc/semantic_R_50_FPN_1x.yaml"),
-        ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.RESNETS.NORM", "BN"],
-    )
-    # the keys DeepLab's config adds
-    cfg.MODEL.RESNETS.RES4_DILATION = res4_dilation
-    cfg.MODEL.RESNETS.RES5_MULTI_GRID = list(multi_grid)
-    cfg.MODEL.RESNETS.RES5_DILATION = res5_dilation
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res5"]
-    cfg.MODEL.NONLOCAL.BACKBONE_NAME = "build_dilated_resnet_test_backbone"
-    cfg.MODEL.NONLOCAL.VALID_REGION = False
-    cfg.merge_from_list(["MODEL.BACKBONE.NAME", "build_nonlocal_backbone", *opts])
-    return cfg
-
-
-DEEPLAB_SETTINGS = {
-    "OS8": (2, 4, (1, 2, 4)),
-    "OS16": (1, 2, (1, 2, 4)),
+PROJECTS = os.path.join(REPO_ROOT, os.pardir, "shared", "detectron2_projects")
+# project folder -> (its package, the function adding its config keys, projects it imports)
+PACKAGES = {
+    "PointRend": ("point_rend", "add_pointrend_config", ()),
+    "DeepLab": ("deeplab", "add_deeplab_config", ()),
+    "Panoptic-DeepLab": ("panoptic_deeplab", "add_panoptic_deeplab_config", ("DeepLab",)),
+    "TridentNet": ("tridentnet", "add_tridentnet_config", ()),
 }
 
 
+def _import_project(project):
+    """
+    The project's package from its folder. Projects import each other as
+    ``detectron2.projects.<package>``: that name is made the same module, so that nothing
+    registers twice. Panoptic-DeepLab's data mapper imports panopticapi (not on PyPI) for one
+    function, ``rgb2id``, which is given here as panopticapi defines it.
+    """
+    import importlib
+    import types
+
+    if not os.path.isdir(os.path.join(PROJECTS, project)):
+        pytest.skip(f"{PROJECTS}/{project} is not beside this checkout")
+    package, adder, needs = PACKAGES[project]
+    for other in needs:
+        _import_project(other)
+    if "panopticapi" not in sys.modules and importlib.util.find_spec("panopticapi") is None:
+        utils = types.ModuleType("panopticapi.utils")
+        utils.rgb2id = lambda c: c[..., 0] + 256 * c[..., 1] + 256 * 256 * c[..., 2]
+        sys.modules["panopticapi"] = types.ModuleType("panopticapi")
+        sys.modules["panopticapi.utils"] = sys.modules["panopticapi"].utils = utils
+    alias = f"detectron2.projects.{package}"
+    if alias not in sys.modules:
+        sys.path.insert(0, os.path.join(PROJECTS, project))
+        sys.modules[alias] = importlib.import_module(package)
+    return getattr(sys.modules[alias], adder)
+
+
+# "# recipe: <project folder> <config> [KEY VALUE ...]": the pairs set the project's own keys
+# (stock model and recipe alike), the yaml below it adds nonlocal_det's.
+RECIPE = re.compile(r"```yaml\n# recipe: (\S+) (\S+)(.*?)\n(.*?)```", re.S)
+
+
+def recipes():
+    with open(os.path.join(REPO_ROOT, "docs", "usage.md")) as f:
+        return [m.groups() for m in RECIPE.finditer(f.read())]
+
+
+def _project_config(project, config, tmp_path):
+    """The project's config with the project's, Detectron2's and nonlocal_det's keys."""
+    from detectron2 import model_zoo
+
+    from nonlocal_det.harness.config import default_config
+
+    cfg = default_config()
+    if project == "detectron2":
+        cfg.merge_from_file(model_zoo.get_config_file(config))
+    else:
+        _import_project(project)(cfg)
+        cfg.merge_from_file(_with_zoo_bases(os.path.join(PROJECTS, project, config), tmp_path))
+    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
+    return cfg
+
+
+def _with_zoo_bases(path, tmp_path):
+    """A copy of a project config whose _BASE_ chain reaches Detectron2's configs, which the
+    projects name by their place in Detectron2's repository, in the installed model zoo."""
+    from detectron2 import model_zoo
+
+    with open(path) as f:
+        text = f.read()
+    match = re.search(r'^_BASE_:\s*"?([^"\n]+?)"?\s*$', text, re.M)
+    if match:
+        base = match.group(1)
+        if base.startswith("../") and "configs/" in base:
+            new = model_zoo.get_config_file(base.split("configs/", 1)[1])
+        else:
+            new = _with_zoo_bases(os.path.join(os.path.dirname(path), base), tmp_path)
+        text = text[: match.start()] + f'_BASE_: "{new}"' + text[match.end() :]
+    copy = tmp_path / f"{len(list(tmp_path.iterdir()))}_{os.path.basename(path)}"
+    copy.write_text(text)
+    return str(copy)
+
+
+def _merged(cfg, text):
+    merged = cfg.clone()
+    merged.merge_from_other_cfg(type(cfg)(yaml.safe_load(text)))
+    return merged
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("block", ["NL", "DNL"])
-@pytest.mark.parametrize("setting", list(DEEPLAB_SETTINGS))
-def test_dilated_resnet_takes_blocks_in_res4_and_res5(setting, block):
-    cfg = _dilated_cfg(
-        *DEEPLAB_SETTINGS[setting],
-        "MODEL.NONLOCAL.BLOCK",
-        block,
-        "MODEL.NONLOCAL.RES4",
-        "[-2]",
-        "MODEL.NONLOCAL.RES5",
-        "[0, -1]",
-    )
-    shape = ShapeSpec(channels=3)
+@pytest.mark.parametrize(
+    "project,config,opts,text", recipes(), ids=lambda v: str(v).split("/")[-1][:40]
+)
+def test_a_recipe_builds_the_projects_model_with_only_the_blocks_added(
+    project, config, opts, text, tmp_path
+):
+    from nonlocal_det.errors import ConfigError
+    from nonlocal_det.harness.advice import backbone_problem, explaining_build_errors
+    from nonlocal_det.harness.checkpoint import CheckedCheckpointer
+
+    stock_cfg = _project_config(project, config, tmp_path)
+    stock_cfg.merge_from_list(opts.split())
+    recipe, _, refusals = text.partition("# refused:")
+    cfg = _merged(stock_cfg, recipe)
+    assert backbone_problem(cfg) is None
     torch.manual_seed(0)
-    stock = BACKBONE_REGISTRY.get(cfg.MODEL.NONLOCAL.BACKBONE_NAME)(cfg, shape).eval()
-    torch.manual_seed(0)
-    ours = build_backbone(cfg, shape).eval()
-    for stage in ("res4", "res5"):
-        dilations = [b.conv2.dilation[0] for b in getattr(ours, stage)]
-        assert dilations == [b.conv2.dilation[0] for b in getattr(stock, stage)]
-    assert [ours.res5[k].conv2.dilation[0] for k in range(3)] == [
-        DEEPLAB_SETTINGS[setting][1] * m for m in DEEPLAB_SETTINGS[setting][2]
-    ]
-    x = torch.randn(2, 3, 64, 96)
-    with torch.no_grad():
-        expected, got = stock(x), ours(x)
-    assert expected["res5"].shape[-1] == 96 // (8 if setting == "OS8" else 16)
+    stock = build_model(stock_cfg)
+    torch.save({"model": stock.state_dict()}, tmp_path / "stock.pth")
+    with explaining_build_errors(cfg):
+        model = build_model(cfg)
+    checkpointer = CheckedCheckpointer(model)
+    checkpointer.load(str(tmp_path / "stock.pth"))
+    report = checkpointer.incompatible
+    assert not report.unexpected_keys and not report.incorrect_shapes
+    assert report.missing_keys and all(
+        ".nonlocal_block." in k or ".context_block." in k for k in report.missing_keys
+    ), report.missing_keys
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():  # the same network: at initialisation the blocks are identities
+        expected, got = stock.eval().backbone(x), model.eval().backbone(x)
     for name in expected:
-        assert torch.equal(got[name], expected[name]), name
-    # one training step of the segmentor around it, with blocks that are not identities
-    cfg.MODEL.NONLOCAL.INIT = "small"
-    cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res5"]
-    torch.manual_seed(0)
-    model = build_model(cfg).train()
-    assert sum(isinstance(m, NonLocalBlock2d) for m in model.modules()) == 3
-    batch = [dict(training_input(64, 96), sem_seg=torch.randint(0, 54, (64, 96))) for _ in "ab"]
-    losses = model(batch)
-    total = sum(losses.values())
-    assert torch.isfinite(total)
-    total.backward()
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0)
+    for refusal in filter(None, refusals.split("# refused:")):
+        placement, words = refusal.split("->")
+        refused = cfg.clone()
+        refused.merge_from_list(placement.split())
+        with pytest.raises(ConfigError, match=re.escape(words.strip())):
+            build_model(refused)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "project,config,builder",
+    [
+        (
+            "DeepLab",
+            "configs/Cityscapes-SemanticSegmentation/deeplab_v3_R_103_os16_mg124_poly_90k_bs16.yaml",
+            "build_resnet_deeplab_backbone",
+        ),
+        (
+            "Panoptic-DeepLab",
+            "configs/Cityscapes-PanopticSegmentation/"
+            "panoptic_deeplab_R_52_os16_mg124_poly_90k_bs32_crop_512_1024.yaml",
+            "build_resnet_deeplab_backbone",
+        ),
+        ("TridentNet", "configs/tridentnet_fast_R_50_C4_1x.yaml", "build_trident_resnet_backbone"),
+    ],
+)
+def test_the_advice_names_the_builder_the_configs_keys_describe(project, config, builder, tmp_path):
+    """Switched to the non-local backbone with its default, the config is refused in one line
+    that names the builder of the network the config describes, never another one."""
+    from nonlocal_det.harness.advice import backbone_problem
+
+    cfg = _project_config(project, config, tmp_path)
+    cfg.MODEL.BACKBONE.NAME = "build_nonlocal_backbone"
+    error = backbone_problem(cfg)
+    assert error is not None and f"set MODEL.NONLOCAL.BACKBONE_NAME '{builder}'" in str(error)
+    assert "\n" not in str(error)
 
 
 def test_block_class_without_variant_names_the_stages_that_work():
