@@ -39,23 +39,20 @@ def config(name):
 @pytest.fixture(scope="module")
 def datasets_dir(tmp_path_factory):
     """Both generated datasets, a few images each, under a DETECTRON2_DATASETS of their own."""
-    from nonlocal_det.harness.data import long_range, synthetic
-    from nonlocal_det.harness.data.generated import LONG_RANGE, SYNTHETIC
+    from nonlocal_det.harness.data.generated import GENERATED_DATASETS, register_generated_datasets
 
     root = tmp_path_factory.mktemp("datasets")
-    synthetic.generate(str(root / "nonlocal_synthetic"), {"train": 4, "val": 2})
-    long_range.generate(str(root / "nonlocal_longrange"), {"train": 4, "val": 2})
+    for dataset in GENERATED_DATASETS.values():
+        dataset.generator.generate(str(root / dataset.directory), {"train": 4, "val": 2})
     previous = os.environ.get("DETECTRON2_DATASETS")
     os.environ["DETECTRON2_DATASETS"] = str(root)
-    SYNTHETIC.register()
-    LONG_RANGE.register()
+    register_generated_datasets()
     yield root
     if previous is None:
         del os.environ["DETECTRON2_DATASETS"]
     else:
         os.environ["DETECTRON2_DATASETS"] = previous
-    SYNTHETIC.register()
-    LONG_RANGE.register()
+    register_generated_datasets()
 
 
 def _table_rows(text, first_cell):
@@ -262,6 +259,21 @@ def test_uniform_attention_gives_a_ratio_of_one(datasets_dir, tmp_path):
     (block,) = result["blocks"].values()
     assert block["specificity"] == pytest.approx(0.0, abs=1e-9)  # every query's map is the same
     assert block["specificity_at_init"] > 0.01
+
+
+@pytest.mark.slow
+def test_partner_mass_of_gc_blocks_is_that_of_any_other_lamp(datasets_dir):
+    """On the pairs task a GC block's pooling is one map per image: a shape's own lamp gets what
+    every other lamp gets, in every block (random weights; the measure, not a training run)."""
+    from nonlocal_det.harness.analysis.attention import measure_attention
+    from nonlocal_det.harness.config import get_nonlocal_cfg
+
+    cfg = get_nonlocal_cfg(config("pairs_GC.yaml"), ["MODEL.DEVICE", "cpu"])
+    result = measure_attention(cfg, random_ok=True)
+    assert len(result["partner_by_block"]) == 6  # every residual block of res3-res5 of R18
+    for partner in result["partner_by_block"].values():
+        assert partner["queries"] > 0 and partner["other_lamps"] == 3
+        assert partner["ratio"] == pytest.approx(1.0, abs=1e-9)
 
 
 ABLATION_REPORT = [

@@ -16,6 +16,7 @@ be negative), a query's map is its weights' absolute values normalised to sum 1.
 import json
 import math
 import os
+from collections import Counter
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -26,6 +27,8 @@ __all__ = [
     "query_specificity",
     "query_maps",
     "cue_mass",
+    "partner_mass",
+    "pooled",
     "BlockInputs",
     "attention_blocks",
     "stride_in_backbone",
@@ -128,6 +131,57 @@ def cue_mass(maps: torch.Tensor, cue: torch.Tensor) -> Dict[str, float]:
     return {"mass": mass, "uniform": cue.float().mean().item()}
 
 
+def partner_mass(maps: torch.Tensor, pairs) -> Dict[str, float]:
+    """
+    How much of each shape's attention falls on its own partner lamp, against the other lamps,
+    and against what the same lamp gets from the other shapes.
+
+    Args:
+        maps: (Q, M) query maps of one image, rows summing to 1.
+        pairs: [(query rows of one shape, its partner's key cells (M,) bool, the other lamps'
+            key cells (M,) bool)], one per pair of the image.
+    Returns:
+        sums over the shapes' queries (divide by "queries" for means): "partner", the mass on
+        the own partner's cells; "others", on the other lamps' cells; their uniform
+        counterparts; and "own" / "from_others", the mass each lamp gets from its own shape's
+        queries and from the other shapes' queries, per shape. ``pooled`` turns them into
+        shares and the ratio own / from_others: 1 when attention does not depend on the query
+        (a GC block's, exactly, by construction), above 1 when a shape picks out its partner.
+    """
+    totals, rows_of = Counter(), [torch.as_tensor(rows, dtype=torch.long) for rows, _, _ in pairs]
+    for i, (rows, (_, partner, others)) in enumerate(zip(rows_of, pairs)):
+        partner, others = torch.as_tensor(partner).flatten(), torch.as_tensor(others).flatten()
+        rest = torch.cat([r for j, r in enumerate(rows_of) if j != i] or [rows[:0]])
+        if not len(rows) or not len(rest):
+            continue
+        totals["partner"] += maps[rows][:, partner].sum().item()
+        totals["others"] += maps[rows][:, others].sum().item()
+        totals["partner_uniform"] += len(rows) * partner.double().mean().item()
+        totals["others_uniform"] += len(rows) * others.double().mean().item()
+        totals["own"] += maps[rows][:, partner].sum(dim=1).mean().item()
+        totals["from_others"] += maps[rest][:, partner].sum(dim=1).mean().item()
+        totals["queries"] += len(rows)
+    totals["other_lamps"] = len(pairs) - 1
+    return dict(totals)
+
+
+def pooled(results) -> Dict[str, float]:
+    """``partner_mass`` sums of several images as shares of the queries' attention, and the
+    ratio own / from_others (NaN without queries)."""
+    totals = Counter()
+    for result in results:
+        totals.update({k: v for k, v in result.items() if k != "other_lamps"})
+    count = totals["queries"]
+    shares = {k: totals[k] / count if count else float("nan") for k in _SHARES}
+    own, rest = totals["own"], totals["from_others"]
+    ratio = own / rest if rest else (math.inf if own else math.nan)
+    lamps = max((r["other_lamps"] for r in results), default=0)
+    return {**shares, "ratio": ratio, "queries": count, "other_lamps": lamps}
+
+
+_SHARES = ("partner", "others", "partner_uniform", "others_uniform")
+
+
 class BlockInputs:
     """
     Records the inputs of chosen non-local blocks during a model call, with the valid size each
@@ -203,12 +257,16 @@ def _overlaps(a, b) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def _lamp_boxes(dataset: str):
+def _image_fields(dataset: str, field: str):
+    """{file name: the field of its image entry} of a generated task (lamp_box, pairs), or None."""
     from detectron2.data import MetadataCatalog
 
-    with open(MetadataCatalog.get(dataset).json_file) as f:
-        lamps = {im["file_name"]: im.get("lamp_box") for im in json.load(f)["images"]}
-    return lamps if any(lamps.values()) else None
+    json_file = MetadataCatalog.get(dataset).get("json_file", None)
+    if not json_file:
+        return None
+    with open(json_file) as f:
+        found = {im["file_name"]: im.get(field) for im in json.load(f)["images"]}
+    return found if any(found.values()) else None
 
 
 class _LampTotals:
@@ -291,7 +349,7 @@ def measure_attention(cfg, max_images=None, random_ok=False):
     from ..checkpoint import build_trained_model
 
     dataset = cfg.DATASETS.TEST[0]
-    lamps = _lamp_boxes(dataset)
+    lamps, task_pairs = _image_fields(dataset, "lamp_box"), _image_fields(dataset, "pairs")
     torch.manual_seed(0)
     at_init = attention_blocks(build_model(cfg).eval())
     model = build_trained_model(cfg, random_ok)
@@ -303,10 +361,12 @@ def measure_attention(cfg, max_images=None, random_ok=False):
     }
     scores = {n: {"trained": [], "init": []} for n in blocks}
     totals = {n: _LampTotals() for n in strides}
+    partners = {n: [] for n in strides}  # per block: per image, partner_mass's result
     records = DatasetCatalog.get(dataset)[:max_images]
     for record in records:
         inputs, scale = _block_inputs(model, blocks, record, cfg)
         lamp = lamps.get(os.path.basename(record["file_name"])) if lamps else None
+        pairs = task_pairs.get(os.path.basename(record["file_name"])) if task_pairs else None
         boxes = _shape_boxes(record, lamp) if lamp else []
         for name, calls in inputs.items():
             for x, valid_sizes in calls:
@@ -317,10 +377,15 @@ def measure_attention(cfg, max_images=None, random_ok=False):
                         maps_init = query_maps(at_init[name], x[i : i + 1], size)
                     scores[name]["trained"].append(query_specificity(_spread(maps)))
                     scores[name]["init"].append(query_specificity(_spread(maps_init)))
-                    if name not in strides or not boxes:
+                    if name not in strides or not (boxes or pairs):
                         continue
                     grid = tuple(size) if size is not None else tuple(x.shape[-2:])
                     key_cell = 2 if blocks[name].sub_sample else 1
+                    if pairs:
+                        partners[name].append(
+                            _partner_measure(maps, pairs, scale, grid, strides[name], key_cell)
+                        )
+                        continue
                     queries, cue = cue_and_query_cells(
                         np.array(lamp) * scale,
                         np.array(boxes) * scale,
@@ -333,6 +398,7 @@ def measure_attention(cfg, max_images=None, random_ok=False):
                             maps, queries, grid, cue, strides[name], key_cell, FAR_PX * scale
                         )
     by_block = {n: t.result(n) for n, t in totals.items() if t.queries}
+    partner_by_block = {n: pooled(results) for n, results in partners.items() if results}
     return {
         "images": len(records),
         "blocks": {
@@ -345,7 +411,30 @@ def measure_attention(cfg, max_images=None, random_ok=False):
         },
         "lamp": next(iter(by_block.values()), None),
         "lamp_by_block": by_block,
+        "partner_by_block": partner_by_block,
     }
+
+
+def _partner_measure(maps, pairs, scale, grid, stride, key_cell):
+    """``partner_mass`` of one image of the pairs task on one block's grid."""
+    cells = []
+    for pair in pairs:
+        queries, cue = cue_and_query_cells(
+            np.array(pair["lamp_box"]) * scale,
+            np.array([pair["shape_box"]]) * scale,
+            grid,
+            stride,
+            key_cell,
+        )
+        cells.append((queries[:, 0] * grid[1] + queries[:, 1], cue))
+    lamps = [cue for _, cue in cells]
+    return partner_mass(
+        maps,
+        [
+            (rows, cue, np.any([c for j, c in enumerate(lamps) if j != i], axis=0))
+            for i, (rows, cue) in enumerate(cells)
+        ],
+    )
 
 
 def attention_report(result) -> str:
@@ -364,5 +453,13 @@ def attention_report(result) -> str:
             f"attention falls on the lamp, which holds {100 * lamp['uniform']:.1f}% of the keys: "
             f"{lamp['ratio']:.1f}x uniform; {100 * lamp['far_mass']:.1f}% falls on keys at least "
             f"{FAR_PX} px away (uniform: {100 * lamp['far_uniform']:.1f}%)"
+        )
+    for name, p in result.get("partner_by_block", {}).items():
+        lines.append(
+            f"  {name}: over {p['queries']} shape queries, {100 * p['partner']:.1f}% of the "
+            f"attention falls on the shape's own partner lamp (uniform "
+            f"{100 * p['partner_uniform']:.1f}%), {100 * p['others']:.1f}% on the other "
+            f"{p['other_lamps']} lamps (uniform {100 * p['others_uniform']:.1f}%); a lamp gets "
+            f"{p['ratio']:.2f}x from its own shape what it gets from the others"
         )
     return "\n".join(lines)
