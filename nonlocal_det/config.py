@@ -31,7 +31,9 @@ def add_nonlocal_config(cfg):
     # NL: scale embedded-Gaussian logits by 1/sqrt(inner channels) (authors' code); False: paper.
     cfg.MODEL.NONLOCAL.USE_SCALE = True
     # Norm after W_z: "GN", "SyncBN", "BN", "" or any Detectron2 norm name except FrozenBN.
-    # GN trains with 1-2 images per GPU; BN needs large per-GPU batches.
+    # GN trains with 1-2 images per GPU; BN needs large per-GPU batches. "GN" here is GroupNorm
+    # with gcd(32, C) groups: Detectron2's GroupNorm(32, C) whenever 32 divides C (every ResNet
+    # stage), and still a GroupNorm where it does not.
     cfg.MODEL.NONLOCAL.NORM = "GN"
     # How each block's last layer starts, for every block kind: NL, CGNL and DNL's norm after W_z
     # (or W_z itself with NORM ""), GC's last conv of each fusion. "identity": zero, so a stock

@@ -95,18 +95,29 @@ def test_a_renamed_key_names_its_new_name():
 
 @needs_detectron2
 def test_every_shipped_and_zoo_config_is_inside_the_domains():
+    """Merged without the loader's own check, so that config_problems is what decides."""
     from detectron2 import model_zoo
+    from detectron2.config import LazyConfig
 
-    from nonlocal_det.harness.config import get_nonlocal_cfg, get_nonlocal_lazy_config
+    from nonlocal_det.harness.config import default_config
     from nonlocal_det.harness.config_rules import config_problems
 
-    for name in sorted(os.listdir(CONFIG_DIR)):
-        if name.endswith(".yaml") and not name.startswith("Base"):
-            assert config_problems(get_nonlocal_cfg(os.path.join(CONFIG_DIR, name))) == [], name
-    for zoo in ("COCO-Keypoints/keypoint_rcnn_R_50_FPN_3x.yaml", "Misc/semantic_R_50_FPN_1x.yaml"):
-        assert config_problems(get_nonlocal_cfg(model_zoo.get_config_file(zoo))) == [], zoo
-    lazy = get_nonlocal_lazy_config(os.path.join(CONFIG_DIR, "mask_rcnn_R101_NL.py"))
+    files = [os.path.join(CONFIG_DIR, n) for n in sorted(os.listdir(CONFIG_DIR))]
+    files += [model_zoo.get_config_file(f"{z}.yaml") for z in ZOO_CONFIGS]
+    for path in files:
+        if path.endswith(".yaml") and "/Base-" not in path:
+            cfg = default_config()
+            cfg.merge_from_file(path)
+            assert config_problems(cfg) == [], path
+            cfg.merge_from_list(["SOLVER.BASE_LR", "0.0"])
+            assert config_problems(cfg) == ["SOLVER.BASE_LR=0.0: must be a finite number > 0.0"]
+    lazy = LazyConfig.load(os.path.join(CONFIG_DIR, "mask_rcnn_R101_NL.py"))
     assert config_problems(lazy) == []
+    lazy.train.max_iter = 0
+    assert config_problems(lazy) == ["train.max_iter=0: must be an int >= 1"]
+
+
+ZOO_CONFIGS = ("COCO-Keypoints/keypoint_rcnn_R_50_FPN_3x", "Misc/semantic_R_50_FPN_1x")
 
 
 @needs_detectron2

@@ -79,7 +79,7 @@ def test_no_arguments_runs_the_quickstart(small_dataset):
 
 
 def test_missing_weights_say_what_to_do(small_dataset):
-    opts = [o if o != "" else "" for o in TINY]
+    opts = list(TINY)
     opts[opts.index("MODEL.WEIGHTS") + 1] = (
         "detectron2://ImageNetPretrained/MSRA/R-50-does-not-exist.pkl"
     )

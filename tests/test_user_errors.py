@@ -120,19 +120,20 @@ def test_several_problems_are_listed_together(workdir, tmp_path):
 
 @pytest.mark.slow
 def test_image_checks_can_be_skipped(workdir, tmp_path):
-    """DATALOADER.CHECK_IMAGES False: a wrong JSON size is then Detectron2's own error, later."""
+    """
+    DATALOADER.CHECK_IMAGES False skips the image-file rules: a JSON width that is not the
+    file's passes them, and is then Detectron2's own error, which the dry run meets first, on
+    that record, before any training iteration.
+    """
     root = fresh_copy(workdir, tmp_path)
-    rc, log = run_train_net(
-        root,
-        *TINY,
-        "SOLVER.MAX_ITER",
-        "1",
-        "DATALOADER.CHECK_IMAGES",
-        "False",
-        "OUTPUT_DIR",
-        str(root / "o"),
-    )
-    assert rc == 0, log[-2000:]
+    _edit_image_record(root, lambda images: images[0].update(width=300))
+    common = [*TINY, "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(root / "o")]
+    rc, log = run_train_net(root, *common)
+    assert_user_error(rc, log, "300x192 in the JSON, but the file is 256x192")
+    rc, log = run_train_net(root, *common, "DATALOADER.CHECK_IMAGES", "False")
+    assert_user_error(rc, log, "dry run, training augmentations and mapper on ", "000001.png")
+    assert "in the JSON, but the file is" not in log
+    assert_nothing_trained(log)
 
 
 # ---------------------------------------------------------------- weights
@@ -410,6 +411,136 @@ SETUP_AND_DATA_MISTAKES = [
      "names 'model_0000099.pth', which is not a file"),
     ("resume, truncated checkpoint", _truncated_checkpoint, [], "truncated or damaged"),
 ]  # fmt: skip
+
+
+def _edit_json(root, split, edit):
+    path = root / "datasets" / "nonlocal_synthetic" / "annotations" / f"{split}.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    return []
+
+
+def _swap_names(data, a="circle", b="square"):
+    for category in data["categories"]:
+        category["name"] = {a: b, b: a}.get(category["name"], category["name"])
+
+
+def _xyxy(data):
+    for annotation in data["annotations"]:
+        x, y, w, h = annotation["bbox"]
+        annotation["bbox"] = [x, y, x + w, y + h]
+
+
+def _shift_polygons(data):
+    for annotation in data["annotations"][:3]:
+        annotation["segmentation"] = [
+            [v + 60 * (k % 2 == 0) for k, v in enumerate(poly)]
+            for poly in annotation["segmentation"]
+        ]
+
+
+def _rle(data):
+    from pycocotools import mask as mask_util
+
+    image = {im["id"]: im for im in data["images"]}
+    for annotation in data["annotations"]:
+        im = image[annotation["image_id"]]
+        rles = mask_util.frPyObjects(annotation["segmentation"], im["height"], im["width"])
+        rle = mask_util.merge(rles)
+        annotation["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode()}
+
+
+def _visible_but_none_counted(data):
+    person = next(a for a in data["annotations"] if a["num_keypoints"] > 0)
+    person["num_keypoints"] = 0
+
+
+def _cut_image(root):
+    image = root / "datasets" / "nonlocal_synthetic" / "train" / "000003.png"
+    image.write_bytes(image.read_bytes()[:-2000])
+    return []
+
+
+def _lost_marker(root):
+    """A generated file the user edited: it is theirs now, and must not be regenerated over."""
+    path = root / "datasets" / "nonlocal_synthetic" / "annotations" / "train.json"
+    data = json.loads(path.read_text())
+    data["info"].pop("version")
+    path.write_text("\ufeff" + json.dumps(data), encoding="utf-8")  # and a BOM, as editors write
+    (path.parent / "val.json").unlink()  # a split to generate: the edited one is in the way
+    return []
+
+
+def _generated_under(root):
+    """The quickstart's dataset as its generator writes it (with its marker)."""
+    from nonlocal_det.harness.data import synthetic
+
+    synthetic.generate(str(root / "datasets" / "nonlocal_synthetic"), {"train": 6, "val": 2})
+
+
+def _base_cycle(root):
+    (root / "a.yaml").write_text("_BASE_: b.yaml\n")
+    (root / "b.yaml").write_text("_BASE_: a.yaml\n")
+    return ["--config-file", str(root / "a.yaml")]
+
+
+# The third round of mistakes: every split the run reads, fields that disagree, what crashed
+# after "Starting training", Detectron2's own assertions, _BASE_ cycles, a launch that cannot
+# start. (case, setup(root) -> extra arguments, overrides, words in the one line)
+THIRD_ROUND = [
+    ("val category ids swapped", lambda r: _edit_json(r, "val", _swap_names), [],
+     "is 'square' here, 'circle' in training"),
+    ("val without num_keypoints", lambda r: _edit_json(
+        r, "val", lambda d: [a.pop("num_keypoints") for a in d["annotations"]]), [],
+     "num_keypoints is missing"),
+    ("XYXY boxes", lambda r: _edit_json(r, "train", _xyxy), [], "(not [x0, y0, x1, y1])"),
+    ("polygons off their boxes", lambda r: _edit_json(r, "train", _shift_polygons), [],
+     "outside its bbox"),
+    ("num_keypoints 0 with visible keypoints", lambda r: _edit_json(
+        r, "train", _visible_but_none_counted), [], "keypoints have v > 0"),
+    ("RLE masks, polygon format", lambda r: _edit_json(r, "train", _rle), [],
+     "set INPUT.MASK_FORMAT 'bitmask'"),
+    ("bad RLE counts", lambda r: _edit_json(r, "train", lambda d: _rle(d) or d["annotations"][
+        0]["segmentation"].update(counts="abc")), ["INPUT.MASK_FORMAT", "bitmask"],
+     "does not decode"),
+    ("an image cut short", _cut_image, [], "is cut short"),
+    ("CGNL order 40", lambda r: [], ["MODEL.NONLOCAL.BLOCK", "CGNL", "MODEL.NONLOCAL.CGNL.ORDER",
+     "40"], "MODEL.NONLOCAL.CGNL.ORDER=40: must be an int in [0, 33]"),
+    ("crop type with a typo", lambda r: [], ["INPUT.CROP.ENABLED", "True", "INPUT.CROP.TYPE",
+     "relative_rnage"], "INPUT.CROP.TYPE='relative_rnage'"),
+    ("negative anchor aspect ratio", lambda r: [],
+     ["MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[-0.5, 1.0, 2.0]]"],
+     "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"),
+    ("no training dataset", lambda r: [], ["DATASETS.TRAIN", "()"], "DATASETS.TRAIN is empty"),
+    ("a _BASE_ cycle", _base_cycle, [], "_BASE_ leads in a circle"),
+    ("two machines, this machine's address", lambda r: ["--num-machines", "2"], [],
+     "that address is this machine's own"),
+    ("an edited generated file", _lost_marker, [], "it is not overwritten"),
+]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case,setup,overrides,words", THIRD_ROUND, ids=[c[0] for c in THIRD_ROUND])
+def test_third_round_mistakes_stop_before_training_in_one_line(
+    workdir, tmp_path, case, setup, overrides, words
+):
+    root = fresh_copy(workdir, tmp_path)
+    if case == "an edited generated file":
+        _generated_under(root)
+    flags = setup(root) or []
+    before = {p: p.read_bytes() for p in (root / "datasets").rglob("*.json")}
+    config = None if "--config-file" in flags else "quickstart.yaml"
+    rc, log = run_train_net(
+        root, *flags, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(root / "o"), *overrides,
+        config=config,
+    )  # fmt: skip
+    assert_user_error(rc, log, words)
+    assert_nothing_trained(log)
+    errors = [line for line in log.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, errors
+    if case == "an edited generated file":
+        assert all(p.read_bytes() == data for p, data in before.items() if p.exists())
 
 
 def _without(opts, key):
