@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from helpers import randomize
-from nonlocal_det.harness.analysis.reference import reference_cgnl_op, reference_forward
 from nonlocal_det.layers import CGNL_KERNELS, CGNLBlock2d
 from nonlocal_det.layers.cgnl_block import taylor_coefficients
+from reference import reference_cgnl_op, reference_forward
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""GC and DNL blocks against their formulas written out (harness.analysis.reference)."""
+"""GC and DNL blocks against their formulas written out (tests/reference.py)."""
 
 import math
 
@@ -7,15 +7,15 @@ import torch
 
 from helpers import randomize
 from nonlocal_det.harness.analysis.attention import query_maps, query_specificity
-from nonlocal_det.harness.analysis.reference import (
-    pairwise_matrix,
-    reference_dnl_op,
-    reference_forward,
-)
 from nonlocal_det.layers import (
     GC_POOLINGS,
     DisentangledNonLocal2d,
     GlobalContextBlock2d,
+)
+from reference import (
+    pairwise_matrix,
+    reference_dnl_op,
+    reference_forward,
 )
 
 FUSION_SETS = [("channel_add",), ("channel_mul",), ("channel_add", "channel_mul")]

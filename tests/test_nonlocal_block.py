@@ -6,13 +6,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import randomize
-from nonlocal_det.harness.analysis.reference import (
+from nonlocal_det.layers import NONLOCAL_MODES, NonLocalBlock2d
+from reference import (
     pairwise_matrix,
     reference_embed,
     reference_forward,
     reference_nonlocal_op,
 )
-from nonlocal_det.layers import NONLOCAL_MODES, NonLocalBlock2d
 
 SIZES = [(6, 8), (7, 5), (1, 1), (1, 6), (3, 1)]
 

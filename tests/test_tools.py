@@ -169,8 +169,8 @@ def test_demo_names_a_missing_input(tmp_path):
 def test_top_keys_are_the_largest_entries_of_the_full_matrix():
     """visualize_attention's top-20 keys = the 20 largest weights of the reference N x M matrix."""
     import visualize_attention
-    from nonlocal_det.harness.analysis.reference import pairwise_matrix, reference_embed
     from nonlocal_det.layers import NonLocalBlock2d
+    from reference import pairwise_matrix, reference_embed
 
     torch.manual_seed(0)
     block = NonLocalBlock2d(16, mode="embedded_gaussian", sub_sample=True).double()

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from helpers import randomize
-from nonlocal_det.harness.analysis.reference import reference_forward, reference_masked_forward
 from nonlocal_det.layers import (
     CGNL_KERNELS,
     GC_POOLINGS,
@@ -16,6 +15,7 @@ from nonlocal_det.layers import (
     GlobalContextBlock2d,
     NonLocalBlock2d,
 )
+from reference import reference_forward, reference_masked_forward
 
 # image 0 unpadded, 1 and 2 padded (one of them to odd sizes, so 2x2 pooling has a
 # partial cell at the valid edge), 3 the same size as 1: computed in one group with it

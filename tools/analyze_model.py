@@ -15,11 +15,7 @@ import os
 
 from nonlocal_det.errors import exit_on_user_error
 from nonlocal_det.harness.analysis.model_costs import analyze
-from nonlocal_det.harness.cli.args import (
-    config_pair,
-    image_side,
-    writable_file,
-)
+from nonlocal_det.harness.cli.args import config_pair, image_side, writable_file
 from nonlocal_det.harness.utils.tables import write_text
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,8 +33,29 @@ OVERHEAD_PAIRS = [
 ]
 
 
-def overhead_table(height, width, pairs=OVERHEAD_PAIRS):
-    results, lines = {}, []
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", help="a YAML config")
+    parser.add_argument("--size", nargs=2, type=image_side, default=(800, 1333), metavar=("H", "W"))
+    table_help = "NL vs baseline for the shipped configs"
+    parser.add_argument("--overhead-table", action="store_true", help=table_help)
+    parser.add_argument("--output", type=writable_file, help="write the overhead table here")
+    pairs_help = (
+        "baseline.yaml:nonlocal.yaml from configs/ for the table (default: the shipped ones)"
+    )
+    parser.add_argument("--pairs", nargs="+", type=config_pair, help=pairs_help)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
+    args = parser.parse_args(argv)
+    if not args.overhead_table and not args.config_file:
+        parser.error("--config-file is required unless --overhead-table is given")
+    return args
+
+
+def overhead_text(height: int, width: int, pairs) -> str:
+    """The markdown overhead table of ``pairs``: (baseline, non-local) config names."""
+    results, rows = {}, []
     for base, nl in pairs:
         for name in (base, nl):
             if name not in results:
@@ -48,7 +65,7 @@ def overhead_table(height, width, pairs=OVERHEAD_PAIRS):
         overhead = 100 * (n["flops"] / b["flops"] - 1)
         added = n["blocks"] - b["blocks"]
         claim = ("yes" if overhead < 5 else "**no**") if added == 1 else f"n/a ({added} blocks)"
-        lines.append(
+        rows.append(
             f"| `{nl}` vs `{base}` | {added} | {b['flops'] / 1e9:.1f} | {n['flops'] / 1e9:.1f} | "
             f"{overhead:+.2f}% | {claim} | "
             f"{100 * (n['backbone_flops'] / b['backbone_flops'] - 1):+.2f}% | "
@@ -56,34 +73,6 @@ def overhead_table(height, width, pairs=OVERHEAD_PAIRS):
             f"{100 * (n['params'] / b['params'] - 1):+.2f}% |"
         )
     unsupported = sorted({op for r in results.values() for op in r["unsupported"]})
-    return lines, unsupported
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config-file", help="a YAML config")
-    parser.add_argument("--size", nargs=2, type=image_side, default=(800, 1333), metavar=("H", "W"))
-    parser.add_argument(
-        "--overhead-table", action="store_true", help="NL vs baseline for the shipped configs"
-    )
-    parser.add_argument("--output", type=writable_file, help="write the overhead table here")
-    parser.add_argument(
-        "--pairs",
-        nargs="+",
-        type=config_pair,
-        help="baseline.yaml:nonlocal.yaml from configs/ for the table (default: the shipped ones)",
-    )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
-    args = parser.parse_args(argv)
-    if not args.overhead_table and not args.config_file:
-        parser.error("--config-file is required unless --overhead-table is given")
-    return args
-
-
-def overhead_text(height: int, width: int, pairs) -> str:
-    rows, unsupported = overhead_table(height, width, pairs)
     return "\n".join(
         [
             "# FLOPs and parameters: blocks of the non-local family vs baseline",

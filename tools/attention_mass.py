@@ -1,19 +1,17 @@
 #!/usr/bin/env python
 """
-What a trained model's blocks (NL, DNL, GC) attend to, over the config's first test set:
+What a trained model's blocks (NL, DNL, GC) attend to, over the config's first test set
+(``nonlocal_det.harness.analysis.attention`` defines the measures):
 
 - **query specificity** of every block (backbone and keypoint head): the mean Jensen-Shannon
-  divergence between the attention maps of pairs of queries of one image (or one person RoI for
-  head blocks; at most 256 queries, evenly spaced), averaged over images; 0 for attention that is
-  the same for every query (uniform, a GC block's by construction, or the query-independent maps
-  GCNet reported for blocks trained on COCO), 1 when queries attend to disjoint keys. Beside it,
-  the same measure for each block at initialisation (the config's model built without weights,
-  applied to the trained model's block inputs). ``nonlocal_det.harness.analysis.attention`` defines
-  the measures.
-- on ``nonlocal_longrange``, the **lamp mass** of every backbone block: queries are the
-  block's grid positions whose centres lie inside a shape's ground-truth box (not the lamp's),
-  cue keys the key cells (2x2 pooled with sub-sampling) overlapping the lamp's box; mass = the
-  queries' mean attention on the cue keys, beside the cue keys' share of all keys (uniform).
+  divergence between the attention maps of pairs of queries of one image (or person RoI; at most
+  256 queries, evenly spaced), averaged over images: 0 for attention that is the same for every
+  query (uniform, a GC block's, or the query-independent maps GCNet reported on COCO), 1 for
+  disjoint keys. Beside it, the same for each block at initialisation (the config's model built
+  without weights, applied to the trained model's block inputs).
+- on ``nonlocal_longrange``, the **lamp mass** of every backbone block: the mean attention of the
+  queries inside a shape's ground-truth box on the key cells overlapping the lamp's box, beside
+  those cells' share of all keys (uniform); on ``nonlocal_pairs``, the **partner mass**.
 
     python tools/attention_mass.py --config-file configs/longrange_NL.yaml \
         MODEL.WEIGHTS output/ablation/longrange_NL/seed0/model_final.pth

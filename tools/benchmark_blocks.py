@@ -1,9 +1,8 @@
 #!/usr/bin/env python
 """
-Forward+backward time and extra peak memory of the blocks (NL, CGNL, DNL, GC), side by side in
-one run, against the full-matrix references (harness.analysis.reference) and, when installed,
-the peers: mmcv's NonLocal2d and ContextBlock, mmsegmentation's DisentangledNonLocal2d
-(tools/peer_blocks.py).
+Forward+backward time and extra peak memory of the blocks (NL, CGNL, DNL, GC), side by side in one
+run, against the full-matrix references (tests/reference.py) and, when installed, the peers: mmcv's
+NonLocal2d and ContextBlock, mmsegmentation's DisentangledNonLocal2d (tools/peer_blocks.py).
 
 Each implementation runs in processes of its own, in turn with the others of its row
 (A B C A B C ...), so that drifts in machine load hit all alike and none inherits another's
@@ -24,16 +23,16 @@ import datetime
 import json
 import os
 import statistics
+import sys
 
 from nonlocal_det.errors import exit_on_user_error
-from nonlocal_det.harness.cli.args import (
-    positive_float,
-    positive_int,
-    writable_file,
-)
+from nonlocal_det.harness.cli.args import positive_float, positive_int, writable_file
 from nonlocal_det.harness.utils.machine import describe_machine
 from nonlocal_det.harness.utils.measure import run_child_process, time_and_peak
 from nonlocal_det.harness.utils.tables import markdown_table, write_text
+
+# The full-matrix formulas live with the tests that check the blocks against them.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 SIZES = {
     # name: (channels, height, width)
@@ -41,30 +40,20 @@ SIZES = {
     "large": (64, 200, 200),
     "small": (64, 12, 16),  # to try the tool in seconds
 }
-DEFAULT_SIZES = ["res4", "large"]
 FLOAT_BYTES = 4
+BLOCK_KINDS = ("NL", "CGNL", "DNL", "GC")
+NL_MODES = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
+CGNL_KERNELS = ("dot", "embedded_gaussian", "gaussian_rbf")
+NL_PEER, GC_PEER, DNL_PEER = "mmcv NonLocal2d", "mmcv ContextBlock", "mmseg DisentangledNonLocal2d"
 # Rows of the main table: (label, block spec, peer, sizes it runs at). A spec holds the block
 # kind and its settings; "peer" names the peer implementation, or None.
 ROWS = [
-    *[
-        (f"NL {m}", {"block": "NL", "mode": m, "sub_sample": True}, "mmcv NonLocal2d", SIZES)
-        for m in ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
-    ],
-    *[
-        (f"CGNL {k}", {"block": "CGNL", "mode": k}, None, SIZES)
-        for k in ("dot", "embedded_gaussian", "gaussian_rbf")
-    ],
-    ("DNL", {"block": "DNL", "sub_sample": True}, None, SIZES),
-    (
-        "DNL, no sub-sampling",
-        {"block": "DNL", "sub_sample": False},
-        "mmseg DisentangledNonLocal2d",
-        ("res4", "small"),
-    ),
-    ("GC r16 att add", {"block": "GC", "pooling": "att"}, "mmcv ContextBlock", SIZES),
-    ("GC r16 avg add", {"block": "GC", "pooling": "avg"}, "mmcv ContextBlock", SIZES),
+    *[(f"NL {m}", dict(block="NL", mode=m, sub_sample=True), NL_PEER, SIZES) for m in NL_MODES],
+    *[(f"CGNL {k}", dict(block="CGNL", mode=k), None, SIZES) for k in CGNL_KERNELS],
+    ("DNL", dict(block="DNL", sub_sample=True), None, SIZES),
+    ("DNL, no sub-sampling", dict(block="DNL", sub_sample=False), DNL_PEER, ("res4", "small")),
+    *[(f"GC r16 {p} add", dict(block="GC", pooling=p), GC_PEER, SIZES) for p in ("att", "avg")],
 ]
-BLOCK_KINDS = ("NL", "CGNL", "DNL", "GC")
 # --padding: a third of the large map's columns are padding (valid 200 x 134 of 200 x 200)
 PADDED_VALID_WIDTH = 134
 
@@ -88,39 +77,24 @@ def estimated_bytes(impl, spec, channels, h, w):
 # ---------------------------------------------------------------- child: one implementation
 
 
-def _our_block(spec, channels):
-    from nonlocal_det.layers import (
-        CGNLBlock2d,
-        DisentangledNonLocal2d,
-        GlobalContextBlock2d,
-        NonLocalBlock2d,
-    )
+def _our_block(spec):
+    from nonlocal_det import layers
 
-    kind = spec["block"]
+    kind, channels, sub_sample = spec["block"], spec["channels"], spec.get("sub_sample")
     if kind == "CGNL":
-        return CGNLBlock2d(channels, kernel=spec["mode"], groups=8, norm="GN")
+        return layers.CGNLBlock2d(channels, kernel=spec["mode"], groups=8, norm="GN")
     if kind == "GC":
-        return GlobalContextBlock2d(channels, pooling=spec["pooling"], init="standard")
+        return layers.GlobalContextBlock2d(channels, pooling=spec["pooling"], init="standard")
     if kind == "DNL":
-        return DisentangledNonLocal2d(channels, sub_sample=spec["sub_sample"], norm="BN")
-    return NonLocalBlock2d(channels, mode=spec["mode"], sub_sample=spec["sub_sample"], norm="BN")
-
-
-def _peer(block, kind):
-    import peer_blocks
-
-    return {
-        "NL": peer_blocks.mmcv_nonlocal,
-        "DNL": peer_blocks.mmseg_dnl,
-        "GC": peer_blocks.mmcv_context_block,
-    }[kind](block)
+        return layers.DisentangledNonLocal2d(channels, sub_sample=sub_sample, norm="BN")
+    return layers.NonLocalBlock2d(channels, mode=spec["mode"], sub_sample=sub_sample, norm="BN")
 
 
 def _masked_sdpa(block, valid_width):
     """
-    The alternative to computing on the valid crop, for softmax modes: attention over the
-    padded map with the padded keys masked (a boolean mask to torch's fused attention), then
-    W_z and the norm on the whole map. Timed only, to choose between the two.
+    The alternative to computing on the valid crop, for softmax modes: attention over the padded
+    map with the padded keys masked (a boolean mask to torch's fused attention), then W_z and the
+    norm on the whole map. Timed only, to choose between the two.
     """
     import torch
     import torch.nn.functional as F
@@ -132,14 +106,11 @@ def _masked_sdpa(block, valid_width):
         mask = (torch.arange(key_cols, device=x.device) < valid_cols).repeat(k.shape[1] // key_cols)
         if q.shape[-1] != v.shape[-1]:  # gaussian mode: q, k have C channels, v inner
             v = F.pad(v, (0, q.shape[-1] - v.shape[-1]))
-        y = F.scaled_dot_product_attention(
-            q[:, None].contiguous(),
-            k[:, None].contiguous(),
-            v[:, None].contiguous(),
-            attn_mask=mask[None, None, None],
-            scale=block._logit_scale(),
-        )[:, 0, :, : block.inner_channels]
-        y = y.transpose(1, 2).reshape(x.shape[0], block.inner_channels, *x.shape[-2:])
+        q, k, v = (t[:, None].contiguous() for t in (q, k, v))
+        scale = block._logit_scale()
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None, None, None], scale=scale)
+        y = y[:, 0, :, : block.inner_channels].transpose(1, 2)
+        y = y.reshape(x.shape[0], block.inner_channels, *x.shape[-2:])
         return x + block.norm(block.out(y))
 
     return forward
@@ -149,7 +120,7 @@ def _attention_core(block, impl):
     """The attention core alone: leaf q/k/v maps, so the 1x1 convs are not timed."""
     import torch
 
-    from nonlocal_det.harness.analysis.reference import reference_aggregate
+    from reference import reference_aggregate
 
     cache = {}
 
@@ -167,12 +138,15 @@ def _attention_core(block, impl):
 
 def _build(spec, device):
     """The callable x -> output that ``spec["impl"]`` times."""
-    from nonlocal_det.harness.analysis.reference import reference_forward
+    from reference import reference_forward
 
     impl = spec["impl"]
-    block = _our_block(spec, spec["channels"]).to(device)
+    block = _our_block(spec).to(device)
     if impl == "peer":
-        return _peer(block, spec["block"])
+        import peer_blocks
+
+        builders = {"NL": "mmcv_nonlocal", "DNL": "mmseg_dnl", "GC": "mmcv_context_block"}
+        return getattr(peer_blocks, builders[spec["block"]])(block)
     if impl == "naive":
         return lambda x: reference_forward(block, x)
     if impl == "padded":  # each image computed on its valid region
@@ -193,9 +167,8 @@ def run_child(spec):
     device = torch.device(spec["device"])
     torch.manual_seed(0)
     fn = _build(spec, device)
-    x = torch.randn(
-        1, spec["channels"], spec["height"], spec["width"], device=device, requires_grad=True
-    )
+    shape = (1, spec["channels"], spec["height"], spec["width"])
+    x = torch.randn(shape, device=device, requires_grad=True)
 
     def step():
         fn(x).float().square().mean().backward()
@@ -209,30 +182,29 @@ def run_child(spec):
 
 
 def measure_row(args, spec, impls, size):
-    """{impl: {"ms", "peak_bytes"} or {"error"}}, the implementations run in turn."""
+    """{impl: {"peak_bytes", "ms"} or {"error"}}, the implementations run in turn."""
     channels, h, w = SIZES[size]
-    limit = args.memory_limit_gb * 2**30
-    results, times = {}, {}
+    results = {}
     for impl in impls:
         need = estimated_bytes(impl, spec, channels, h, w)
-        if need is not None and need > limit:
+        if need is not None and need > args.memory_limit_gb * 2**30:
             results[impl] = {"error": f"not run, needs ~{need / 2**30:.0f} GiB"}
         else:
-            results[impl], times[impl] = {}, []
+            results[impl] = {"times": []}
     base = dict(spec, channels=channels, height=h, width=w)
     base.update(device=args.device, repeats=args.repeats)
     for _ in range(args.cycles):
-        for impl in [i for i in times if "error" not in results[i]]:
+        for impl in [i for i in impls if "error" not in results[i]]:
             r = run_child_process(__file__, dict(base, impl=impl), args.timeout)
             if "error" in r:
                 results[impl] = r
                 continue
-            times[impl] += r["times"]
-            old = results[impl].get("peak_bytes", r["peak_bytes"])
-            results[impl]["peak_bytes"] = min(r["peak_bytes"], old)
-    for impl, t in times.items():
-        if t and "error" not in results[impl]:
-            results[impl]["ms"] = 1000 * statistics.median(t)
+            entry = results[impl]
+            entry["times"] += r["times"]
+            entry["peak_bytes"] = min(r["peak_bytes"], entry.get("peak_bytes", r["peak_bytes"]))
+    for r in results.values():
+        if "times" in r:
+            r["ms"] = 1000 * statistics.median(r.pop("times"))
     print(f"{size:6s} {spec} {results}", flush=True)
     return results
 
@@ -253,48 +225,38 @@ def _notes(results):
     return "; ".join(f"{name}: {r['error']}" for name, r in results.items() if "error" in r)
 
 
+def _cells(ours, *others):
+    """The times of ours and the others, the others' time over ours, then their extra MiB."""
+    everyone = (ours, *others)
+    return [*map(_ms, everyone), *(_ratio(r, ours) for r in others), *map(_mib, everyone)]
+
+
 def block_rows(args, size, peers):
-    rows = []
     for label, spec, peer, sizes in ROWS:
-        if spec["block"] not in args.blocks or size not in sizes:
-            continue
-        use_peer = peer is not None and peers[peer.split()[0]]
-        r = measure_row(args, spec, ["ours", "naive"] + (["peer"] if use_peer else []), size)
-        peer_r = r.get("peer", {"error": f"{peer} not installed" if peer else "no peer"})
-        ours, naive = r["ours"], r["naive"]
-        rows.append(
-            [label, _ms(ours), _ms(naive), _ms(peer_r), _ratio(naive, ours), _ratio(peer_r, ours)]
-            + [_mib(ours), _mib(naive), _mib(peer_r), peer or "—", _notes(r)]
-        )
-    return rows
+        if spec["block"] in args.blocks and size in sizes:
+            use_peer = peer is not None and peers[peer.split()[0]]
+            r = measure_row(args, spec, ["ours", "naive"] + (["peer"] if use_peer else []), size)
+            peer_r = r.get("peer", {"error": f"{peer} not installed" if peer else "no peer"})
+            yield [label, *_cells(r["ours"], r["naive"], peer_r), peer or "—", _notes(r)]
 
 
 def core_rows(args, size):
-    rows = []
-    for label, spec, _, _ in ROWS[:4] if "NL" in args.blocks else []:
+    for label, spec, _, _ in ROWS[: len(NL_MODES)] if "NL" in args.blocks else []:
         r = measure_row(args, spec, ["ours_core", "naive_core"], size)
-        ours, naive = r["ours_core"], r["naive_core"]
-        rows.append([label, _ms(ours), _ms(naive), _ratio(naive, ours), _mib(ours), _mib(naive)])
-    return rows
+        yield [label, *_cells(r["ours_core"], r["naive_core"])]
 
 
 def padding_rows(args):
     """Padded batch vs the valid crop alone (and masked fused attention), the large map."""
-    rows = []
     for label, spec, _, sizes in ROWS:
-        if spec["block"] not in args.blocks or "large" not in sizes:
-            continue
-        softmax = spec.get("mode") in ("gaussian", "embedded_gaussian")
-        r = measure_row(
-            args, spec, ["padded", "crop"] + (["masked_sdpa"] if softmax else []), "large"
-        )
-        sdpa = r.get("masked_sdpa", {"error": "softmax NL modes only"})
-        padded, crop = r["padded"], r["crop"]
-        rows.append(
-            [label, _ms(padded), _ms(crop), _ratio(padded, crop), _ms(sdpa)]
-            + [_mib(padded), _mib(crop), _mib(sdpa), _notes(r)]
-        )
-    return rows
+        if spec["block"] in args.blocks and "large" in sizes:
+            softmax = spec.get("mode") in ("gaussian", "embedded_gaussian")
+            impls = ["padded", "crop"] + (["masked_sdpa"] if softmax else [])
+            r = measure_row(args, spec, impls, "large")
+            sdpa = r.get("masked_sdpa", {"error": "softmax NL modes only"})
+            padded, crop = r["padded"], r["crop"]
+            cells = [_ms(padded), _ms(crop), _ratio(padded, crop), _ms(sdpa)]
+            yield [label, *cells, _mib(padded), _mib(crop), _mib(sdpa), _notes(r)]
 
 
 def parse_args(argv=None):
@@ -302,40 +264,31 @@ def parse_args(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=DEFAULT_SIZES)
+    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["res4", "large"])
     parser.add_argument("--blocks", nargs="+", choices=BLOCK_KINDS, default=list(BLOCK_KINDS))
-    parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per process")
-    parser.add_argument(
-        "--cycles", type=positive_int, default=2, help="processes per implementation, in turn"
-    )
-    parser.add_argument(
-        "--memory-limit-gb",
-        type=positive_float,
-        default=12.0,
-        help="skip implementations estimated to need more",
-    )
-    parser.add_argument("--timeout", type=positive_int, default=900, help="seconds per process")
-    parser.add_argument(
-        "--padding",
-        action="store_true",
-        help="only the padded-batch table: the large map with a third of its columns padded",
-    )
-    parser.add_argument(
-        "--output", type=writable_file, default=os.path.join("output", "benchmarks.md")
-    )
+    for flag, kind, default, text in [
+        ("--repeats", positive_int, 3, "timed runs per process"),
+        ("--cycles", positive_int, 2, "processes per implementation, in turn"),
+        ("--memory-limit-gb", positive_float, 12.0, "skip implementations estimated to need more"),
+        ("--timeout", positive_int, 900, "seconds per process"),
+    ]:
+        parser.add_argument(flag, type=kind, default=default, help=text)
+    padding = "only the padded-batch table: the large map with a third of its columns padded"
+    parser.add_argument("--padding", action="store_true", help=padding)
+    output = os.path.join("output", "benchmarks.md")
+    parser.add_argument("--output", type=writable_file, default=output)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def header(args, peers):
-    command = "python tools/benchmark_blocks.py " + " ".join(
-        [f"--device {args.device}", f"--blocks {' '.join(args.blocks)}"]
-        + (["--padding"] if args.padding else [f"--sizes {' '.join(args.sizes)}"])
-    )
+    which = "--padding" if args.padding else f"--sizes {' '.join(args.sizes)}"
+    options = f"--device {args.device} --blocks {' '.join(args.blocks)} {which}"
     installed = ", ".join(name for name, ok in peers.items() if ok) or "none"
     return [
-        f"Generated by `{command}` on {datetime.date.today().isoformat()}; machine: "
-        f"{describe_machine(args.device)}; peers installed: {installed}.",
+        f"Generated by `python tools/benchmark_blocks.py {options}` on "
+        f"{datetime.date.today().isoformat()}; machine: {describe_machine(args.device)}; "
+        f"peers installed: {installed}.",
         "",
         "Batch 1, forward + backward (input and parameter gradients). Each implementation runs "
         f"in its own processes, {args.cycles} per row in turn (A B C A B C), each process a "
@@ -343,7 +296,7 @@ def header(args, peers):
         '"extra MiB" is the peak memory of one forward + backward above what inputs and '
         "parameters already hold, as torch's allocator sees it. Ratios are the other "
         'implementation\'s time over ours (>1: ours is faster). "naive" is '
-        "`harness.analysis.reference` (the full pairwise matrix; GC: its formula written out). "
+        "`tests/reference.py` (the full pairwise matrix; GC: its formula written out). "
         "NL: reduction 2, 2×2 max-pool sub-sampling, BN after W_z. CGNL: 8 groups, order 3, GN. "
         "DNL: reduction 2, BN, temperature 0.05 (mmsegmentation's block runs without "
         "sub-sampling only). GC: ratio 1/16, add fusion.",
@@ -374,7 +327,7 @@ def main(argv=None):
             + ["ours extra MiB", "naive extra MiB", "peer extra MiB", "peer", "notes"],
             block_rows(args, size, peers),
         )
-        core = core_rows(args, size)
+        core = list(core_rows(args, size))
         if core:
             lines += ["", f"NL attention core only (q/k/v given, no 1×1 convs), {size}:", ""]
             lines += markdown_table(

@@ -22,12 +22,7 @@ import os
 import statistics
 
 from nonlocal_det.errors import exit_on_user_error
-from nonlocal_det.harness.cli.args import (
-    config_pair,
-    image_side,
-    positive_int,
-    writable_file,
-)
+from nonlocal_det.harness.cli.args import config_pair, image_side, positive_int, writable_file
 from nonlocal_det.harness.utils.machine import describe_machine
 from nonlocal_det.harness.utils.measure import run_child_process, time_and_peak
 from nonlocal_det.harness.utils.tables import write_text
@@ -46,9 +41,8 @@ def _inputs(cfg, height, width, device):
 
     gen = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (3, height, width), generator=gen).float()
-    boxes = torch.tensor([[0.1, 0.1, 0.5, 0.7], [0.4, 0.2, 0.9, 0.8]]) * torch.tensor(
-        [width, height, width, height]
-    )
+    scale = torch.tensor([width, height, width, height])
+    boxes = torch.tensor([[0.1, 0.1, 0.5, 0.7], [0.4, 0.2, 0.9, 0.8]]) * scale
     inst = Instances((height, width))
     inst.gt_boxes = Boxes(boxes)
     inst.gt_classes = torch.zeros(2, dtype=torch.long)
@@ -70,68 +64,47 @@ def run_child(spec):
 
     from nonlocal_det.harness.analysis.model_costs import analysis_cfg, fix_roi_workload
 
-    cfg = analysis_cfg(
-        os.path.join(REPO_ROOT, "configs", spec["config"]), ["MODEL.DEVICE", spec["device"]]
-    )
+    config = os.path.join(REPO_ROOT, "configs", spec["config"])
+    cfg = analysis_cfg(config, ["MODEL.DEVICE", spec["device"]])
     torch.manual_seed(0)
     model = build_model(cfg)
     fix_roi_workload(model)
     data = _inputs(cfg, spec["height"], spec["width"], spec["device"])
     device = torch.device(spec["device"])
+    train = spec["measure"] == "train"
+    model.train(train)
+    if train:
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=0.0, momentum=0.9)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    if spec["measure"] == "train":
-        model.train()
-        optimizer = torch.optim.SGD(
-            [p for p in model.parameters() if p.requires_grad], lr=0.0, momentum=0.9
-        )
-
-        def step():
+    def step():
+        if train:
             with EventStorage():
                 loss = sum(model([data]).values())
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            sync()
-
-    else:
-        model.eval()
-
-        def step():
+        else:
             with torch.no_grad():
-                model([{"image": data["image"], "height": data["height"], "width": data["width"]}])
-            sync()
+                model([{key: data[key] for key in ("image", "height", "width")}])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
-    print(
-        json.dumps(
-            time_and_peak(step, device, spec["repeats"], with_memory=spec["measure"] == "train")
-        )
-    )
+    print(json.dumps(time_and_peak(step, device, spec["repeats"], with_memory=train)))
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--pairs",
-        nargs="+",
-        type=config_pair,
-        default=[config_pair(p) for p in DEFAULT_PAIRS],
-        help="baseline.yaml:nonlocal.yaml from configs/",
-    )
+    pairs = [config_pair(p) for p in DEFAULT_PAIRS]
+    pairs_help = "baseline.yaml:nonlocal.yaml from configs/"
+    parser.add_argument("--pairs", nargs="+", type=config_pair, default=pairs, help=pairs_help)
     parser.add_argument("--size", nargs=2, type=image_side, default=(800, 1333), metavar=("H", "W"))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=positive_int, default=2, help="timed runs per process")
-    parser.add_argument(
-        "--cycles",
-        type=positive_int,
-        default=2,
-        help="processes per config and measurement, in turn",
-    )
+    cycles_help = "processes per config and measurement, in turn"
+    parser.add_argument("--cycles", type=positive_int, default=2, help=cycles_help)
     parser.add_argument("--output", type=writable_file, help="write the markdown table here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -140,13 +113,12 @@ def parse_args(argv=None):
 def measure_pair(args, base: str, nl: str) -> str:
     """The table row of one (baseline, non-local) pair: both configs' processes in turn."""
     height, width = args.size
+    spec = dict(height=height, width=width, device=args.device, repeats=args.repeats)
     results = {name: {"train": [], "infer": [], "peak": None, "error": None} for name in (base, nl)}
     for measurement in ("train", "infer"):
         for _ in range(args.cycles):
             for name in (base, nl):
-                spec = dict(config=name, measure=measurement, height=height, width=width)
-                spec.update(device=args.device, repeats=args.repeats)
-                r = run_child_process(__file__, spec, timeout=1800)
+                r = run_child_process(__file__, dict(spec, config=name, measure=measurement), 1800)
                 print(f"{name} {measurement}: {r}", flush=True)
                 if "error" in r:
                     results[name]["error"] = r["error"]
@@ -169,8 +141,7 @@ def measure_pair(args, base: str, nl: str) -> str:
 def main(argv=None):
     args = parse_args(argv)
     if args.child:
-        run_child(json.loads(args.child))
-        return
+        return run_child(json.loads(args.child))
     height, width = args.size
     rows = [measure_pair(args, base, nl) for base, nl in args.pairs]
     text = "\n".join(

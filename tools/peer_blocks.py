@@ -50,14 +50,27 @@ def _conv_of(module):
     return module.conv
 
 
-def _copy_nonlocal_weights(ours, theirs) -> None:
+def _module_pairs(ours, theirs):
+    """[(our module, the peer's module holding the same weights)]."""
+    if not hasattr(theirs, "conv_out"):  # mmcv's ContextBlock: our submodule names
+        return [(ours, theirs)]
+    names = [n for n in ("g", "theta", "phi") if hasattr(ours, n)]  # Gaussian: no theta, phi
+    pairs = [(getattr(ours, n), _conv_of(getattr(theirs, n))) for n in names]
+    pairs.append((ours.out, theirs.conv_out.conv))
+    if ours.norm is not None:
+        pairs.append((ours.norm, theirs.conv_out.norm))
+    if hasattr(ours, "conv_mask"):
+        pairs.append((ours.conv_mask, theirs.conv_mask))
+    return pairs
+
+
+def _with_our_weights(ours, theirs):
+    """``theirs`` in our dtype and train/eval mode, holding our weights."""
+    theirs.to(next(ours.parameters()).dtype)  # before copying, not to round our weights
     with torch.no_grad():
-        for name in ("g", "theta", "phi"):
-            if hasattr(ours, name):  # the Gaussian mode has no theta and phi
-                _conv_of(getattr(theirs, name)).load_state_dict(getattr(ours, name).state_dict())
-        theirs.conv_out.conv.load_state_dict(ours.out.state_dict())
-        if ours.norm is not None:
-            theirs.conv_out.norm.load_state_dict(ours.norm.state_dict())
+        for mine, peer in _module_pairs(ours, theirs):
+            peer.load_state_dict(mine.state_dict())
+    return theirs.train(ours.training)
 
 
 def _norm_cfg(block):
@@ -68,21 +81,25 @@ def _norm_cfg(block):
     )
 
 
+def _nonlocal_peer(cls, ours, **settings):
+    """``cls`` (mmcv's ``NonLocal2d`` or a subclass) with our block's settings and weights."""
+    theirs = cls(
+        ours.in_channels,
+        reduction=ours.in_channels // ours.inner_channels,
+        use_scale=ours.use_scale,
+        mode=ours.mode,  # our DNL's: embedded_gaussian
+        sub_sample=ours.sub_sample,
+        norm_cfg=_norm_cfg(ours),
+        **settings,
+    )
+    return _with_our_weights(ours, theirs)
+
+
 def mmcv_nonlocal(ours):
     """mmcv's ``NonLocal2d`` with the settings and weights of our ``NonLocalBlock2d``."""
     from mmcv.cnn import NonLocal2d
 
-    theirs = NonLocal2d(
-        ours.in_channels,
-        reduction=ours.in_channels // ours.inner_channels,
-        use_scale=ours.use_scale,
-        mode=ours.mode,
-        sub_sample=ours.sub_sample,
-        norm_cfg=_norm_cfg(ours),
-    )
-    theirs.to(next(ours.parameters()).dtype)
-    _copy_nonlocal_weights(ours, theirs)
-    return theirs.train(ours.training)
+    return _nonlocal_peer(NonLocal2d, ours)
 
 
 def mmcv_context_block(ours):
@@ -90,46 +107,18 @@ def mmcv_context_block(ours):
     from mmcv.cnn import ContextBlock
 
     theirs = ContextBlock(ours.in_channels, ours.ratio, ours.pooling, tuple(ours.fusions))
-    theirs.to(next(ours.parameters()).dtype)
-    theirs.load_state_dict(ours.state_dict())  # the same submodule names
-    return theirs.train(ours.training)
+    return _with_our_weights(ours, theirs)
 
 
 def mmseg_dnl(ours):
     """mmsegmentation's ``DisentangledNonLocal2d`` with our ``DisentangledNonLocal2d``'s weights."""
-    theirs = mmseg_dnl_class()(
-        ours.in_channels,
-        reduction=ours.in_channels // ours.inner_channels,
-        use_scale=ours.use_scale,
-        mode="embedded_gaussian",
-        sub_sample=ours.sub_sample,
-        norm_cfg=_norm_cfg(ours),
-        temperature=ours.temperature,
-    )
-    theirs.to(next(ours.parameters()).dtype)
-    _copy_nonlocal_weights(ours, theirs)
-    with torch.no_grad():
-        theirs.conv_mask.load_state_dict(ours.conv_mask.state_dict())
-    return theirs.train(ours.training)
+    return _nonlocal_peer(mmseg_dnl_class(), ours, temperature=ours.temperature)
 
 
 def parameter_pairs(ours, theirs):
-    """[(name, our parameter, the peer's parameter holding the same weights)]."""
-    from nonlocal_det.layers import GlobalContextBlock2d
-
-    if isinstance(ours, GlobalContextBlock2d):  # mmcv's submodule names
-        theirs_by_name = dict(theirs.named_parameters())
-        return [(n, p, theirs_by_name[n]) for n, p in ours.named_parameters()]
-    modules = {
-        "g": _conv_of(theirs.g),
-        "theta": _conv_of(theirs.theta),
-        "phi": _conv_of(theirs.phi),
-        "out": theirs.conv_out.conv,
-        "norm": getattr(theirs.conv_out, "norm", None),
-        "conv_mask": getattr(theirs, "conv_mask", None),
-    }
-    pairs = []
-    for name, p in ours.named_parameters():
-        module, _, attr = name.partition(".")
-        pairs.append((name, p, getattr(modules[module], attr)))
-    return pairs
+    """[(our parameter, the peer's parameter holding the same weights)]."""
+    return [
+        (p, peer.get_parameter(name))
+        for mine, peer in _module_pairs(ours, theirs)
+        for name, p in mine.named_parameters()
+    ]

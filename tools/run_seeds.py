@@ -2,21 +2,14 @@
 """
 Train and evaluate configs over several seeds with train_net.py, then report (table and plot).
 
-Each (config, seed) is one ``train_net.py`` process (Detectron2's trainer and COCOEvaluator)
-with ``SEED <seed> OUTPUT_DIR <output-dir>/<config>/seed<seed>`` and the given overrides. A run
-whose ``final_metrics.json`` and ``run.json`` exist is not repeated, so an interrupted sweep
-resumes where it stopped. A progress line with an ETA follows every run; ``--summary-dir`` keeps
-each finished run's summary (``nonlocal_det.harness.cli.seed_runs``) as soon as it ends. The report
-(``nonlocal_det.harness.cli.seed_report``) follows; ``tools/seeds_report.py`` rebuilds it from the
-summaries alone.
+Each (config, seed) is one train_net.py process with the overrides, SEED and OUTPUT_DIR
+(<output-dir>/<config>/seed<seed>); a finished run is not repeated, so a sweep resumes where it
+stopped. tools/seeds_report.py rebuilds the report from the ``--summary-dir`` summaries. More
+examples: docs/tools.md, docs/ablation.md, docs/usage.md.
 
-    python tools/run_seeds.py --config-files configs/quickstart.yaml --seeds 0 1 2 3 4 \
-        --output-dir output/seeds --table docs/quickstart_seeds.md
     python tools/run_seeds.py --config-files configs/longrange_baseline.yaml \
         configs/longrange_NL.yaml --seeds 0 1 2 --output-dir output/ablation \
         --summary-dir docs/ablation_runs --table output/ablation.md
-    python tools/run_seeds.py --config-files configs/mask_rcnn_R50_baseline.yaml \
-        configs/mask_rcnn_R50_NL.yaml --seeds 0 --num-gpus 8 --output-dir output/coco_r50
 """
 
 import argparse
@@ -29,17 +22,9 @@ import time
 from typing import Dict, List, Optional
 
 from nonlocal_det.errors import MissingInputError, exit_on_user_error
+from nonlocal_det.harness.cli import seed_runs
 from nonlocal_det.harness.cli.args import non_negative_int, positive_int
 from nonlocal_det.harness.cli.seed_report import add_report_arguments, write_report
-from nonlocal_det.harness.cli.seed_runs import (
-    RUN_FILE,
-    TASKS,
-    config_name,
-    load_run,
-    run_dir,
-    summary_path,
-    write_summary,
-)
 from nonlocal_det.harness.io import write_json
 from nonlocal_det.harness.utils.machine import cpu_model, git_commit
 from nonlocal_det.harness.utils.tables import format_ap, format_duration
@@ -65,19 +50,8 @@ def _training_seconds(log_text: str) -> Optional[float]:
 def train_one(config_file: str, seed: int, directory: str, num_gpus: int, opts: List[str]) -> dict:
     """One train_net.py process; its output goes to ``directory/train_net.log``."""
     os.makedirs(directory, exist_ok=True)
-    cmd = [
-        sys.executable,
-        TRAIN_NET,
-        "--config-file",
-        config_file,
-        "--num-gpus",
-        str(num_gpus),
-        *opts,
-        "SEED",
-        str(seed),
-        "OUTPUT_DIR",
-        directory,
-    ]
+    cmd = [sys.executable, TRAIN_NET, "--config-file", config_file, "--num-gpus", str(num_gpus)]
+    cmd += [*opts, "SEED", str(seed), "OUTPUT_DIR", directory]
     log_path = os.path.join(directory, "train_net.log")
     start = time.time()
     with open(log_path, "w") as log:
@@ -86,13 +60,11 @@ def train_one(config_file: str, seed: int, directory: str, num_gpus: int, opts: 
     with open(log_path) as f:
         log_text = f.read()
     if returncode != 0:
-        raise RunFailed(
-            f"{' '.join(cmd)} exited with {returncode}; end of its log:\n{log_text[-2000:]}"
-        )
+        tail = log_text[-2000:]
+        raise RunFailed(f"{' '.join(cmd)} exited with {returncode}; end of its log:\n{tail}")
+    in_repo = config_file.startswith(REPO_ROOT)
     run = {
-        "config": os.path.relpath(config_file, REPO_ROOT)
-        if config_file.startswith(REPO_ROOT)
-        else config_file,
+        "config": os.path.relpath(config_file, REPO_ROOT) if in_repo else config_file,
         "seed": seed,
         "wall_s": round(wall, 1),
         "train_s": _training_seconds(log_text),
@@ -104,17 +76,14 @@ def train_one(config_file: str, seed: int, directory: str, num_gpus: int, opts: 
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "commit": git_commit(REPO_ROOT),
     }
-    write_json(os.path.join(directory, RUN_FILE), run, indent=1)
-    return load_run(directory)
+    write_json(os.path.join(directory, seed_runs.RUN_FILE), run, indent=1)
+    return seed_runs.load_run(directory)
 
 
 def summary_line(run: dict) -> str:
-    aps = ", ".join(
-        f"{label} {format_ap(run['metrics'][task])}"
-        for task, label in TASKS
-        if task in run["metrics"]
-    )
-    return f"{aps}; {format_duration(run['wall_s'])}"
+    metrics = run["metrics"]
+    aps = [f"{label} {format_ap(metrics[t])}" for t, label in seed_runs.TASKS if t in metrics]
+    return f"{', '.join(aps)}; {format_duration(run['wall_s'])}"
 
 
 def sweep(
@@ -125,45 +94,37 @@ def sweep(
     opts: List[str],
     summary_dir: Optional[str] = None,
 ) -> Dict[str, List[dict]]:
-    """
-    Every (config, seed) run, trained unless already done; {config file: [runs in seed order]}.
-    With ``summary_dir``, each finished run's summary (``write_summary``) is written there as
-    soon as it ends.
-    """
+    """Every (config, seed) run, trained unless already done, and with ``summary_dir`` its summary
+    written there as soon as it ends; {config file: [runs in seed order]}."""
     jobs = [(c, s) for c in config_files for s in seeds]
     results: Dict[str, List[dict]] = {c: [] for c in config_files}
     trained_walls = []
     for number, (config_file, seed) in enumerate(jobs, 1):
-        directory = run_dir(output_dir, config_file, seed)
-        prefix = f"[{number}/{len(jobs)}] {config_name(config_file)} seed {seed}"
-        run = load_run(directory)
+        directory = seed_runs.run_dir(output_dir, config_file, seed)
+        prefix = f"[{number}/{len(jobs)}] {seed_runs.config_name(config_file)} seed {seed}"
+        run = seed_runs.load_run(directory)
         if run is not None:
             print(f"{prefix}: done before ({summary_line(run)})", flush=True)
         else:
-            print(
-                f"{prefix}: training ... (log: {os.path.join(directory, 'train_net.log')})",
-                flush=True,
-            )
+            log_path = os.path.join(directory, "train_net.log")
+            print(f"{prefix}: training ... (log: {log_path})", flush=True)
             run = train_one(config_file, seed, directory, num_gpus, opts)
             trained_walls.append(run["wall_s"])
-            left = sum(load_run(run_dir(output_dir, c, s)) is None for c, s in jobs[number:])
-            eta = (
-                f"; ETA {format_duration(statistics.mean(trained_walls) * left)} for {left} more"
-                if left
-                else ""
-            )
+            todo = [seed_runs.run_dir(output_dir, c, s) for c, s in jobs[number:]]
+            left = sum(seed_runs.load_run(d) is None for d in todo)
+            mean_wall = statistics.mean(trained_walls)
+            eta = f"; ETA {format_duration(mean_wall * left)} for {left} more" if left else ""
             print(f"{prefix}: {summary_line(run)}{eta}", flush=True)
         if summary_dir:
-            write_summary(run, summary_path(summary_dir, config_file, seed))
+            seed_runs.write_summary(run, seed_runs.summary_path(summary_dir, config_file, seed))
         results[config_file].append(run)
     return results
 
 
-def parse_args(argv=None):
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--config-files", nargs="+", default=[os.path.join(REPO_ROOT, "configs", "quickstart.yaml")]
-    )
+    quickstart = os.path.join(REPO_ROOT, "configs", "quickstart.yaml")
+    parser.add_argument("--config-files", nargs="+", default=[quickstart])
     parser.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0, 1, 2])
     parser.add_argument("--output-dir", default=os.path.join("output", "seeds"))
     parser.add_argument(
@@ -181,29 +142,21 @@ def parse_args(argv=None):
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="config overrides for every run: KEY VALUE ..."
     )
-    return parser.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = parser.parse_args(argv)
     config_files = [os.path.abspath(c) for c in args.config_files]
     for c in config_files:
         if not os.path.isfile(c):
             raise MissingInputError(f"--config-files: {c} does not exist")
+    opts = list(args.opts)
     try:
         results = sweep(
-            config_files,
-            args.seeds,
-            args.output_dir,
-            args.num_gpus,
-            list(args.opts),
-            args.summary_dir,
+            config_files, args.seeds, args.output_dir, args.num_gpus, opts, args.summary_dir
         )
     except RunFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     command = "python tools/run_seeds.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    write_report(results, args, command, list(args.opts), PAPER_RESULTS)
+    write_report(results, args, command, opts, PAPER_RESULTS)
     return 0
 
 

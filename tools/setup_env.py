@@ -11,18 +11,15 @@ Install nonlocal_det and everything it needs, Detectron2 included, into a virtua
 Steps, each done only when its result is missing, so a second run takes seconds:
 
 1. the virtual environment (``python -m venv``);
-2. this project in editable mode with its ``test`` extra, every package at the version
-   ``constraints.txt`` pins (torch, torchvision, ``setuptools<81``: Detectron2 imports
-   ``pkg_resources``);
-3. Detectron2: the wheel given by ``--detectron2-wheel`` or ``$DETECTRON2_WHEEL`` (a file, or a
-   folder holding one for this Python), installed by its path; otherwise Detectron2's official
-   source at ``DETECTRON2_COMMIT`` (the commit the shared wheel was built from), built with
-   ``--no-build-isolation`` against the torch of step 2, as Detectron2's install guide says.
-   Detectron2 is never resolved by the bare name ``detectron2`` against a package index:
-   nothing official is published under that name.
+2. this project, editable with its ``test`` extra, at the versions ``constraints.txt`` pins
+   (torch, torchvision; ``setuptools<81``: Detectron2 imports ``pkg_resources``);
+3. Detectron2: the wheel of ``--detectron2-wheel`` or ``$DETECTRON2_WHEEL`` (a file, or a folder
+   holding one for this Python) by its path; else its official source at ``DETECTRON2_COMMIT``
+   (that of the shared wheel), built with ``--no-build-isolation`` against the torch of step 2, as
+   its install guide says. Never the bare name ``detectron2`` on a package index: nothing official
+   is published under it.
 
-Only the standard library is used here; pip does all installing. A step that fails stops the
-script with the step's name and the fix.
+Standard library only; pip does all installing. A failed step stops with its name and the fix.
 """
 
 import argparse
@@ -36,6 +33,7 @@ import sys
 import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONSTRAINTS = os.path.join(REPO_ROOT, "constraints.txt")
 DETECTRON2_REPO = "https://github.com/facebookresearch/detectron2.git"
 DETECTRON2_COMMIT = "02b5c4e295e990042a714712c21dc79b731e8833"
 WHEEL_ENV = "DETECTRON2_WHEEL"
@@ -60,20 +58,20 @@ def run(step: str, cmd, fix: str) -> None:
 
 def python_tag(python: str) -> str:
     """'cp311' for a CPython 3.11 interpreter."""
-    out = subprocess.check_output(
-        [python, "-c", "import sys; print(sys.implementation.name, *sys.version_info[:2])"],
-        text=True,
-    ).split()
-    return ("cp" if out[0] == "cpython" else out[0]) + out[1] + out[2]
+    code = "import sys; print(sys.implementation.name, *sys.version_info[:2])"
+    name, major, minor = subprocess.check_output([python, "-c", code], text=True).split()
+    return ("cp" if name == "cpython" else name) + major + minor
+
+
+def _is_wheel(name: str) -> bool:
+    return name.startswith("detectron2-") and name.endswith(".whl")
 
 
 def find_wheel(spec: str, tag: str) -> str:
     """The Detectron2 wheel named by ``spec`` (a .whl file, or a folder holding one for ``tag``)."""
     path = os.path.abspath(os.path.expanduser(spec))
     if os.path.isdir(path):
-        wheels = sorted(
-            f for f in os.listdir(path) if f.startswith("detectron2-") and f.endswith(".whl")
-        )
+        wheels = sorted(f for f in os.listdir(path) if _is_wheel(f))
         if not wheels:
             raise SetupError(
                 f"no detectron2-*.whl in {path} ({WHEEL_ENV} / --detectron2-wheel). Point it at "
@@ -83,56 +81,45 @@ def find_wheel(spec: str, tag: str) -> str:
         if not matching:
             raise SetupError(
                 f"the Detectron2 wheels in {path} ({', '.join(wheels)}) are not for this Python "
-                f"({tag}). "
-                "Use the Python they were built for, or leave the wheel out to build Detectron2 "
-                "from source."
+                f"({tag}). Use the Python they were built for, or leave the wheel out to build "
+                "Detectron2 from source."
             )
         path = os.path.join(path, matching[-1])
     elif not os.path.isfile(path):
         raise SetupError(f"{WHEEL_ENV} / --detectron2-wheel = {spec!r}: no such file or folder.")
     name = os.path.basename(path)
-    if not (name.startswith("detectron2-") and name.endswith(".whl")):
+    if not _is_wheel(name):
         raise SetupError(
             f"{path} is not a Detectron2 wheel (expected detectron2-<version>-<tags>.whl)."
         )
     if f"-{tag}-" not in name:
         raise SetupError(
             f"{name} is built for another Python than this environment's ({tag}). Use a wheel "
-            "built "
-            f"for {tag}, create the environment with the wheel's Python (--python), or leave the "
-            "wheel "
-            "out to build Detectron2 from source."
+            f"built for {tag}, create the environment with the wheel's Python (--python), or leave "
+            "the wheel out to build Detectron2 from source."
         )
     return path
 
 
 def source_build_prerequisites() -> None:
-    """
-    Building from source needs git, a C++ compiler and a route to GitHub: say which is missing.
-    """
+    """A source build needs git, a C++ compiler and a route to GitHub: say which is missing."""
     missing = [tool for tool in ("git",) if shutil.which(tool) is None]
     if not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")):
         missing.append("a C++ compiler (c++/g++/clang++)")
     if missing:
         raise SetupError(
             f"building Detectron2 from source needs {' and '.join(missing)}, not found on PATH. "
-            "Install "
-            f"them (Debian/Ubuntu: apt install git build-essential), or pass a prebuilt wheel with "
-            f"--detectron2-wheel PATH or {WHEEL_ENV}=PATH."
+            "Install them (Debian/Ubuntu: apt install git build-essential), or pass a prebuilt "
+            f"wheel with --detectron2-wheel PATH or {WHEEL_ENV}=PATH."
         )
     try:
         socket.create_connection(("github.com", 443), timeout=10).close()
     except OSError as e:
         raise SetupError(
             f"no wheel given and github.com cannot be reached ({e}), so Detectron2's source cannot "
-            "be "
-            "fetched. Pass a Detectron2 wheel built for this Python with --detectron2-wheel PATH "
-            "or "
-            f"{WHEEL_ENV}=PATH (a file or a folder holding it)."
+            "be fetched. Pass a Detectron2 wheel built for this Python with --detectron2-wheel "
+            f"PATH or {WHEEL_ENV}=PATH (a file or a folder holding it)."
         ) from None
-
-
-CONSTRAINTS = os.path.join(REPO_ROOT, "constraints.txt")
 
 
 def fingerprint(detectron2_source: str) -> dict:
@@ -151,12 +138,8 @@ def installed_ok(python: str) -> bool:
         "sys.exit(os.path.dirname(os.path.dirname(os.path.abspath(nonlocal_det.__file__))) != "
         "sys.argv[1])"
     )
-    return (
-        subprocess.call(
-            [python, "-c", code, REPO_ROOT], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        == 0
-    )
+    cmd = [python, "-c", code, REPO_ROOT]
+    return subprocess.call(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) == 0
 
 
 def ensure_venv(venv: str, base_python: str) -> str:
@@ -168,10 +151,8 @@ def ensure_venv(venv: str, base_python: str) -> str:
     if subprocess.call([base_python, "-m", "venv", venv]) != 0:
         raise SetupError(
             f"step 'virtual environment' failed: `{base_python} -m venv {venv}`. On Debian/Ubuntu "
-            "the venv "
-            "module is a separate package (apt install python3-venv); or pass --venv '' to install "
-            "into "
-            "the running interpreter."
+            "the venv module is a separate package (apt install python3-venv); or pass --venv '' "
+            "to install into the running interpreter."
         )
     return python
 
@@ -182,8 +163,8 @@ def setup(venv: str, base_python: str, wheel_spec: str) -> str:
     tag = python_tag(base_python)
     if tag != "cp311":
         log(
-            f"note: this Python is {tag}; the torch pins and the shared Detectron2 wheel are for "
-            "cp311"
+            f"note: this Python is {tag}; the torch pins and the shared Detectron2 wheel are "
+            "for cp311"
         )
     wheel = find_wheel(wheel_spec, tag) if wheel_spec else None
     detectron2_source = wheel or f"{DETECTRON2_REPO}@{DETECTRON2_COMMIT}"
@@ -200,35 +181,28 @@ def setup(venv: str, base_python: str, wheel_spec: str) -> str:
     if not wheel:
         source_build_prerequisites()
 
-    pip = [python, "-m", "pip", "install", "--disable-pip-version-check"]
-    run(
-        "python packages",
-        pip + ["-c", CONSTRAINTS, "setuptools<81", "-e", f"{REPO_ROOT}[test]"],
-        "Check the network route to the package index (pip's message above), then rerun.",
-    )
+    pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "-c", CONSTRAINTS]
+    fix = "Check the network route to the package index (pip's message above), then rerun."
+    run("python packages", pip + ["setuptools<81", "-e", f"{REPO_ROOT}[test]"], fix)
     if wheel:
-        run(
-            "detectron2 (wheel)",
-            pip + ["-c", CONSTRAINTS, wheel],
+        fix = (
             "The wheel must match this Python and the torch of constraints.txt; its dependencies "
-            "come from the package index.",
+            "come from the package index."
         )
+        run("detectron2 (wheel)", pip + [wheel], fix)
     else:
-        run(
-            "detectron2 (build from source)",
-            pip
-            + ["-c", CONSTRAINTS, "--no-build-isolation"]
-            + [f"detectron2 @ git+{DETECTRON2_REPO}@{DETECTRON2_COMMIT}"],
+        source = f"detectron2 @ git+{DETECTRON2_REPO}@{DETECTRON2_COMMIT}"
+        fix = (
             "Building needs the Python headers (apt install python3-dev), a C++ compiler and git; "
-            f"or pass a prebuilt wheel with --detectron2-wheel PATH / {WHEEL_ENV}=PATH.",
+            f"or pass a prebuilt wheel with --detectron2-wheel PATH / {WHEEL_ENV}=PATH."
         )
+        run("detectron2 (build from source)", pip + ["--no-build-isolation", source], fix)
     if not installed_ok(python):
         raise SetupError(
             f"step 'check': {python} cannot import torch, torchvision, detectron2 (with "
-            "detectron2._C) "
-            f"and this checkout's nonlocal_det after installing. Run `{python} -c \"import "
-            'detectron2._C"` '
-            "to see why (a wheel built against another torch fails here)."
+            "detectron2._C) and this checkout's nonlocal_det after installing. Run "
+            f'`{python} -c "import detectron2._C"` to see why (a wheel built against another '
+            "torch fails here)."
         )
     if stamp:
         with open(stamp, "w") as f:
@@ -237,7 +211,7 @@ def setup(venv: str, base_python: str, wheel_spec: str) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(

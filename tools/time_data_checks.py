@@ -27,11 +27,9 @@ def build(workdir: str, num_images: int, per_image: int = 7) -> str:
     image_dir = os.path.join(workdir, "images")
     os.makedirs(image_dir, exist_ok=True)
     rng = np.random.RandomState(0)
-    sources = []
-    for k in range(64):
-        path = os.path.join(workdir, f"source{k}.jpg")
+    sources = [os.path.join(workdir, f"source{k}.jpg") for k in range(64)]
+    for path in sources:
         Image.fromarray(rng.randint(0, 255, (480, 640, 3), np.uint8)).save(path, quality=80)
-        sources.append(path)
     images, annotations = [], []
     for i in range(1, num_images + 1):
         name = f"{i:012d}.jpg"
@@ -41,17 +39,9 @@ def build(workdir: str, num_images: int, per_image: int = 7) -> str:
         images.append({"id": i, "file_name": name, "width": 640, "height": 480})
         for j in range(per_image):
             x, y = float(rng.uniform(0, 500)), float(rng.uniform(0, 380))
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": i,
-                    "category_id": 1 + j % 80,
-                    "iscrowd": 0,
-                    "bbox": [x, y, 60.0, 50.0],
-                    "area": 3000.0,
-                    "segmentation": [[x, y, x + 60, y, x + 60, y + 50, x, y + 50]],
-                }
-            )
+            poly = [x, y, x + 60, y, x + 60, y + 50, x, y + 50]
+            ann = dict(id=len(annotations) + 1, image_id=i, category_id=1 + j % 80, iscrowd=0)
+            annotations.append(dict(ann, bbox=[x, y, 60.0, 50.0], area=3000.0, segmentation=[poly]))
     categories = [{"id": c, "name": f"c{c}"} for c in range(1, 81)]
     json_path = os.path.join(workdir, "instances.json")
     with open(json_path, "w") as f:

@@ -5,20 +5,13 @@ other orientation (so both are padded), on NL R50-FPN Mask R-CNN with random wei
 non-local blocks made non-identity, FrozenBN backbone, in eval mode
 (``nonlocal_det.harness.analysis.valid_region``).
 
-Per row: the interior change of the image's res4 features (its valid region less a margin of
-4 cells, L2 relative to the whole map's), and the share of its detections found again when
-batched (same class, IoU > 0.99, score within 1e-3). Models:
-
-- ``stock``: Detectron2's R50-FPN Mask R-CNN (no block): the convolutions' own border effects.
-- ``key off``: +1 NL block attending over the padded map (MODEL.NONLOCAL.VALID_REGION False).
-- ``key on``: the same weights with VALID_REGION True.
-- ``crop reference``: key off, with every non-local block run by hand on each image's valid crop
-  (what exact masking must reproduce); ``key on vs reference`` is the relative L2 between the
-  key-on and the reference's batched res4 features.
+Per row, that module's measures for ``stock`` (Detectron2's R50-FPN Mask R-CNN, no block: the
+convolutions' own border effects), ``key off`` (+1 NL block attending over the padded map,
+MODEL.NONLOCAL.VALID_REGION False), ``key on`` (the same weights, VALID_REGION True) and ``crop
+reference`` (key off, every block run by hand on each image's valid crop: what masking must give).
 
     python tools/valid_region_check.py   # both size pairs, GN and BN; prints a table
-    python tools/valid_region_check.py --pairs 320x480:480x320 --norms GN \
-        --output output/valid_region.md
+    python tools/valid_region_check.py --pairs 320x480:480x320 --output output/valid_region.md
 """
 
 import argparse
@@ -40,20 +33,15 @@ def _pair(text: str):
         image, mate = (tuple(int(v) for v in side.split("x")) for side in text.split(":"))
         assert len(image) == len(mate) == 2
     except (ValueError, AssertionError):
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: expected HxW:HxW, e.g. 512x768:768x512"
-        ) from None
+        message = f"{text!r}: expected HxW:HxW, e.g. 512x768:768x512"
+        raise argparse.ArgumentTypeError(message) from None
     return image, mate
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--pairs",
-        nargs="+",
-        type=_pair,
-        default=[_pair("512x768:768x512"), _pair("320x480:480x320")],
-    )
+    pairs = [_pair("512x768:768x512"), _pair("320x480:480x320")]
+    parser.add_argument("--pairs", nargs="+", type=_pair, default=pairs)
     parser.add_argument("--norms", nargs="+", default=["GN", "BN"], choices=["GN", "BN"])
     parser.add_argument(
         "--backbone-stats",
@@ -68,10 +56,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import nonlocal_det  # noqa: F401  (registers the meta-architectures and the backbone)
 
-    text = (
-        table(measure(args.pairs, args.norms, CONFIG_DIR, args.backbone_stats == "calibrated"))
-        + f"\n\nBackbone statistics: {args.backbone_stats}. CPU, torch {torch.__version__}.\n"
-    )
+    rows = measure(args.pairs, args.norms, CONFIG_DIR, args.backbone_stats == "calibrated")
+    stats = f"Backbone statistics: {args.backbone_stats}. CPU, torch {torch.__version__}."
+    text = f"{table(rows)}\n\n{stats}\n"
     print(text)
     if args.output:
         write_text(args.output, text)

@@ -26,20 +26,13 @@ TOP_K = 20
 
 def draw_arrows(image, query_xy, key_xy, weights, color):
     """Arrows from each query to its top keys; thicker and more opaque for larger weights."""
-    overlay = image.copy()
+    overlay, style = image.copy(), {"tipLength": 0.08, "line_type": cv2.LINE_AA}
     for (qx, qy), keys, w in zip(query_xy, key_xy, weights):
-        w = w / max(w.max(), 1e-12)
-        for (kx, ky), strength in zip(keys, w):
-            cv2.arrowedLine(
-                overlay,
-                (int(qx), int(qy)),
-                (int(kx), int(ky)),
-                color,
-                thickness=1 + int(2 * strength),
-                tipLength=0.08,
-                line_type=cv2.LINE_AA,
-            )
-        cv2.circle(overlay, (int(qx), int(qy)), 4, (255, 255, 255), -1, cv2.LINE_AA)
+        query = (int(qx), int(qy))
+        for (kx, ky), strength in zip(keys, w / max(w.max(), 1e-12)):
+            thickness = 1 + int(2 * strength)
+            cv2.arrowedLine(overlay, query, (int(kx), int(ky)), color, thickness, **style)
+        cv2.circle(overlay, query, 4, (255, 255, 255), -1, cv2.LINE_AA)
     return cv2.addWeighted(overlay, 0.85, image, 0.15, 0)
 
 
@@ -91,6 +84,16 @@ def _point(text: str):
     return x, y
 
 
+def _box(text: str):
+    try:
+        x0, y0, x1, y1 = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected x0,y0,x1,y1 (4 numbers)") from None
+    if not (x1 > x0 and y1 > y0):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected x1 > x0 and y1 > y0")
+    return torch.tensor([x0, y0, x1, y1])
+
+
 def parse_args(argv=None):
     parser = model_argument_parser(__doc__)
     parser.add_argument("--input", required=True, help="an image")
@@ -111,17 +114,6 @@ def parse_args(argv=None):
     return args, tool_config(parser, args)
 
 
-def _box(text: str):
-    values = text.split(",")
-    try:
-        x0, y0, x1, y1 = (float(v) for v in values)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected x0,y0,x1,y1 (4 numbers)") from None
-    if not (x1 > x0 and y1 > y0):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected x1 > x0 and y1 > y0")
-    return torch.tensor([x0, y0, x1, y1])
-
-
 def _read_image(args):
     """The BGR image of --input, with the --queries checked against its size."""
     image = cv2.imread(args.input, cv2.IMREAD_COLOR)
@@ -130,10 +122,8 @@ def _read_image(args):
     height, width = image.shape[:2]
     outside = [(x, y) for x, y in args.queries or [] if not (0 <= x < width and 0 <= y < height)]
     if outside:
-        raise ConfigError(
-            f"--queries {outside} lie outside the {width}x{height} image {args.input} (x, y in "
-            "pixels)"
-        )
+        where = f"the {width}x{height} image {args.input}"
+        raise ConfigError(f"--queries {outside} lie outside {where} (x, y in pixels)")
     return image
 
 
@@ -150,13 +140,11 @@ def _run_model(model, block, image, cfg):
     tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
     store, handle = capture_input(block)
     # the keypoint-head picture reuses this pass's features instead of running the backbone again
-    features_handle = model.backbone.register_forward_hook(
-        lambda mod, args, out: store.__setitem__("features", out)
-    )
+    hook = model.backbone.register_forward_hook(lambda m, args, out: store.update(features=out))
     with torch.no_grad():
         (outputs,) = model([{"image": tensor, "height": height, "width": width}])
     handle.remove()
-    features_handle.remove()
+    hook.remove()
     scale = (resized.shape[1] / width, resized.shape[0] / height)
     return outputs, store["x"], store["features"], scale
 
@@ -168,19 +156,14 @@ def backbone_picture(args, model, image, name, block, x, scale):
     height, width = image.shape[:2]
     scale_x, scale_y = scale
     stride = stride_in_backbone(model.backbone, block)
-    default = [
-        [width * 0.3, height * 0.4],
-        [width * 0.5, height * 0.5],
-        [width * 0.7, height * 0.6],
-    ]
+    default = [[width * fx, height * fy] for fx, fy in ((0.3, 0.4), (0.5, 0.5), (0.7, 0.6))]
     points = np.array(args.queries or default)
     rows = np.clip((points[:, 1] * scale_y / stride).astype(int), 0, x.shape[-2] - 1)
     cols = np.clip((points[:, 0] * scale_x / stride).astype(int), 0, x.shape[-1] - 1)
 
     def to_image(rc):
-        return torch.stack(
-            [(rc[:, 1] + 0.5) * stride / scale_x, (rc[:, 0] + 0.5) * stride / scale_y], -1
-        )
+        image_x, image_y = (rc[:, 1] + 0.5) * stride / scale_x, (rc[:, 0] + 0.5) * stride / scale_y
+        return torch.stack([image_x, image_y], -1)
 
     q_xy, k_xy, w = top_keys(block, x, torch.as_tensor(np.stack([rows, cols], 1)), to_image)
     stem = os.path.splitext(os.path.basename(args.input))[0]
@@ -216,19 +199,13 @@ def head_picture(args, model, image, outputs, features, scale):
         handle.remove()
     hx = store["x"]
     side = hx.shape[-1]
-    grid = torch.tensor(
-        [[side // 4, side // 2], [side // 2, side // 2], [3 * side // 4, side // 2]]
-    )
+    grid = torch.tensor([[row, side // 2] for row in (side // 4, side // 2, 3 * side // 4)])
     x0, y0, x1, y1 = box.tolist()
 
     def to_image(rc):
-        return torch.stack(
-            [
-                x0 + (rc[:, 1] + 0.5) / side * (x1 - x0),
-                y0 + (rc[:, 0] + 0.5) / hx.shape[-2] * (y1 - y0),
-            ],
-            -1,
-        )
+        image_x = x0 + (rc[:, 1] + 0.5) / side * (x1 - x0)
+        image_y = y0 + (rc[:, 0] + 0.5) / hx.shape[-2] * (y1 - y0)
+        return torch.stack([image_x, image_y], -1)
 
     q_xy, k_xy, w = top_keys(block, hx, grid, to_image)
     drawing = draw_arrows(image, q_xy.numpy(), k_xy.numpy(), w.numpy(), (255, 120, 0))

@@ -11,6 +11,8 @@ MODEL.RPN.POST_NMS_TOPK_TEST (1000) proposals and the mask/keypoint heads see
 TEST.DETECTIONS_PER_IMAGE (100) detections, in every model alike.
 """
 
+import math
+
 import torch
 
 __all__ = ["analysis_cfg", "fix_roi_workload", "counted_our_way", "analyze"]
@@ -21,10 +23,7 @@ def sdpa_flop_jit(inputs, outputs):
     from fvcore.nn.jit_handles import get_shape
 
     q, k, v = (get_shape(t) for t in inputs[:3])
-    batch = 1
-    for d in q[:-2]:
-        batch *= d
-    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+    return math.prod(q[:-2]) * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
 def counted_our_way(analysis):
@@ -39,16 +38,8 @@ def counted_our_way(analysis):
 def analysis_cfg(config_file, opts=()):
     from nonlocal_det.harness.config import get_nonlocal_cfg
 
-    fixed = [
-        "MODEL.DEVICE",
-        "cpu",
-        "MODEL.WEIGHTS",
-        "",
-        "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
-        "0.0",
-        "MODEL.RPN.NMS_THRESH",
-        "1.0",
-    ]
+    fixed = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""]
+    fixed += ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.RPN.NMS_THRESH", "1.0"]
     return get_nonlocal_cfg(config_file, [*fixed, *opts])
 
 
@@ -60,26 +51,21 @@ def fix_roi_workload(model) -> None:
     depend on shapes only.
     """
     if not hasattr(model, "proposal_generator"):  # one-stage: RetinaNet
-        for layer in (model.head.cls_score, model.head.bbox_pred):
-            torch.nn.init.zeros_(layer.weight)
-            torch.nn.init.zeros_(layer.bias)
-        return
-    rpn_head = model.proposal_generator.rpn_head
-    layers = [
-        rpn_head.objectness_logits,
-        rpn_head.anchor_deltas,
-        *model.roi_heads.box_predictor.children(),
-    ]
-    keypoint_head = getattr(model.roi_heads, "keypoint_head", None)
-    if keypoint_head is not None:
-        layers.append(keypoint_head.score_lowres)
+        layers = [model.head.cls_score, model.head.bbox_pred]
+    else:
+        rpn_head = model.proposal_generator.rpn_head
+        layers = [rpn_head.objectness_logits, rpn_head.anchor_deltas]
+        layers += model.roi_heads.box_predictor.children()
+        keypoint_head = getattr(model.roi_heads, "keypoint_head", None)
+        if keypoint_head is not None:
+            layers.append(keypoint_head.score_lowres)
     for layer in layers:
         torch.nn.init.zeros_(layer.weight)
         torch.nn.init.zeros_(layer.bias)
 
 
 def analyze(config_file, height, width, opts=()):
-    """{"params": int, "flops": total, "by_module": {name: flops}} for one config."""
+    """Block count, parameters, FLOPs (total, backbone, RoI heads) and uncounted ops of a config."""
     from detectron2.modeling import build_model
     from detectron2.utils.analysis import FlopCountAnalysis
 

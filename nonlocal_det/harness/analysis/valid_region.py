@@ -36,13 +36,10 @@ RES4_STRIDE = 16
 def build_model(config_file: str, norm: str, valid_region: bool, calibration_images, seed: int = 0):
     """
     ``config_file``'s model on CPU with random weights (seeded) and a FrozenBN backbone, in eval
-    mode.
-
-    With ``calibration_images`` None: Detectron2's FrozenBN as it starts, the identity (zero
-    shift, so the padded zeros stay zero through the ResNet). Otherwise the backbone is built with
-    BatchNorm, whose statistics are taken on ``calibration_images`` (each alone), then frozen
-    (``FrozenBatchNorm2d``): unit-scale activations and non-zero shifts, as a trained backbone has
-    (the padded zeros become non-zero after the first norm and reach the valid border).
+    mode: with ``calibration_images`` None, Detectron2's FrozenBN as it starts, the identity (the
+    padded zeros stay zero through the ResNet); otherwise BatchNorm statistics taken on
+    ``calibration_images`` (each alone), then frozen: unit-scale activations and non-zero shifts,
+    as a trained backbone has (the padded zeros become non-zero and reach the valid border).
     """
     from detectron2.layers import FrozenBatchNorm2d
     from detectron2.modeling import build_model as build
@@ -73,8 +70,7 @@ def build_model(config_file: str, norm: str, valid_region: bool, calibration_ima
             resnet(model.preprocess_image([{"image": image}]).tensor)
     for name, m in norms.items():
         parent, _, child = name.rpartition(".")
-        frozen = FrozenBatchNorm2d.convert_frozen_batchnorm(m)
-        setattr(resnet.get_submodule(parent), child, frozen)
+        setattr(resnet.get_submodule(parent), child, FrozenBatchNorm2d.convert_frozen_batchnorm(m))
     return model.eval()
 
 
@@ -86,9 +82,7 @@ def open_blocks(model, image) -> None:
     (with random FrozenBN weights, activations at res4 reach ~1e3, so a fixed weight would leave
     the branch invisible).
     """
-    from nonlocal_det.modeling import NonLocalMixin
-
-    blocks = [m.nonlocal_block for m in model.backbone.modules() if isinstance(m, NonLocalMixin)]
+    blocks = _nonlocal_blocks(model)
     scales = {}
 
     def record(block, inputs, output):
@@ -100,6 +94,12 @@ def open_blocks(model, image) -> None:
         h.remove()
     for block in blocks:
         (block.norm or block.out).weight.fill_(scales[block])
+
+
+def _nonlocal_blocks(model):
+    from nonlocal_det.modeling import NonLocalMixin
+
+    return [m.nonlocal_block for m in model.backbone.modules() if isinstance(m, NonLocalMixin)]
 
 
 def random_image(height: int, width: int, seed: int) -> torch.Tensor:
@@ -115,21 +115,15 @@ class CropReference:
     """Run every non-local block of a (key-off) model on each image's valid crop, by hand."""
 
     def __init__(self, model):
-        from nonlocal_det.modeling import NonLocalMixin
-
-        self.blocks = [
-            m.nonlocal_block for m in model.backbone.modules() if isinstance(m, NonLocalMixin)
-        ]
-        self.sizes = None
+        self.blocks, self.sizes = _nonlocal_blocks(model), None
         self.handles = [b.register_forward_hook(self._on_crops) for b in self.blocks]
 
     def _on_crops(self, block, inputs, output):
         x = inputs[0]
         out = x.clone()
         for i, (h, w) in enumerate(self.sizes):
-            cells = (math.ceil(h / RES4_STRIDE), math.ceil(w / RES4_STRIDE))
-            crop = x[i : i + 1, :, : cells[0], : cells[1]]
-            out[i, :, : cells[0], : cells[1]] = block.forward(crop)[0]  # forward: no hooks again
+            rows, cols = math.ceil(h / RES4_STRIDE), math.ceil(w / RES4_STRIDE)
+            out[i, :, :rows, :cols] = block.forward(x[i : i + 1, :, :rows, :cols])[0]  # no hooks
         return out
 
     def remove(self) -> None:
@@ -142,17 +136,15 @@ def run(model, images, reference=None):
     """res4 features (B, C, H, W) of the batch and each image's detections."""
     from nonlocal_det.modeling import find_resnet
 
-    captured = {}
-    handle = find_resnet(model.backbone).res4.register_forward_hook(
-        lambda m, i, o: captured.update(res4=o)
-    )
+    res4 = []
+    handle = find_resnet(model.backbone).res4.register_forward_hook(lambda m, i, o: res4.append(o))
     if reference is not None:
         reference.sizes = [tuple(im.shape[-2:]) for im in images]
     try:
         outputs = model([{"image": im} for im in images])
     finally:
         handle.remove()
-    return captured["res4"], [o["instances"] for o in outputs]
+    return res4[-1], [o["instances"] for o in outputs]
 
 
 def interior_change(alone: torch.Tensor, batched: torch.Tensor, margin: int = MARGIN) -> float:
@@ -193,11 +185,8 @@ def compare(model, image, mate, reference=None) -> dict:
 def against_reference(result: dict, reference: dict) -> dict:
     """How far a model's batched outputs are from the crop reference's."""
     diff = (result["res4"] - reference["res4"]).norm() / reference["res4"].norm()
-    return {
-        **result,
-        "vs_ref": diff.item(),
-        "found_ref": found_again(reference["detections"], result["detections"]),
-    }
+    found = found_again(reference["detections"], result["detections"])
+    return {**result, "vs_ref": diff.item(), "found_ref": found}
 
 
 def measure(pairs, norms, config_dir: str, calibrated: bool = True):
@@ -206,22 +195,18 @@ def measure(pairs, norms, config_dir: str, calibrated: bool = True):
     statistics taken on the two images (else the identity); see ``build_model``.
     """
     rows = []
+    baseline = os.path.join(config_dir, "mask_rcnn_R50_baseline.yaml")
+    nl = os.path.join(config_dir, "mask_rcnn_R50_NL.yaml")
     for (h, w), (mh, mw) in pairs:
         image, mate = random_image(h, w, seed=1), random_image(mh, mw, seed=2)
         pair = f"{h}x{w} / {mh}x{mw}"
         calibration = [image, mate] if calibrated else None
-        stock = build_model(
-            os.path.join(config_dir, "mask_rcnn_R50_baseline.yaml"), "GN", False, calibration
-        )
+        stock = build_model(baseline, "GN", False, calibration)
         rows.append((pair, "stock", compare(stock, image, mate)))
         for norm in norms:
-            off = build_model(
-                os.path.join(config_dir, "mask_rcnn_R50_NL.yaml"), norm, False, calibration
-            )
+            off = build_model(nl, norm, False, calibration)
             open_blocks(off, image)
-            on = build_model(
-                os.path.join(config_dir, "mask_rcnn_R50_NL.yaml"), norm, True, calibration
-            )
+            on = build_model(nl, norm, True, calibration)
             on.load_state_dict(off.state_dict())
             crops = CropReference(off)
             reference = compare(off, image, mate, crops)

@@ -1,8 +1,7 @@
 """
 The runs of a seed sweep (tools/run_seeds.py): each (config, seed) is a train_net.py output folder
 with ``run.json`` (the run record) and ``final_metrics.json``; a finished run is also kept as one
-small summary file (run record, final metrics, training-loss points; no checkpoint), from which the
-report is rebuilt without retraining (``seed_report``).
+small summary file (no checkpoint), from which ``seed_report`` rebuilds the report.
 """
 
 import json
@@ -13,19 +12,6 @@ from nonlocal_det.errors import BadDataError
 
 from ..engine.results import FINAL_METRICS_FILE
 from ..io import write_json
-
-__all__ = [
-    "RUN_FILE",
-    "TASKS",
-    "config_name",
-    "run_dir",
-    "load_run",
-    "summary_path",
-    "write_summary",
-    "load_summary",
-    "training_losses",
-    "run_losses",
-]
 
 RUN_FILE = "run.json"
 TASKS = (("bbox", "box AP"), ("segm", "mask AP"), ("keypoints", "keypoint AP"))
@@ -39,23 +25,26 @@ def run_dir(output_dir: str, config_file: str, seed: int) -> str:
     return os.path.join(output_dir, config_name(config_file), f"seed{seed}")
 
 
-def load_run(directory: str) -> Optional[dict]:
-    """
-    The finished run in ``directory``: run.json's fields plus "metrics" {task: AP} and
-    "all_metrics" {task: {metric: value}} of the first test set. None if not finished.
-    """
-    paths = [os.path.join(directory, name) for name in (RUN_FILE, FINAL_METRICS_FILE)]
-    if not all(os.path.isfile(p) for p in paths):
-        return None
-    with open(paths[0]) as f:
-        run = json.load(f)
-    with open(paths[1]) as f:
-        per_dataset = json.load(f)
-    tasks = next(iter(per_dataset.values()))
+def _read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _with_metrics(run: dict, final_metrics: dict, directory: Optional[str]) -> dict:
+    """``run`` plus "directory", "all_metrics" and "metrics" {task: AP} of its first test set."""
+    tasks = next(iter(final_metrics.values()))
     run["all_metrics"] = tasks
     run["metrics"] = {task: tasks[task]["AP"] for task, _ in TASKS if task in tasks}
     run["directory"] = directory
     return run
+
+
+def load_run(directory: str) -> Optional[dict]:
+    """The finished run in ``directory``: run.json plus its metrics; None if not finished."""
+    paths = [os.path.join(directory, name) for name in (RUN_FILE, FINAL_METRICS_FILE)]
+    if not all(os.path.isfile(p) for p in paths):
+        return None
+    return _with_metrics(_read_json(paths[0]), _read_json(paths[1]), directory)
 
 
 def summary_path(summary_dir: str, config_file: str, seed: int) -> str:
@@ -63,39 +52,21 @@ def summary_path(summary_dir: str, config_file: str, seed: int) -> str:
 
 
 def write_summary(run: dict, path: str) -> None:
-    """
-    A finished run as one small JSON file (no checkpoint): its run record, final metrics and the
-    training-loss points. ``load_summary`` reads it back as the run it came from.
-    """
+    """A finished run as one small JSON file: run record, final metrics, training-loss points."""
     its, losses = training_losses(run["directory"])
-    with open(os.path.join(run["directory"], FINAL_METRICS_FILE)) as f:
-        final_metrics = json.load(f)
+    final_metrics = _read_json(os.path.join(run["directory"], FINAL_METRICS_FILE))
     record = {k: v for k, v in run.items() if k not in ("metrics", "all_metrics", "directory")}
-    summary = {
-        "run": record,
-        "final_metrics": final_metrics,
-        "loss": {"iteration": its, "total_loss": losses},
-    }
-    write_json(path, summary, indent=1)
+    loss = {"iteration": its, "total_loss": losses}
+    write_json(path, {"run": record, "final_metrics": final_metrics, "loss": loss}, indent=1)
 
 
 def load_summary(path: str) -> dict:
-    """
-    The run a ``write_summary`` file records, in ``load_run``'s shape plus "loss"; BadDataError
-    naming the file when it is not one (damaged, or of another shape).
-    """
+    """The run a ``write_summary`` file records, as ``load_run`` gives it plus "loss"; BadDataError
+    naming the file when it is not one (damaged, or of another shape)."""
     try:
-        with open(path) as f:
-            summary = json.load(f)
-        run = dict(summary["run"])
-        tasks = next(iter(summary["final_metrics"].values()))
-        run["all_metrics"] = tasks
-        run["metrics"] = {task: tasks[task]["AP"] for task, _ in TASKS if task in tasks}
-        run["directory"] = None
-        run["loss"] = {
-            "iteration": summary["loss"]["iteration"],
-            "total_loss": summary["loss"]["total_loss"],
-        }
+        summary = _read_json(path)
+        run = _with_metrics(dict(summary["run"]), summary["final_metrics"], None)
+        run["loss"] = {key: summary["loss"][key] for key in ("iteration", "total_loss")}
         _ = run["seed"], run["wall_s"]  # the fields every report reads
     except (OSError, ValueError, KeyError, TypeError, AttributeError, StopIteration) as e:
         raise BadDataError(
@@ -114,13 +85,10 @@ def run_losses(run: dict):
 
 def training_losses(directory: str):
     """(iterations, total_loss) from a run's metrics.json."""
-    its, losses = [], []
     path = os.path.join(directory, "metrics.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            for line in f:
-                record = json.loads(line) if line.strip() else {}
-                if "total_loss" in record:
-                    its.append(record["iteration"])
-                    losses.append(record["total_loss"])
-    return its, losses
+    if not os.path.isfile(path):
+        return [], []
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    records = [r for r in records if "total_loss" in r]
+    return [r["iteration"] for r in records], [r["total_loss"] for r in records]

@@ -20,21 +20,16 @@ def main():
     parser.add_argument(
         "--out", help="output directory (default: $DETECTRON2_DATASETS/<dataset directory>)"
     )
-    parser.add_argument(
-        "--train", type=int, help="number of training images (default: the generator's)"
-    )
-    parser.add_argument(
-        "--val", type=int, help="number of validation images (default: the generator's)"
-    )
+    for split, role in (("train", "training"), ("val", "validation")):
+        text = f"number of {role} images (default: the generator's)"
+        parser.add_argument(f"--{split}", type=int, help=text)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     dataset = BY_GENERATOR[args.dataset]
     generator = dataset.generator
     out = args.out or dataset.root()
     sizes = dict(generator.DEFAULT_SIZES)
-    sizes.update(
-        {split: n for split, n in (("train", args.train), ("val", args.val)) if n is not None}
-    )
+    sizes.update({s: getattr(args, s) for s in ("train", "val") if getattr(args, s) is not None})
     for split, path in generator.generate(out, sizes, seed=args.seed).items():
         print(f"{split}: {path}")
 

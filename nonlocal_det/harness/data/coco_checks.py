@@ -1,15 +1,9 @@
 """
-The data rules: one table (``DATA_RULES``) of what every COCO-format file a run reads must meet,
-applied before anything trains to the training split and to every dataset the evaluator reads.
-
-A rule is checked on one subject: the file, a category, an image record, an annotation, an image
-file on disk, or the run's splits together. Rules are by principle: every field Detectron2's
-loader (``load_coco_json``), its dataset mapper and pycocotools' evaluation read is present, of its
-type and range; fields that describe one object agree with each other (box, mask, keypoints,
-image size); splits agree on what a category id means. Each problem names the file, the record,
-the field and the fix; all of a file's problems are reported together (``BadDataError``: the
-first few and a count). docs/reliability.md lists the table (written by
-``python -m nonlocal_det.harness.docs``).
+The data rules: one table (``DATA_RULES``, listed in docs/reliability.md) of what every COCO-format
+file a run reads must meet, checked before anything trains: every field Detectron2's loader, its
+mapper and pycocotools' evaluation read is present, of its type and range; fields describing one
+object agree (box, mask, keypoints, image size); splits agree on what a category id means. Each
+problem names the record, the field and the fix; all of a file's problems are reported together.
 What Detectron2 handles stays accepted: crowd annotations (ignored in training), images without
 annotations (skipped in training), boxes of zero width or height (dropped by the mapper).
 """
@@ -19,21 +13,14 @@ import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Tuple
+from typing import Callable, Dict, Iterable, List
 
 from PIL import Image
 
 from ..io import is_int
 
-__all__ = [
-    "DATA_RULES",
-    "Needs",
-    "Problem",
-    "annotation_problems",
-    "image_problems",
-    "split_problems",
-    "format_problems",
-]
+__all__ = ["DATA_RULES", "Needs", "Problem", "annotation_problems", "image_problems"]
+__all__ += ["split_problems", "format_problems"]
 
 SHOWN = 5  # problems listed in a message; the rest are counted
 EDGE_PX = 2  # a box may pass its image's edge by this much (rounding)
@@ -72,7 +59,6 @@ class Problem:
 class _File:
     """One loaded file, indexed: what the annotation rules look records up in."""
 
-    coco: Dict
     needs: Needs
     images: Dict = field(default_factory=dict)
     categories: Dict = field(default_factory=dict)
@@ -88,32 +74,25 @@ class Rule:
     check: Callable
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _finite(values, count=None) -> bool:
-    return (
-        isinstance(values, (list, tuple))
-        and (count is None or len(values) == count)
-        and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            for v in values
-        )
-    )
+    """A list or tuple (of ``count`` items if given) of finite numbers."""
+    sized = isinstance(values, (list, tuple)) and count in (None, len(values))
+    return sized and all(map(_number, values))
 
 
-def _slack(box) -> Tuple[float, float, float, float]:
-    """An XYWH box enlarged by MASK_SLACK of its sides and EDGE_PX, as XYXY."""
+def _outside(points, ann) -> int:
+    """How many ``points`` lie outside the box, enlarged by MASK_SLACK of its sides and EDGE_PX;
+    0 for a crowd annotation or a box that is not 4 finite numbers of positive size."""
+    box = ann.get("bbox")
+    if ann.get("iscrowd", 0) or not _finite(box, 4) or min(box[2:]) <= 0:
+        return 0
     x, y, w, h = box
     dx, dy = MASK_SLACK * w + EDGE_PX, MASK_SLACK * h + EDGE_PX
-    return x - dx, y - dy, x + w + dx, y + h + dy
-
-
-def _valid_box(ann) -> bool:
-    """A box the mask and keypoint rules measure against: 4 finite numbers, width, height > 0."""
-    return _finite(ann.get("bbox"), 4) and min(ann["bbox"][2:]) > 0
-
-
-def _inside(points, box) -> List[bool]:
-    x0, y0, x1, y1 = _slack(box)
-    return [x0 <= px <= x1 and y0 <= py <= y1 for px, py in points]
+    return sum(not (x - dx <= px <= x + w + dx and y - dy <= py <= y + h + dy) for px, py in points)
 
 
 # ------------------------------------------------------------------ the checks, one per rule
@@ -123,11 +102,10 @@ def _file_shape(coco, _):
     if not isinstance(coco, dict):
         yield "top level", f"is a JSON {type(coco).__name__}", "write {'images': [...], ...}"
         return
-    for key, required in (("images", True), ("categories", True), ("annotations", False)):
+    for key in ("images", "categories", "annotations"):
         value = coco.get(key)
-        if (value is not None or required) and (
-            not isinstance(value, list) or (key == "categories" and not value)
-        ):
+        wrong = not isinstance(value, list) or (key == "categories" and not value)
+        if wrong and (value is not None or key != "annotations"):
             what = "is missing" if value is None else f"is {value!r:.40}"
             yield f"'{key}'", what, f"give a list of {key}"
 
@@ -153,12 +131,10 @@ def _image_fields(im, _):
 
 
 def _references(ann, f: _File):
-    if ann.get("category_id") not in f.categories:
-        yield (
-            "category_id",
-            f"{ann.get('category_id')!r} is not among the file's categories {sorted(f.categories)}",
-            "add the category or fix the id",
-        )
+    cid = ann.get("category_id")
+    if cid not in f.categories:
+        what = f"{cid!r} is not among the file's categories {sorted(f.categories)}"
+        yield "category_id", what, "add the category or fix the id"
     if ann.get("iscrowd", 0) not in (0, 1):
         yield "iscrowd", f"is {ann['iscrowd']!r}", "give 0 or 1"
 
@@ -171,18 +147,14 @@ def _box(ann, f: _File):
     x, y, w, h = bbox
     width, height = image.get("width"), image.get("height")
     if w < 0 or h < 0:
-        yield (
-            "bbox",
-            f"{bbox} has a negative {'width' if w < 0 else 'height'}",
-            ("COCO boxes are [x, y, width, height] with width, height >= 0 (not [x0, y0, x1, y1])"),
-        )
+        what = f"{bbox} has a negative {'width' if w < 0 else 'height'}"
+        fix = "COCO boxes are [x, y, width, height] with width, height >= 0 (not [x0, y0, x1, y1])"
+        yield "bbox", what, fix
     elif not ann.get("iscrowd", 0) and is_int(width) and is_int(height):
         if x < -EDGE_PX or y < -EDGE_PX or x + w > width + EDGE_PX or y + h > height + EDGE_PX:
-            yield (
-                "bbox",
-                f"{bbox} ends at ({x + w:g}, {y + h:g}), past the {width}x{height} image",
-                "COCO boxes are [x, y, width, height] (not [x0, y0, x1, y1]); fix the box",
-            )
+            what = f"{bbox} ends at ({x + w:g}, {y + h:g}), past the {width}x{height} image"
+            fix = "COCO boxes are [x, y, width, height] (not [x0, y0, x1, y1]); fix the box"
+            yield "bbox", what, fix
 
 
 def _mask_box(segm, height, width):
@@ -193,13 +165,11 @@ def _mask_box(segm, height, width):
         if "counts" not in segm or list(segm.get("size", [])) != [height, width]:
             what = f"is an RLE of size {segm.get('size')}, the image is {height}x{width}"
             return "segmentation", what, "encode the mask at the image's size [height, width]"
-        counts = segm["counts"]
+        rle, counts = segm, segm["counts"]
         if isinstance(counts, list):
             if not all(is_int(c) and c >= 0 for c in counts) or sum(counts) != height * width:
                 return "segmentation", "is an RLE whose counts do not sum to its size", "re-encode"
             rle = mask_util.frPyObjects(segm, height, width)
-        else:
-            rle = segm
         try:
             mask_util.decode(rle)
         except (ValueError, TypeError) as e:
@@ -217,39 +187,30 @@ def _mask_box(segm, height, width):
 
 
 def _mask(ann, f: _File):
-    segm, image = ann.get("segmentation"), f.images[ann["image_id"]]
-    crowd = ann.get("iscrowd", 0)
+    segm, crowd = ann.get("segmentation"), ann.get("iscrowd", 0)
     if segm is None or segm == []:
         if f.needs.masks and (not crowd or f.needs.evaluated):
-            yield (
-                "segmentation",
-                "is missing or empty, and the model has a mask head",
-                (
-                    "give the annotation a mask (polygons or RLE), remove it, or set MODEL.MASK_ON "
-                    "False"
-                ),
+            fix = (
+                "give the annotation a mask (polygons or RLE), remove it, "
+                "or set MODEL.MASK_ON False"
             )
+            yield "segmentation", "is missing or empty, and the model has a mask head", fix
         return
     if not isinstance(segm, (dict, list)):
         yield "segmentation", f"is a {type(segm).__name__}", "give a list of polygons or an RLE"
         return
     if isinstance(segm, dict) and f.needs.masks and not crowd and f.needs.mask_format == "polygon":
-        yield (
-            "segmentation",
-            "is an RLE, and INPUT.MASK_FORMAT is 'polygon'",
-            ("set INPUT.MASK_FORMAT 'bitmask' (Detectron2 reads RLE masks only as bitmasks)"),
-        )
+        what = "is an RLE, and INPUT.MASK_FORMAT is 'polygon'"
+        fix = "set INPUT.MASK_FORMAT 'bitmask' (Detectron2 reads RLE masks only as bitmasks)"
+        yield "segmentation", what, fix
+    image = f.images[ann["image_id"]]
     box = _mask_box(segm, image.get("height"), image.get("width"))
     if len(box) == 3:
         yield box
-    elif _valid_box(ann) and not crowd:
-        corners = [(box[0], box[1]), (box[2], box[3])]
-        if not all(_inside(corners, ann["bbox"])):
-            yield (
-                "segmentation",
-                f"spans {[round(v, 1) for v in box]} (XYXY), outside its bbox {ann['bbox']}",
-                "the mask and the box describe other objects: fix whichever is shifted",
-            )
+    elif _outside([box[:2], box[2:]], ann):
+        what = f"spans {[round(v, 1) for v in box]} (XYXY), outside its bbox {ann['bbox']}"
+        fix = "the mask and the box describe other objects: fix whichever is shifted"
+        yield "segmentation", what, fix
 
 
 def _keypoints(ann, f: _File):
@@ -257,25 +218,20 @@ def _keypoints(ann, f: _File):
     evaluated_keypoints = f.needs.keypoints and f.needs.evaluated
     if kps is None:
         if (f.needs.keypoints and not crowd) or evaluated_keypoints:
-            yield (
-                "keypoints",
-                "are missing, and the model has a keypoint head",
-                (
-                    "give every annotation its keypoints (v = 0 where not labelled), or set "
-                    "MODEL.KEYPOINT_ON False"
-                ),
+            fix = (
+                "give every annotation its keypoints (v = 0 where not labelled), "
+                "or set MODEL.KEYPOINT_ON False"
             )
+            yield "keypoints", "are missing, and the model has a keypoint head", fix
         return
     if not _finite(kps) or len(kps) % 3:
         yield "keypoints", "is not a list of finite (x, y, v) triplets", "write [x1, y1, v1, ...]"
         return
     expected = f.defined_keypoints or f.needs.keypoints
     if expected and len(kps) != 3 * expected:
-        source = (
-            "the dataset's categories define"
-            if f.defined_keypoints
-            else ("MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS is")
-        )
+        source = "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS is"
+        if f.defined_keypoints:
+            source = "the dataset's categories define"
         yield "keypoints", f"has {len(kps) // 3} points", f"{source} {expected} keypoints"
     bad = sorted({v for v in kps[2::3] if v not in (0, 1, 2)})
     if bad:
@@ -286,19 +242,14 @@ def _keypoints(ann, f: _File):
     if count is None and evaluated_keypoints:
         yield "num_keypoints", "is missing", "pycocotools' keypoint evaluation reads it"
     elif count is not None and count != len(labelled):
-        yield (
-            "num_keypoints",
-            f"is {count}, but {len(labelled)} keypoints have v > 0",
-            ("give the count of labelled keypoints (pycocotools ignores a person with 0)"),
-        )
-    if labelled and _valid_box(ann) and not crowd:
-        outside = len(labelled) - sum(_inside(labelled, ann["bbox"]))
-        if outside > len(labelled) / 2:
-            yield (
-                "keypoints",
-                f"lie outside their bbox {ann['bbox']} ({outside} of {len(labelled)})",
-                ("keypoints are (x, y, v) in image pixels: fix the keypoints or the box"),
-            )
+        what = f"is {count}, but {len(labelled)} keypoints have v > 0"
+        fix = "give the count of labelled keypoints (pycocotools ignores a person with 0)"
+        yield "num_keypoints", what, fix
+    outside = _outside(labelled, ann)
+    if outside > len(labelled) / 2:
+        what = f"lie outside their bbox {ann['bbox']} ({outside} of {len(labelled)})"
+        fix = "keypoints are (x, y, v) in image pixels: fix the keypoints or the box"
+        yield "keypoints", what, fix
 
 
 def _evaluated_fields(ann, f: _File):
@@ -306,7 +257,7 @@ def _evaluated_fields(ann, f: _File):
         return
     if ann.get("iscrowd") is None:
         yield "iscrowd", "is missing", "pycocotools' evaluation reads it: give 0 or 1"
-    if not _finite([ann.get("area")]) or ann["area"] < 0:
+    if not _number(ann.get("area")) or ann["area"] < 0:
         yield "area", f"is {ann.get('area')!r}, not a finite number >= 0", "give the area in pixels"
 
 
@@ -332,61 +283,41 @@ def _image_file(image, image_root):
     if end and not tail.endswith(end):
         yield "file_name", f"{path} is cut short (no {kind} end marker)", "copy the file again"
     if mode not in DECODABLE_MODES:
-        yield (
-            "file_name",
+        what = (
             f"{path} has pixel mode {mode!r}, which Detectron2's reader clips to 8 bits: the "
-            "model would see a blank image",
-            "convert it to 8-bit RGB or grayscale",
+            "model would see a blank image"
         )
-    if (image.get("width"), image.get("height")) != (width, height):
-        yield (
-            "width/height",
-            f"{image.get('width')}x{image.get('height')} in the JSON, but the file is "
-            f"{width}x{height}",
-            "fix the JSON's width and height",
-        )
-
-
-def _categories_of(coco) -> Dict:
-    return {c.get("id"): c.get("name") for c in coco.get("categories", []) if isinstance(c, dict)}
+        yield "file_name", what, "convert it to 8-bit RGB or grayscale"
+    json_size = image.get("width"), image.get("height")
+    if json_size != (width, height):
+        what = f"{json_size[0]}x{json_size[1]} in the JSON, but the file is {width}x{height}"
+        yield "width/height", what, "fix the JSON's width and height"
 
 
 def _split_agreement(splits, _):
     """``splits``: [(name, coco, evaluated)], the training splits first."""
     trained = {}
     for name, coco, evaluated in splits:
-        cats = _categories_of(coco)
-        names = Counter(cats.values())
-        for n, count in names.items():
+        records = [c for c in coco.get("categories", []) if isinstance(c, dict)]
+        cats = {c.get("id"): c.get("name") for c in records}
+        for n, count in Counter(cats.values()).items():
             if count > 1:
-                yield (
-                    name,
-                    "categories",
-                    f"name {n!r} is used by {count} ids",
-                    ("give each category its own name (evaluation reports AP by name)"),
-                )
+                fix = "give each category its own name (evaluation reports AP by name)"
+                yield name, "categories", f"name {n!r} is used by {count} ids", fix
         if not evaluated:
             trained.update(cats)
             continue
         for cid, n in cats.items():
             if cid not in trained and trained:
-                yield (
-                    name,
-                    f"category {cid} ({n})",
-                    "is not a training category",
-                    ("evaluate on the categories the model was trained on"),
-                )
+                fix = "evaluate on the categories the model was trained on"
+                yield name, f"category {cid} ({n})", "is not a training category", fix
             elif trained and trained[cid] != n:
-                yield (
-                    name,
-                    f"category {cid}",
-                    f"is {n!r} here, {trained[cid]!r} in training",
-                    (
-                        "use the training split's id for every name (else AP is scored against "
-                        "other "
-                        "classes)"
-                    ),
+                what = f"is {n!r} here, {trained[cid]!r} in training"
+                fix = (
+                    "use the training split's id for every name "
+                    "(else AP is scored against other classes)"
                 )
+                yield name, f"category {cid}", what, fix
 
 
 DATA_RULES = (
@@ -406,10 +337,9 @@ DATA_RULES = (
          "annotation needs INPUT.MASK_FORMAT 'bitmask'; with MODEL.MASK_ON every annotation the "
          "model trains or is evaluated on has one", _mask),
     Rule("annotation", "'keypoints' 3K finite numbers (x, y, v), v in {0, 1, 2}, K the count the "
-         "categories define; most labelled ones within the bbox (+-"
-         f"{MASK_SLACK:.0%}); 'num_keypoints' the count with v > 0; with MODEL.KEYPOINT_ON every "
-         "non-crowd annotation has them, and in an evaluated dataset every annotation",
-         _keypoints),
+         f"categories define; most labelled ones within the bbox (+-{MASK_SLACK:.0%}); "
+         "'num_keypoints' the count with v > 0; with MODEL.KEYPOINT_ON every non-crowd annotation "
+         "has them, and in an evaluated dataset every annotation", _keypoints),
     Rule("annotation", "in an evaluated dataset, 'iscrowd' and 'area' (a number >= 0), which "
          "pycocotools reads", _evaluated_fields),
     Rule("image file", "a file that reads as an image, whole (JPEG and PNG end with their end "
@@ -420,29 +350,22 @@ DATA_RULES = (
          "unique, and the evaluated datasets' categories are training categories",
          _split_agreement),
 )  # fmt: skip
-_BY_SUBJECT = {
-    s: [r for r in DATA_RULES if r.subject == s] for s in {r.subject for r in DATA_RULES}
-}
+_BY_SUBJECT = {r.subject: [q for q in DATA_RULES if q.subject == r.subject] for r in DATA_RULES}
 
 
 def _apply(subject, record, where, context) -> List[Problem]:
-    return [
-        Problem(where, fld, problem, fix)
-        for rule in _BY_SUBJECT[subject]
-        for fld, problem, fix in rule.check(record, context)
-    ]
+    results = (rule.check(record, context) for rule in _BY_SUBJECT[subject])
+    return [Problem(where, fld, problem, fix) for found in results for fld, problem, fix in found]
 
 
 def _duplicates(records, section: str, describe) -> Iterable[Problem]:
+    """A problem for each object among ``records`` whose id another one has too."""
+    records = [r for r in records if isinstance(r, dict)]
     counts = Counter(r.get("id") for r in records if is_int(r.get("id")))
-    for record in records:
-        if counts.get(record.get("id"), 0) > 1:
-            yield Problem(
-                describe(record),
-                "id",
-                f"{record.get('id')} is used by {counts[record.get('id')]} {section}",
-                f"give each of the {section} its own id",
-            )
+    for r in records:
+        if counts.get(r.get("id"), 0) > 1:
+            what = f"{r.get('id')} is used by {counts[r.get('id')]} {section}"
+            yield Problem(describe(r), "id", what, f"give each of the {section} its own id")
 
 
 def _image_name(image) -> str:
@@ -454,24 +377,22 @@ def annotation_problems(coco, needs: Needs = Needs()) -> List[Problem]:
     problems = _apply("file", coco, "the file", None)
     if problems:
         return problems
-    f = _File(coco, needs)
+    f = _File(needs)
     for index, c in enumerate(coco["categories"]):
-        where = f"category {c.get('id') if isinstance(c, dict) else index}"
-        if not isinstance(c, dict):
-            problems.append(Problem(where, "record", f"is {c!r:.40}", "write an object"))
-            continue
-        problems += _apply("category", c, where, f)
-        f.categories[c.get("id")] = c
+        if isinstance(c, dict):
+            problems += _apply("category", c, f"category {c.get('id')}", f)
+            f.categories[c.get("id")] = c
+        else:
+            what = f"is {c!r:.40}"
+            problems.append(Problem(f"category {index}", "record", what, "write an object"))
     for index, im in enumerate(coco["images"]):
-        if not isinstance(im, dict):
+        if isinstance(im, dict):
+            problems += _apply("image", im, _image_name(im), f)
+            f.images[im.get("id")] = im
+        else:
             problems.append(Problem(f"images[{index}]", "record", f"is {im!r:.40}", "fix it"))
-            continue
-        problems += _apply("image", im, _image_name(im), f)
-        f.images[im.get("id")] = im
-    records = [c for c in coco["categories"] if isinstance(c, dict)]
-    problems += _duplicates(records, "categories", lambda c: f"category {c.get('id')}")
-    records = [im for im in coco["images"] if isinstance(im, dict)]
-    problems += _duplicates(records, "images", _image_name)
+    problems += _duplicates(coco["categories"], "categories", lambda c: f"category {c.get('id')}")
+    problems += _duplicates(coco["images"], "images", _image_name)
     counts = {len(c["keypoints"]) for c in f.categories.values() if c.get("keypoints")}
     f.defined_keypoints = counts.pop() if len(counts) == 1 else 0
     annotations = coco.get("annotations") or []
@@ -493,16 +414,11 @@ def annotation_problems(coco, needs: Needs = Needs()) -> List[Problem]:
 
 def image_problems(coco: Dict, image_root: str, threads: int = 8) -> List[Problem]:
     """Problems of the image files a COCO json lists, read in threads (headers and last bytes)."""
-    images = [
-        im
-        for im in coco.get("images", [])
-        if isinstance(im, dict) and isinstance(im.get("file_name"), str)
-    ]
+    images = [im for im in coco.get("images", []) if isinstance(im, dict)]
+    images = [im for im in images if isinstance(im.get("file_name"), str)]
     with ThreadPoolExecutor(threads) as pool:
-        per_image = pool.map(
-            lambda im: _apply("image file", im, _image_name(im), image_root), images
-        )
-        return [p for problems in per_image for p in problems]
+        found = pool.map(lambda im: _apply("image file", im, _image_name(im), image_root), images)
+        return [p for problems in found for p in problems]
 
 
 def split_problems(splits) -> List[Problem]:

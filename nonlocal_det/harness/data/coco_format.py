@@ -1,7 +1,7 @@
 """
-Writing the generated datasets in COCO's format: a drawn object's annotation (box, area, polygons
-from its mask) and a split's annotation file. Both generators (``synthetic``, ``long_range``) draw
-their images their own way and write them through these.
+Writing the generated datasets in COCO's format: a split's images and annotation file, each drawn
+object annotated with its box, area and polygons from its mask. The generators (``synthetic``,
+``long_range``, ``pairs``) draw their images their own way and write them through ``write_split``.
 """
 
 import hashlib
@@ -14,29 +14,11 @@ import numpy as np
 
 from ..io import write_json
 
-__all__ = [
-    "split_image_dir",
-    "save_image",
-    "polygon_from_mask",
-    "mask_annotation",
-    "write_split_json",
-    "marker_of",
-]
+__all__ = ["polygon_from_mask", "mask_annotation", "prefix_categories", "write_split", "marker_of"]
 
-
-def split_image_dir(out_dir: str, split: str) -> str:
-    """Create ``out_dir/<split>`` and ``out_dir/annotations``; returns the former."""
-    image_dir = os.path.join(out_dir, split)
-    os.makedirs(image_dir, exist_ok=True)
-    os.makedirs(os.path.join(out_dir, "annotations"), exist_ok=True)
-    return image_dir
-
-
-def save_image(image_dir: str, image_id: int, canvas: np.ndarray) -> str:
-    """Write the (H, W, 3) BGR ``canvas`` as ``<image_id:06d>.png``; returns its file name."""
-    file_name = f"{image_id:06d}.png"
-    cv2.imwrite(os.path.join(image_dir, file_name), canvas)
-    return file_name
+SPLITS = {"train": 0, "val": 1}  # split -> seed offset, so val images are never train images
+# The key in a generated file's "info" that marks it as the generator's own, intact.
+MARKER_KEY = "nonlocal_det_marker"
 
 
 def polygon_from_mask(mask: np.ndarray) -> List[List[float]]:
@@ -62,8 +44,9 @@ def mask_annotation(mask: np.ndarray, annotation_id: int, image_id: int, categor
     }
 
 
-# The key in a generated file's "info" that marks it as the generator's own, intact.
-MARKER_KEY = "nonlocal_det_marker"
+def prefix_categories(names: List[str]) -> List[Dict]:
+    """COCO categories of ``names``, each of the supercategory its prefix names (team_red: team)."""
+    return [{"id": i + 1, "name": n, "supercategory": n.split("_")[0]} for i, n in enumerate(names)]
 
 
 def _digest(content: Dict) -> str:
@@ -73,20 +56,32 @@ def _digest(content: Dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def write_split_json(
-    out_dir: str,
-    split: str,
-    info: Dict,
-    images: List,
-    annotations: List,
-    categories: List,
-    *,
-    generator: str,
+def write_split(
+    out_dir: str, split: str, num_images: int, draw, info: Dict, categories: List, generator: str
 ) -> str:
     """
-    ``out_dir/annotations/<split>.json``, written atomically with the marker of ``generator``
-    (a dataset directory name) and ``info["version"]``; returns its path.
+    ``num_images`` images drawn by ``draw(rng)`` from the split's own random stream (seeded by
+    ``info["seed"]``), written as ``out_dir/<split>/<id:06d>.png``, and their annotation file
+    ``out_dir/annotations/<split>.json``, written atomically with the marker of ``generator`` (a
+    dataset directory name) and ``info["version"]``; returns its path. ``draw`` returns an
+    (H, W, 3) BGR image, its objects [{"category": name, "mask", optional "fields": more
+    annotation fields}] and more fields of its image entry.
     """
+    rng = np.random.RandomState(info["seed"] * 1000 + SPLITS[split])
+    os.makedirs(os.path.join(out_dir, split), exist_ok=True)
+    names = [c["name"] for c in categories]
+    images, annotations = [], []
+    for image_id in range(1, num_images + 1):
+        canvas, objects, fields = draw(rng)
+        file_name = f"{image_id:06d}.png"
+        cv2.imwrite(os.path.join(out_dir, split, file_name), canvas)
+        height, width = canvas.shape[:2]
+        image = {"id": image_id, "file_name": file_name, "height": height, "width": width}
+        images.append({**image, **fields})
+        for obj in objects:
+            category_id = names.index(obj["category"]) + 1
+            annotation = mask_annotation(obj["mask"], len(annotations) + 1, image_id, category_id)
+            annotations.append({**annotation, **obj.get("fields", {})})
     json_path = os.path.join(out_dir, "annotations", f"{split}.json")
     content = {"info": info, "images": images, "annotations": annotations, "categories": categories}
     marker = {"generator": generator, "version": info["version"], "digest": _digest(content)}
@@ -95,8 +90,8 @@ def write_split_json(
 
 
 def marker_of(json_path: str) -> Optional[Tuple[str, int]]:
-    """(generator, version) of a file ``write_split_json`` wrote and nobody changed since; None
-    for any other file (edited, truncated, not JSON, another writer's)."""
+    """(generator, version) of a file ``write_split`` wrote and nobody changed since; None for any
+    other file (edited, truncated, not JSON, another writer's)."""
     try:
         with open(json_path, encoding="utf-8") as f:
             content = json.load(f)

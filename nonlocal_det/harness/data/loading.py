@@ -1,15 +1,10 @@
 """
-Loading a registered dataset with checks, so that bad data stops a run before training with a
-message naming the file and the problem, instead of a traceback from inside the data loader or,
-worse, silently wrong labels.
-
-Checked: the annotation file parses; every image file exists; every category id is one the
-model predicts (``MODEL.ROI_HEADS.NUM_CLASSES``); every keypoint annotation has
-``MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS`` points; the training filters (no annotations, too few
-keypoints) leave at least one image. What the model handles correctly is left alone: images
-without annotations (skipped in training as Detectron2 does, evaluated), grayscale and RGBA
-images (read as RGB), images of any size (resized), keypoints outside their box (not used as
-targets).
+Loading registered datasets with checks, so that bad data stops a run before training with a
+message naming the file and the problem, not a traceback from the data loader or silently wrong
+labels: COCO files against the data rules (``coco_checks``), the records against the model (image
+files exist, category ids it predicts, keypoint counts), the training filters (an image is left).
+What the model handles correctly is left alone: images without annotations, grayscale and RGBA
+images, images of any size, keypoints outside their box.
 """
 
 import json
@@ -18,11 +13,8 @@ import os
 from typing import Dict, List
 
 import detectron2.utils.comm as comm
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.build import (
-    filter_images_with_only_crowd_annotations,
-    get_detection_dataset_dicts,
-)
+from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
+from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.utils.file_io import PathManager
 
 from nonlocal_det.errors import ConfigError
@@ -30,18 +22,15 @@ from nonlocal_det.errors import ConfigError
 from ..config_rules import is_yaml, lookup
 from ..io import listing
 from ..preflight import BadDataError, MissingInputError
-from . import coco_checks
+from .coco_checks import Needs, annotation_problems, format_problems, image_problems, split_problems
 from .generated import ensure_generated_datasets
 
 logger = logging.getLogger(__name__)
 
-# The config section whose NUM_CLASSES a meta-architecture predicts, for the label checks.
-_CLASSES_SECTION = {
-    "GeneralizedRCNN": "ROI_HEADS",
-    "NonLocalGeneralizedRCNN": "ROI_HEADS",
-    "RetinaNet": "RETINANET",
-    "NonLocalRetinaNet": "RETINANET",
-}
+# The config section whose NUM_CLASSES a meta-architecture predicts, for the label checks (the
+# NonLocal variants read the same sections as Detectron2's).
+_CLASSES_SECTION = {"GeneralizedRCNN": "ROI_HEADS", "RetinaNet": "RETINANET"}
+_CLASSES_SECTION.update({f"NonLocal{arch}": key for arch, key in _CLASSES_SECTION.items()})
 
 
 def _source(name: str) -> str:
@@ -56,46 +45,31 @@ def _not_json(name: str, error: json.JSONDecodeError) -> BadDataError:
     )
 
 
-def _require_registered(name: str) -> None:
-    if name not in DatasetCatalog.list():
-        raise BadDataError(
-            f"Dataset {name!r} is not registered. Register it before training (e.g. Detectron2's "
-            "register_coco_instances) or use a registered one, such as the builtin COCO names or "
-            "nonlocal_synthetic_train / nonlocal_synthetic_val."
-        )
-
-
-def data_needs(cfg, name: str) -> coco_checks.Needs:
-    """What ``cfg``'s model and run read from dataset ``name`` beyond what every model reads."""
-    keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS if cfg.MODEL.KEYPOINT_ON else 0
-    return coco_checks.Needs(
-        masks=cfg.MODEL.MASK_ON,
-        mask_format=cfg.INPUT.MASK_FORMAT,
-        keypoints=keypoints,
-        evaluated=name in cfg.DATASETS.TEST,
-    )
-
-
 # (json file, its modification time, needs, image checks): files the data rules passed already.
 _PASSED = set()
 
 
 def check_dataset_files(cfg, names: List[str]) -> None:
     """
-    Every dataset of ``names`` registered from a COCO json (``json_file`` in its metadata)
-    against ``coco_checks.DATA_RULES`` for this config's model: each file's records, with
-    DATALOADER.CHECK_IMAGES its image files, then the files together (the splits agree on their
-    categories). One BadDataError names every file with problems. A file that passed with the
-    same needs is not read again.
+    The COCO json of each dataset of ``names`` that has one against the data rules for this config
+    (image files too with DATALOADER.CHECK_IMAGES), then the files together; one BadDataError names
+    every file with problems. A file that passed with the same needs is not read again.
     """
     splits, messages = [], []
+    keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS if cfg.MODEL.KEYPOINT_ON else 0
     for name in dict.fromkeys(names):
-        _require_registered(name)
+        if name not in DatasetCatalog.list():
+            raise BadDataError(
+                f"Dataset {name!r} is not registered. Register it before training (e.g. "
+                "Detectron2's register_coco_instances) or use a registered one, such as the "
+                "builtin COCO names or nonlocal_synthetic_train / nonlocal_synthetic_val."
+            )
         meta = MetadataCatalog.get(name)
         json_file = meta.get("json_file", None)
         if not json_file:
             continue
-        needs = data_needs(cfg, name)
+        evaluated = name in cfg.DATASETS.TEST
+        needs = Needs(cfg.MODEL.MASK_ON, cfg.INPUT.MASK_FORMAT, keypoints, evaluated)
         key = (json_file, os.path.getmtime(json_file), needs, cfg.DATALOADER.CHECK_IMAGES)
         try:
             with PathManager.open(json_file, encoding="utf-8") as f:
@@ -105,28 +79,24 @@ def check_dataset_files(cfg, names: List[str]) -> None:
         splits.append((name, coco, needs.evaluated))
         if key in _PASSED:
             continue
-        problems = coco_checks.annotation_problems(coco, needs)
+        problems = annotation_problems(coco, needs)
         if cfg.DATALOADER.CHECK_IMAGES and not problems:
-            problems = coco_checks.image_problems(coco, meta.get("image_root", ""))
+            problems = image_problems(coco, meta.get("image_root", ""))
         if problems:
-            messages.append(
-                coco_checks.format_problems(f"Dataset {name!r} ({json_file})", problems)
-            )
+            messages.append(format_problems(f"Dataset {name!r} ({json_file})", problems))
         else:
             _PASSED.add(key)
     splits.sort(key=lambda split: split[2])  # the training splits first
-    across = coco_checks.split_problems(splits) if len(splits) > 1 else []
+    across = split_problems(splits) if len(splits) > 1 else []
     if across:
-        messages.append(coco_checks.format_problems(f"Datasets {[s[0] for s in splits]}", across))
+        messages.append(format_problems(f"Datasets {[s[0] for s in splits]}", across))
     if messages:
         raise BadDataError("\n".join(messages))
 
 
 def _load(names: List[str], **kwargs):
-    """
-    Detectron2's ``get_detection_dataset_dicts(names, **kwargs)``, with the errors its loaders
-    raise for a bad annotation file as BadDataError naming the dataset.
-    """
+    """``get_detection_dataset_dicts``, with its loaders' errors for a bad annotation file as
+    BadDataError naming the dataset."""
     try:
         return get_detection_dataset_dicts(names, **kwargs)
     except json.JSONDecodeError as e:
@@ -146,18 +116,14 @@ def _load(names: List[str], **kwargs):
 
 
 def check_dataset_dicts(names: List[str], dicts: List[Dict], cfg) -> None:
-    """
-    BadDataError naming records whose labels the model cannot use, or whose image files are
-    missing (for datasets not read from a COCO file, whose images the data rules check).
-    """
+    """BadDataError naming records whose labels the model cannot use, or whose image files are
+    missing (unless the data rules checked them)."""
     if not isinstance(dicts, list):  # a torch Dataset: used as it is
         return
-    checked = cfg.DATALOADER.CHECK_IMAGES and all(
-        MetadataCatalog.get(n).get("json_file", None) for n in names
-    )
-    missing = (
-        [] if checked else [d["file_name"] for d in dicts if not os.path.isfile(d["file_name"])]
-    )
+    json_files = (MetadataCatalog.get(n).get("json_file", None) for n in names)
+    checked = cfg.DATALOADER.CHECK_IMAGES and all(json_files)  # by the data rules
+    missing = [] if checked else [d["file_name"] for d in dicts]
+    missing = [f for f in missing if not os.path.isfile(f)]
     if missing:
         raise BadDataError(
             f"Datasets {names}: {len(missing)} of {len(dicts)} image files do not exist: "
@@ -168,14 +134,9 @@ def check_dataset_dicts(names: List[str], dicts: List[Dict], cfg) -> None:
         return
     num_classes = cfg.MODEL[section].NUM_CLASSES
     classes_key = f"MODEL.{section}.NUM_CLASSES"
-    bad_class = sorted(
-        {
-            f"{d['file_name']} (category {a['category_id']})"
-            for d in dicts
-            for a in d.get("annotations", [])
-            if not 0 <= a["category_id"] < num_classes
-        }
-    )
+    labels = [(d, a) for d in dicts for a in d.get("annotations", [])]
+    outside = [(d, a) for d, a in labels if not 0 <= a["category_id"] < num_classes]
+    bad_class = sorted({f"{d['file_name']} (category {a['category_id']})" for d, a in outside})
     if bad_class:
         classes = MetadataCatalog.get(names[0]).get("thing_classes", None)
         known = f"; the dataset's categories are {len(classes)}: {classes}" if classes else ""
@@ -186,19 +147,13 @@ def check_dataset_dicts(names: List[str], dicts: List[Dict], cfg) -> None:
         )
     if cfg.MODEL.KEYPOINT_ON and section == "ROI_HEADS":
         expected = 3 * cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
-        bad_kps = sorted(
-            {
-                f"{d['file_name']} ({len(a['keypoints']) // 3} keypoints)"
-                for d in dicts
-                for a in d.get("annotations", [])
-                if "keypoints" in a and len(a["keypoints"]) != expected
-            }
-        )
-        if bad_kps:
+        wrong = [(d, a) for d, a in labels if "keypoints" in a and len(a["keypoints"]) != expected]
+        bad = sorted({f"{d['file_name']} ({len(a['keypoints']) // 3} keypoints)" for d, a in wrong})
+        if bad:
             raise BadDataError(
                 f"Datasets {names}: keypoint annotations that do not have "
                 f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={expected // 3} (x, y, v) triplets: "
-                f"{listing(bad_kps)}."
+                f"{listing(bad)}."
             )
 
 
@@ -225,18 +180,14 @@ def _nothing_left(names: List[str], cfg, min_keypoints: int) -> BadDataError:
 
 def checked_dataset_dicts(cfg, names: List[str], *, training: bool):
     """
-    Detectron2's ``get_detection_dataset_dicts`` for ``names``, with the config's filters and
-    proposal files (training: as ``build_detection_train_loader`` reads them; evaluation: no
-    filter), after the checks of their COCO files and with the records checked against the
-    model (``check_dataset_dicts``). Bad data raises BadDataError before anything trains.
+    ``get_detection_dataset_dicts`` for ``names`` with the config's filters and proposal files
+    (training: as ``build_detection_train_loader`` reads them; evaluation: no filter), the files
+    and records checked: BadDataError before anything trains.
     """
     check_dataset_files(cfg, names)
     proposals = cfg.DATASETS.PROPOSAL_FILES_TRAIN if training else cfg.DATASETS.PROPOSAL_FILES_TEST
-    min_keypoints = (
-        cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
-        if training and cfg.MODEL.KEYPOINT_ON
-        else 0
-    )
+    keypoints = training and cfg.MODEL.KEYPOINT_ON
+    min_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if keypoints else 0
     try:
         dicts = _load(
             names,
@@ -263,30 +214,26 @@ def evaluation_dataset_dicts(cfg, name: str):
     return checked_dataset_dicts(cfg, [name], training=False)
 
 
-def _lazy_dataset_names(loader) -> List[str]:
-    """
-    The dataset names of a LazyConfig data loader built as Detectron2's common/data configs do.
-    """
+def _lazy_dataset_names(cfg, split: str) -> List[str]:
+    """The dataset names of a LazyConfig's data loader ``split``, built as Detectron2's are."""
+    loader = cfg.get("dataloader", {}).get(split)
     names = loader.get("dataset", {}).get("names", []) if loader is not None else []
     return [names] if isinstance(names, str) else list(names)
 
 
 def config_dataset_names(cfg, eval_only: bool) -> List[str]:
     """The test datasets (and training datasets unless ``eval_only``) of a YAML or LazyConfig."""
+    splits = ["test"] if eval_only else ["test", "train"]
     if is_yaml(cfg):
-        return list(cfg.DATASETS.TEST) + ([] if eval_only else list(cfg.DATASETS.TRAIN))
-    dataloader = cfg.get("dataloader", {})
-    return _lazy_dataset_names(dataloader.get("test")) + (
-        [] if eval_only else _lazy_dataset_names(dataloader.get("train"))
-    )
+        return [name for split in splits for name in cfg.DATASETS[split.upper()]]
+    return [name for split in splits for name in _lazy_dataset_names(cfg, split)]
 
 
 def check_datasets(cfg, eval_only: bool) -> None:
     """
-    Before training or evaluating: generate the datasets nonlocal_det generates itself if the
-    config uses them and they are missing or stale, name missing dataset files
-    (MissingInputError), and, for YAML configs, check every file the run reads against the data
-    rules (``check_dataset_files``), so that bad data does not stop a run only at its end.
+    Before training or evaluating: generate the generated datasets the config uses if missing or
+    stale, name missing dataset files (MissingInputError) and, for YAML configs, check every file
+    the run reads against the data rules, so that bad data does not stop a run only at its end.
     """
     names = config_dataset_names(cfg, eval_only)
     key, role = ("DATASETS.TEST", "to evaluate") if eval_only else ("DATASETS.TRAIN", "to train on")
@@ -301,12 +248,11 @@ def check_datasets(cfg, eval_only: bool) -> None:
         for attr in ("json_file", "image_root"):
             path = meta.get(attr, None)
             if path and not PathManager.exists(path):
+                root = os.environ.get("DETECTRON2_DATASETS", "unset, so ./datasets")
                 raise MissingInputError(
                     f"Dataset {name!r}: {attr} {path} does not exist. Detectron2 looks for "
-                    "datasets "
-                    "under $DETECTRON2_DATASETS (now "
-                    f"{os.environ.get('DETECTRON2_DATASETS', 'unset, so ./datasets')}); "
-                    "see datasets/README.md for the layout."
+                    f"datasets under $DETECTRON2_DATASETS (now {root}); see datasets/README.md "
+                    "for the layout."
                 )
     if is_yaml(cfg):
         check_dataset_files(cfg, names)
@@ -316,7 +262,7 @@ def check_datasets(cfg, eval_only: bool) -> None:
 
 def check_lazy_classes(cfg) -> None:
     """A LazyConfig model predicting fewer classes than its training sets hold: one line."""
-    names = _lazy_dataset_names(cfg.get("dataloader", {}).get("train"))
+    names = _lazy_dataset_names(cfg, "train")
     for key in ("model.roi_heads.num_classes", "model.num_classes"):
         predicted = lookup(cfg, key, None)
         if not isinstance(predicted, int):

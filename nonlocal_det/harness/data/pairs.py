@@ -31,14 +31,13 @@ from typing import Dict
 import cv2
 import numpy as np
 
-from .coco_format import mask_annotation, save_image, split_image_dir, write_split_json
-from .long_range import _shape_mask
+from .coco_format import prefix_categories, write_split
+from .long_range import HEIGHT, SHAPES, WIDTH, _disc, _fits, _shape_mask, noisy_canvas
 
 GLYPHS = ("solid", "hollow")
 TEAMS = [f"team_{g}" for g in GLYPHS]
 LAMPS = [f"lamp_{g}" for g in GLYPHS]
 CATEGORIES = [*TEAMS, *LAMPS]
-HEIGHT, WIDTH = 128, 512
 PAIRS = 4  # per image, two of each glyph
 LAMP_RADIUS = 14
 RING_INNER_RADIUS = 7  # a hollow lamp's hole, background-filled
@@ -49,8 +48,6 @@ CELL = 32
 MIN_GAP = 256  # px between every lamp's box and every shape's box, horizontally
 MIN_HUE_GAP = 30.0  # degrees between the hues of two pairs of one image
 SATURATION, VALUE = 0.85, 0.9
-SHAPES = ("circle", "square", "triangle")
-SPLITS = {"train": 0, "val": 1}  # split -> seed offset
 DEFAULT_SIZES = {"train": 400, "val": 100}
 DIRECTORY = "nonlocal_pairs"  # under $DETECTRON2_DATASETS; the registered names' prefix
 VERSION = 2  # 2: one lamp per 32-px cell (1: lamps anywhere in an 80-px band)
@@ -71,28 +68,34 @@ def hue_to_bgr(hue: float):
     return tuple(int(round(255 * c)) for c in (b, g, r))
 
 
-def _place(rng, occupied, zone, make_mask, tries: int = 50):
-    """A mask from ``make_mask(cx, cy)`` inside ``zone`` (x0, x1) overlapping nothing, or None."""
-    for _ in range(tries):
-        mask = make_mask(rng.uniform(*zone))
-        if mask is None:
+def _place_shape(rng, kind: str, zone, occupied: np.ndarray):
+    """A ``kind`` mask of random size in the columns ``zone``, overlapping nothing, or None."""
+    for _ in range(50):
+        cx, size = rng.uniform(*zone), rng.uniform(28, 44)
+        if not zone[0] + size / 2 <= cx <= zone[1] - size / 2:
             continue
-        xs = np.nonzero(mask.any(axis=0))[0]
-        if xs.min() >= zone[0] and xs.max() < zone[1] and not (mask & occupied).any():
+        cy = rng.uniform(size / 2 + 2, HEIGHT - size / 2 - 2)
+        mask = _shape_mask(rng, kind, cx, cy, size)
+        if mask.sum() >= 80 and _fits(mask, zone, occupied):
             return mask
     return None
+
+
+def _box(mask: np.ndarray):
+    ys, xs = np.nonzero(mask)
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
 
 
 def generate_image(rng: np.random.RandomState):
     """
     One (HEIGHT, WIDTH, 3) uint8 BGR image, its objects [{"category", "mask"}] (the shapes, then
-    the lamps) and its pairs [{"shape", "lamp", "team", "hue"}] (object indices into the former),
-    or None when the shapes could not be placed (the caller draws again).
+    the lamps) and its image entry's pairs [{"shape_box", "lamp_box", "team", "hue"}] (boxes XYXY,
+    in pixels; not a COCO field, tools/attention_mass.py reads it). Where the shapes do not fit,
+    it draws again (on from the random state it reached).
     """
     lamps_left = bool(rng.randint(2))
     background = rng.randint(60, 200)
-    canvas = np.clip(background + rng.normal(0, 12, size=(HEIGHT, WIDTH, 3)), 0, 255)
-    canvas = cv2.GaussianBlur(canvas.astype(np.uint8), (5, 5), 0)
+    canvas = noisy_canvas(rng, background, 12)
     lamp_x = CELL // 2 if lamps_left else WIDTH - CELL // 2
     lamp_rows = rng.permutation(HEIGHT // CELL)[:PAIRS]  # the cell row of each pair's lamp
     # Lamps lie within CELL px of the end, so shapes clear every lamp box by MIN_GAP from here on.
@@ -100,28 +103,13 @@ def generate_image(rng: np.random.RandomState):
     hues = _hues(rng, PAIRS)
     glyphs = rng.permutation([GLYPHS[i % 2] for i in range(PAIRS)])
     occupied = np.zeros((HEIGHT, WIDTH), bool)
-
-    def lamp_mask(row):
-        mask = np.zeros((HEIGHT, WIDTH), np.uint8)
-        cv2.circle(mask, (lamp_x, CELL * int(row) + CELL // 2), LAMP_RADIUS, 1, -1, cv2.LINE_AA)
-        return mask.astype(bool)
-
-    def shape_mask(cx, kind):
-        size = rng.uniform(28, 44)
-        if not shape_zone[0] + size / 2 <= cx <= shape_zone[1] - size / 2:
-            return None
-        cy = rng.uniform(size / 2 + 2, HEIGHT - size / 2 - 2)
-        mask = _shape_mask(rng, kind, cx, cy, size)
-        return mask if mask.sum() >= 80 else None
-
-    shapes, lamps = [], []
+    shapes, lamps, pairs = [], [], []
     for hue, glyph, row in zip(hues, glyphs, lamp_rows):
-        kind = SHAPES[rng.randint(len(SHAPES))]
-        shape = _place(rng, occupied, shape_zone, lambda cx, kind=kind: shape_mask(cx, kind))
+        shape = _place_shape(rng, SHAPES[rng.randint(len(SHAPES))], shape_zone, occupied)
         if shape is None:
-            return None
+            return generate_image(rng)  # start over
         occupied |= shape
-        lamp = lamp_mask(row)
+        lamp = _disc((lamp_x, CELL * int(row) + CELL // 2), LAMP_RADIUS)
         colour = hue_to_bgr(hue)
         canvas[shape] = colour
         canvas[lamp] = (255, 255, 255)
@@ -132,68 +120,17 @@ def generate_image(rng: np.random.RandomState):
             cv2.circle(canvas, centre, RING_INNER_RADIUS, (background,) * 3, -1, cv2.LINE_AA)
         shapes.append({"category": f"team_{glyph}", "mask": shape})
         lamps.append({"category": f"lamp_{glyph}", "mask": lamp})
-    pairs = [
-        {"shape": i, "lamp": PAIRS + i, "team": f"team_{glyphs[i]}", "hue": float(hues[i])}
-        for i in range(PAIRS)
-    ]
-    return canvas, shapes + lamps, pairs
-
-
-def _box(mask: np.ndarray):
-    ys, xs = np.nonzero(mask)
-    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+        boxes = {"shape_box": _box(shape), "lamp_box": _box(lamp)}
+        pairs.append({**boxes, "team": f"team_{glyph}", "hue": round(float(hue), 3)})
+    return canvas, shapes + lamps, {"pairs": pairs}
 
 
 def generate_split(out_dir: str, split: str, num_images: int, *, seed: int = 0) -> str:
-    """
-    Write ``out_dir/<split>/*.png`` and ``out_dir/annotations/<split>.json``; return the json path.
-    """
-    rng = np.random.RandomState(seed * 1000 + SPLITS[split])
-    image_dir = split_image_dir(out_dir, split)
-    images, annotations = [], []
-    for image_id in range(1, num_images + 1):
-        drawn = None
-        while drawn is None:
-            drawn = generate_image(rng)
-        canvas, objects, pairs = drawn
-        file_name = save_image(image_dir, image_id, canvas)
-        # pairs: not a COCO field; tools/attention_mass.py reads it (boxes XYXY, in pixels).
-        images.append(
-            {
-                "id": image_id,
-                "file_name": file_name,
-                "height": HEIGHT,
-                "width": WIDTH,
-                "pairs": [
-                    {
-                        "shape_box": _box(objects[p["shape"]]["mask"]),
-                        "lamp_box": _box(objects[p["lamp"]]["mask"]),
-                        "team": p["team"],
-                        "hue": round(p["hue"], 3),
-                    }
-                    for p in pairs
-                ],
-            }
-        )
-        for obj in objects:
-            category_id = CATEGORIES.index(obj["category"]) + 1
-            annotations.append(
-                mask_annotation(obj["mask"], len(annotations) + 1, image_id, category_id)
-            )
-    categories = [
-        {"id": i + 1, "name": name, "supercategory": name.split("_")[0]}
-        for i, name in enumerate(CATEGORIES)
-    ]
-    info = {
-        "description": "nonlocal_det pairs task",
-        "version": VERSION,
-        "seed": seed,
-        "min_gap_px": MIN_GAP,
-        "min_hue_gap_deg": MIN_HUE_GAP,
-    }
-    return write_split_json(
-        out_dir, split, info, images, annotations, categories, generator=DIRECTORY
-    )
+    """Write ``out_dir/<split>/*.png`` and ``annotations/<split>.json``; return the json path."""
+    info = {"description": "nonlocal_det pairs task", "version": VERSION, "seed": seed}
+    info.update(min_gap_px=MIN_GAP, min_hue_gap_deg=MIN_HUE_GAP)
+    categories = prefix_categories(CATEGORIES)
+    return write_split(out_dir, split, num_images, generate_image, info, categories, DIRECTORY)
 
 
 def generate(out_dir: str, sizes: Dict[str, int] = None, *, seed: int = 0) -> Dict[str, str]:
