@@ -1,7 +1,7 @@
 """
 MODEL.NONLOCAL.VALID_REGION on whole Detectron2 models: an image batched with an image of the
 other orientation (both padded) against the model whose non-local blocks are run by hand on each
-image's valid crop (harness.analysis.valid_region, which tools/valid_region_check.py runs for
+image's valid crop (tests/crop_reference.py, which tools/valid_region_check.py runs for
 docs/valid_region.md's table).
 """
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.detectron2
 
 @pytest.fixture(scope="module")
 def images():
-    from nonlocal_det.harness.analysis import valid_region as valid_region_check
+    import crop_reference as valid_region_check
 
     return valid_region_check.random_image(160, 224, seed=1), valid_region_check.random_image(
         224, 160, seed=2
@@ -35,7 +35,7 @@ def images():
     ],
 )
 def test_key_on_computes_each_image_on_its_valid_crop(images, config, norm):
-    from nonlocal_det.harness.analysis import valid_region as pc
+    import crop_reference as pc
 
     image, mate = images
     off = pc.build_model(os.path.join(CONFIG_DIR, config), norm, False, [image, mate])

@@ -2,7 +2,7 @@
 """
 Forward+backward time and extra peak memory of the blocks (NL, CGNL, DNL, GC), side by side in one
 run, against the full-matrix references (tests/reference.py) and, when installed, the peers: mmcv's
-NonLocal2d and ContextBlock, mmsegmentation's DisentangledNonLocal2d (tools/peer_blocks.py).
+NonLocal2d and ContextBlock, mmsegmentation's DisentangledNonLocal2d (tests/peers.py).
 
 Each implementation runs in processes of its own, in turn with the others of its row
 (A B C A B C ...), so that drifts in machine load hit all alike and none inherits another's
@@ -143,10 +143,10 @@ def _build(spec, device):
     impl = spec["impl"]
     block = _our_block(spec).to(device)
     if impl == "peer":
-        import peer_blocks
+        import peers
 
         builders = {"NL": "mmcv_nonlocal", "DNL": "mmseg_dnl", "GC": "mmcv_context_block"}
-        return getattr(peer_blocks, builders[spec["block"]])(block)
+        return getattr(peers, builders[spec["block"]])(block)
     if impl == "naive":
         return lambda x: reference_forward(block, x)
     if impl == "padded":  # each image computed on its valid region
@@ -308,9 +308,9 @@ def main(argv=None):
     args = parse_args(argv)
     if args.child:
         return run_child(json.loads(args.child))
-    import peer_blocks
+    import peers
 
-    peers = {name: peer_blocks.available(name) for name in ("mmcv", "mmseg")}
+    peers = {name: peers.available(name) for name in ("mmcv", "mmseg")}
     lines = ["# Block benchmarks", "", *header(args, peers)]
     if args.padding:
         lines += markdown_table(

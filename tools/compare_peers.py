@@ -13,13 +13,17 @@ is above 1e-9. The tests check the same blocks against the formulas written out 
 
 import argparse
 import itertools
+import os
 import sys
 
 import torch
 
 from nonlocal_det.errors import MissingInputError, exit_on_user_error
 from nonlocal_det.layers import GC_POOLINGS, DisentangledNonLocal2d, GlobalContextBlock2d
-from peer_blocks import available, mmcv_context_block, mmseg_dnl, parameter_pairs
+
+# The references the tests check against live in tests/.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
+from peers import available, mmcv_context_block, mmseg_dnl, parameter_pairs  # noqa: E402
 
 BAR = 1e-9
 FUSION_SETS = [("channel_add",), ("channel_mul",), ("channel_add", "channel_mul")]

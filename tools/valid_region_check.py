@@ -3,7 +3,7 @@
 Does an image's output depend on its batch-mates? An image alone vs batched with an image of the
 other orientation (so both are padded), on NL R50-FPN Mask R-CNN with random weights, the
 non-local blocks made non-identity, FrozenBN backbone, in eval mode
-(``nonlocal_det.harness.analysis.valid_region``).
+(tests/crop_reference.py).
 
 Per row, that module's measures for ``stock`` (Detectron2's R50-FPN Mask R-CNN, no block: the
 convolutions' own border effects), ``key off`` (+1 NL block attending over the padded map,
@@ -21,9 +21,12 @@ import sys
 import torch
 
 from nonlocal_det.errors import exit_on_user_error
-from nonlocal_det.harness.analysis.valid_region import measure, table
 from nonlocal_det.harness.cli.args import writable_file
 from nonlocal_det.harness.utils.tables import write_text
+
+# The references the tests check against live in tests/.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
+from crop_reference import measure, table  # noqa: E402
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
