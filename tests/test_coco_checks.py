@@ -231,7 +231,9 @@ def test_splits_must_agree_on_what_a_category_id_means():
     assert "is 'box' here, 'person' in training" in problems[0].problem
     subset_of_train = copy.deepcopy(GOOD)
     subset_of_train["categories"] = subset_of_train["categories"][:1]
-    assert split_problems([("train", train, False), ("val", subset_of_train, True)]) == []
+    (problem,) = split_problems([("train", train, False), ("val", subset_of_train, True)])
+    assert problem.field == "category 2 (box)" and "is missing here" in problem.problem
+    assert split_problems([("train", train, False), ("val", copy.deepcopy(GOOD), True)]) == []
     beyond = copy.deepcopy(GOOD)
     beyond["categories"].append({"id": 3, "name": "kite"})
     (problem,) = split_problems([("train", train, False), ("val", beyond, True)])

@@ -39,6 +39,8 @@ def generated(tmp_path, monkeypatch):
 def test_a_file_the_generator_did_not_write_intact_is_never_overwritten(generated, edit):
     generated.write_text(edit(generated.read_text()), encoding="utf-8")
     before = generated.read_bytes()
+    assert PAIRS.ensure(str(generated.parent.parent)) is False  # the user's file: used as it is
+    (generated.parent / "val.json").unlink()  # a split to generate: it would be overwritten
     with pytest.raises(BadDataError, match=f"{generated} exists but is not a file"):
         PAIRS.ensure(str(generated.parent.parent))
     assert generated.read_bytes() == before

@@ -307,11 +307,16 @@ def _split_agreement(splits, _):
         if not evaluated:
             trained.update(cats)
             continue
+        if not trained:
+            continue
+        fix = "give every dataset of the run the training categories, ids and names alike"
+        for cid in sorted(set(trained) - set(cats), key=str):
+            why = "is missing here (Detectron2 numbers the categories of each file in turn)"
+            yield name, f"category {cid} ({trained[cid]})", why, fix
         for cid, n in cats.items():
-            if cid not in trained and trained:
-                fix = "evaluate on the categories the model was trained on"
+            if cid not in trained:
                 yield name, f"category {cid} ({n})", "is not a training category", fix
-            elif trained and trained[cid] != n:
+            elif trained[cid] != n:
                 what = f"is {n!r} here, {trained[cid]!r} in training"
                 fix = (
                     "use the training split's id for every name "
@@ -346,8 +351,9 @@ DATA_RULES = (
          "marker), of the JSON's width and height after its EXIF orientation, in a mode "
          f"Detectron2 decodes to 8 bits faithfully {list(DECODABLE_MODES)} "
          "(DATALOADER.CHECK_IMAGES False skips these reads)", _image_file),
-    Rule("splits", "every dataset the run reads gives each category id the same name, names are "
-         "unique, and the evaluated datasets' categories are training categories",
+    Rule("splits", "every dataset the run reads has the training datasets' categories exactly, "
+         "the same ids with the same names (Detectron2 numbers each file's categories in "
+         "order, so another set shifts or breaks the classes), and names are unique",
          _split_agreement),
 )  # fmt: skip
 _BY_SUBJECT = {r.subject: [q for q in DATA_RULES if q.subject == r.subject] for r in DATA_RULES}

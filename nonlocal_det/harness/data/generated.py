@@ -68,13 +68,17 @@ class GeneratedDataset:
 
     def ensure(self, root: str = None) -> bool:
         """
-        Generate the splits under ``root`` if one is missing or of another generator version;
-        True if it generated. BadDataError naming a file without an intact marker.
+        Generate the splits under ``root`` if one is missing or an intact one is of another
+        generator version; True if it generated. A complete set in which a file lost its
+        marker (edited since) is used as it is. BadDataError naming a file without an intact
+        marker when generating would overwrite it.
         """
         root = root or self.root()
         files = [os.path.join(root, "annotations", f"{s}.json") for s in self.names().values()]
-        existing = [f for f in files if os.path.exists(f)]
-        markers = {f: marker_of(f) for f in existing}
+        markers = {f: marker_of(f) for f in files if os.path.exists(f)}
+        expected = (self.directory, self.generator.VERSION)
+        if len(markers) == len(files) and all(m in (expected, None) for m in markers.values()):
+            return False
         for path, marker in markers.items():
             if marker is None:
                 raise BadDataError(
@@ -82,9 +86,6 @@ class GeneratedDataset:
                     "(no marker, or edited since): it is not overwritten. Move it away to "
                     "generate the dataset, or set DETECTRON2_DATASETS to another folder."
                 )
-        expected = (self.directory, self.generator.VERSION)
-        if len(existing) == len(files) and all(m == expected for m in markers.values()):
-            return False
         self.generator.generate(root)
         return True
 
