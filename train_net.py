@@ -18,11 +18,10 @@ launcher, and user errors as one line.
 import os
 
 import detectron2.utils.comm as comm
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 
-from nonlocal_det.harness.checkpoint import load_trained_weights, resumed_checkpoint
+from nonlocal_det.harness.checkpoint import load_evaluated_weights
 from nonlocal_det.harness.config import config_kind, get_nonlocal_cfg
 from nonlocal_det.harness.data.loading import check_datasets
 from nonlocal_det.harness.dry_run import dry_run, explaining_failures
@@ -64,18 +63,7 @@ def main(args):
         with explaining_failures(cfg, "building the model"):
             model = Trainer.build_model(cfg)
         check_weights(cfg, resume=args.resume)
-        path = (
-            resumed_checkpoint(DetectionCheckpointer(model, cfg.OUTPUT_DIR))
-            if args.resume
-            else None
-        )
-        load_trained_weights(
-            model,
-            path or cfg.MODEL.WEIGHTS,
-            random_ok=args.allow_unmatched_weights,
-            key="--resume: checkpoint" if path else "MODEL.WEIGHTS",
-            flag="--allow-unmatched-weights",
-        )
+        load_evaluated_weights(model, args, cfg.OUTPUT_DIR, "MODEL.WEIGHTS", cfg.MODEL.WEIGHTS)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

@@ -1,13 +1,11 @@
 """
-nonlocal_det: non-local (Wang et al., CVPR 2018), compact generalized non-local (Yue et al.,
-NeurIPS 2018), global context (Cao et al., 2019) and disentangled non-local (Yin et al., ECCV
-2020) blocks for Detectron2.
-
-The library: ``nonlocal_det.layers`` (the blocks; needs only torch), ``nonlocal_det.modeling``
-(Detectron2 backbones, keypoint head and meta-architectures with the blocks),
-``nonlocal_det.config`` (``add_nonlocal_config``) and ``nonlocal_det.errors``. Names that build
-Detectron2 models need Detectron2; without it, using them raises an ImportError that says how to
-install it. The training harness (train_net.py, the generated datasets, the checks, the tools'
+nonlocal_det: non-local (Wang et al., CVPR 2018), compact generalized non-local (Yue et al., NeurIPS
+2018), global context (Cao et al., 2019) and disentangled non-local (Yin et al., ECCV 2020) blocks
+for Detectron2. The library: ``nonlocal_det.layers`` (the blocks; needs only torch),
+``nonlocal_det.modeling`` (Detectron2 backbones, keypoint head and meta-architectures with the
+blocks), ``nonlocal_det.config`` (``add_nonlocal_config``) and ``nonlocal_det.errors``. Names that
+build Detectron2 models need Detectron2; without it, using them raises an ImportError that says how
+to install it. The training harness (train_net.py, the generated datasets, the checks, the tools'
 code) is ``nonlocal_det.harness``, which builds on the library; the library never imports it.
 """
 
@@ -32,18 +30,9 @@ _DETECTRON2_EXPORTS = {
 }
 
 if detectron2_available():
-    # Registers the backbones, the keypoint head and the meta-architectures with Detectron2.
-    from .config import add_nonlocal_config
-    from .modeling import (
-        KRCNNConvDeconvUpsampleNLHead,
-        build_nonlocal_backbone,
-        build_resnet_nl_backbone,
-        build_resnet_nl_fpn_backbone,
-        context_block_factory,
-        insert_nonlocal_blocks,
-        make_nonlocal_stages,
-        nonlocal_block_factory,
-    )
+    # Registers the backbones, the keypoint head and the meta-architectures with Detectron2; the
+    # names above are then read from these modules by __getattr__.
+    from . import config, modeling
 
 
 def __getattr__(name):

@@ -8,16 +8,14 @@ from detectron2.config import CfgNode as CN
 
 def add_nonlocal_config(cfg):
     """
-    Add the keys for non-local backbones and keypoint heads to a Detectron2 config.
-    Defaults reproduce the paper (Wang et al. 2018, sec. 6): one embedded-Gaussian block
-    in res4, right before its last residual block; 4 blocks in the keypoint head, one after
-    every 2 of its 8 convs.
+    Add the keys for non-local backbones and keypoint heads to a Detectron2 config. Defaults are
+    the paper's (Wang et al. 2018, sec. 6): one embedded-Gaussian block in res4, right before its
+    last residual block; 4 blocks in the 8-conv keypoint head, one after every 2 convs.
     """
     cfg.MODEL.NONLOCAL = CN()
     # With MODEL.BACKBONE.NAME "build_nonlocal_backbone": the registered backbone that gets the
-    # blocks. Any builder whose backbone is, or has as bottom_up, a Detectron2 ResNet built from
-    # MODEL.RESNETS: "build_resnet_backbone" (C4 models), "build_resnet_fpn_backbone",
-    # "build_retinanet_resnet_fpn_backbone", ...
+    # blocks, any builder whose backbone is, or has as bottom_up, a ResNet built from
+    # MODEL.RESNETS: "build_resnet_backbone" (C4), "build_retinanet_resnet_fpn_backbone", ...
     cfg.MODEL.NONLOCAL.BACKBONE_NAME = "build_resnet_fpn_backbone"
     # The block placed after the residual blocks RES2..RES5 name (and in the keypoint head):
     # "NL" (non-local), "CGNL" (compact generalized non-local) or "DNL" (disentangled non-local).
@@ -30,22 +28,20 @@ def add_nonlocal_config(cfg):
     cfg.MODEL.NONLOCAL.SUB_SAMPLE = True
     # NL: scale embedded-Gaussian logits by 1/sqrt(inner channels) (authors' code); False: paper.
     cfg.MODEL.NONLOCAL.USE_SCALE = True
-    # Norm after W_z: "GN", "SyncBN", "BN", "" or any Detectron2 norm name except FrozenBN.
-    # GN trains with 1-2 images per GPU; BN needs large per-GPU batches. "GN" here is GroupNorm
-    # with gcd(32, C) groups: Detectron2's GroupNorm(32, C) whenever 32 divides C (every ResNet
-    # stage), and still a GroupNorm where it does not.
+    # Norm after W_z: "GN", "SyncBN", "BN", "" or any Detectron2 norm name except FrozenBN. GN
+    # trains with 1-2 images per GPU; BN needs large per-GPU batches. "GN" is GroupNorm with
+    # gcd(32, C) groups: Detectron2's GroupNorm(32, C) wherever 32 divides C (every ResNet stage).
     cfg.MODEL.NONLOCAL.NORM = "GN"
-    # How each block's last layer starts, for every block kind: NL, CGNL and DNL's norm after W_z
-    # (or W_z itself with NORM ""), GC's last conv of each fusion. "identity": zero, so a stock
-    # checkpoint gives the stock model's outputs (the paper's choice; GC with "channel_mul" starts
-    # at x / 2). "small": 0.1 of "standard"; "standard": the norm's weight 1, or the conv's MSRA
-    # init.
-    # Which INIT when, as measured: nonlocal_det.layers.INIT_ADVICE (docs/usage.md#which-init).
+    # How each block's last layer starts (NL, CGNL, DNL: the norm after W_z, or W_z with NORM "";
+    # GC: the last conv of each fusion). "identity": zero, so a stock checkpoint gives the stock
+    # model's outputs (the paper's; GC with "channel_mul" starts at x / 2). "standard": the norm's
+    # weight 1, or the conv's MSRA init; "small": 0.1 of it. Which INIT when, as measured:
+    # nonlocal_det.layers.INIT_ADVICE (docs/usage.md#which-init).
     cfg.MODEL.NONLOCAL.INIT = "identity"
-    # With a meta-architecture of nonlocal_det.modeling.meta_arch: the backbone's blocks
-    # compute each image on its valid (unpadded) region, with norm statistics over valid
-    # positions, so that an image's features do not depend on its batch-mates' padding
-    # (docs/valid_region.md). False: they attend over the padded map, as in the paper.
+    # With a meta-architecture of nonlocal_det.modeling.meta_arch: the backbone's blocks compute
+    # each image on its valid (unpadded) region, with norm statistics over valid positions, so an
+    # image's features do not depend on its batch-mates' padding (docs/valid_region.md). False:
+    # they attend over the padded map, as in the paper.
     cfg.MODEL.NONLOCAL.VALID_REGION = True
     # Backbone placement: per stage, indices of the residual blocks AFTER which a block is
     # inserted (0-based; negative counts from the stage's end). -2 = right before the last.
@@ -73,8 +69,8 @@ def add_nonlocal_config(cfg):
     cfg.MODEL.NONLOCAL.DNL.TEMPERATURE = 0.05
 
     # GC (global context, Cao et al. 2019): a block inside every residual block of these stages,
-    # on the residual branch before the addition; GCNet's c3-c5: ["res3", "res4", "res5"]. It
-    # combines with the non-local blocks of RES2..RES5.
+    # before the residual addition (GCNet's c3-c5: ["res3", "res4", "res5"]), with or without
+    # the blocks of RES2..RES5.
     cfg.MODEL.NONLOCAL.GC = CN()
     cfg.MODEL.NONLOCAL.GC.STAGES = []
     # GC bottleneck width = int(channels * RATIO) (GCNet's r16: 1/16).

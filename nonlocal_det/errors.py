@@ -9,19 +9,6 @@ import importlib
 import os
 import sys
 
-__all__ = [
-    "BadDataError",
-    "ConfigError",
-    "MissingInputError",
-    "UnsupportedSetupError",
-    "USER_ERRORS",
-    "USER_ERROR_EXIT_CODE",
-    "debugging",
-    "detectron2_available",
-    "require_detectron2",
-    "exit_on_user_error",
-]
-
 
 class MissingInputError(RuntimeError):
     """A weight file or dataset that cannot be found, downloaded or read."""
@@ -72,10 +59,7 @@ def detectron2_available() -> bool:
 
 
 def require_detectron2(what: str):
-    """
-    Import and return ``detectron2``, or raise ImportError saying that ``what`` needs it and
-    how to install it (it is not on PyPI).
-    """
+    """``detectron2``, or an ImportError saying that ``what`` needs it and how to install it."""
     try:
         return importlib.import_module("detectron2")
     except ImportError as e:

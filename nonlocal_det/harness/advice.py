@@ -1,29 +1,18 @@
 """
-What a config with blocks of the non-local family needs from the model around them, read from
-the keys the model itself reads: which backbone outputs its heads take (``HEAD_FEATURE_KEYS``, per
-meta-architecture), which ResNet builder its keys describe (``described_resnet_builder``), and
-whether its meta-architecture passes valid sizes. A config that does not fit gets one line
-naming the key and the value that builds the network the config describes, never another one.
+What a config with non-local blocks needs from the model around them, read from the keys the
+model reads: the backbone outputs its heads take, the ResNet builder its keys describe, whether
+its meta-architecture passes valid sizes. A config that does not fit gets one line naming the key
+and the value that builds the network the config describes, never another one.
 """
 
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import List, Optional
 
 from nonlocal_det.errors import ConfigError
 from nonlocal_det.modeling.meta_arch import VALID_REGION_META_ARCHITECTURES
 
 from .config_rules import lookup
-
-__all__ = [
-    "HEAD_FEATURE_KEYS",
-    "head_features",
-    "described_resnet_builder",
-    "wrapped_backbone_name",
-    "backbone_problem",
-    "explaining_build_errors",
-    "warn_about_the_blocks",
-]
 
 logger = logging.getLogger(__name__)
 
@@ -71,21 +60,11 @@ def head_features(cfg) -> Optional[List[str]]:
 
 
 def described_resnet_builder(cfg):
-    """
-    (builder, the keys that say so): the ResNet builder the config's keys describe. A project's
-    own keys first (DeepLab's stem and multi-grid, TridentNet's section), then the outputs its
-    heads read: res* only for a C4 or dilated model, p6/p7 of RetinaNet, FPN levels otherwise.
-    (None, why) when the keys do not tell.
-    """
-    resnets = cfg.MODEL.RESNETS
-    if resnets.get("STEM_TYPE") == "deeplab" or list(resnets.get("RES5_MULTI_GRID", [1])) not in (
-        [1],
-        [1, 1, 1],
-    ):
-        why = (
-            f"MODEL.RESNETS.STEM_TYPE={resnets.get('STEM_TYPE')!r}, "
-            f"RES5_MULTI_GRID={list(resnets.get('RES5_MULTI_GRID', []))}"
-        )
+    """(builder, why) of the ResNet the config's keys describe, or (None, why): a project's own keys
+    first, then the heads' inputs: res* for C4 or dilated, RetinaNet's p6/p7, else FPN levels."""
+    stem, grid = cfg.MODEL.RESNETS.get("STEM_TYPE"), cfg.MODEL.RESNETS.get("RES5_MULTI_GRID")
+    if stem == "deeplab" or (grid is not None and list(grid) not in ([1], [1, 1, 1])):
+        why = f"MODEL.RESNETS.STEM_TYPE={stem!r}, RES5_MULTI_GRID={list(grid or [])}"
         return "build_resnet_deeplab_backbone", why
     if "TRIDENT" in cfg.MODEL:
         return "build_trident_resnet_backbone", "the config's MODEL.TRIDENT section"
@@ -111,11 +90,8 @@ def wrapped_backbone_name(cfg):
 
 
 def backbone_problem(cfg, outputs: Optional[List[str]] = None) -> Optional[ConfigError]:
-    """
-    A ConfigError when the non-local backbone wraps a builder other than the one the config's
-    keys describe (``described_resnet_builder``), or, given the backbone's ``outputs``, lacks an
-    output the heads read; None when they fit or the backbone is not a non-local one.
-    """
+    """A ConfigError when the non-local backbone wraps another builder than the keys describe or
+    (given its ``outputs``) lacks an output the heads read; else None."""
     wrapped, key = wrapped_backbone_name(cfg)
     if wrapped is None:
         return None
@@ -139,10 +115,8 @@ def backbone_problem(cfg, outputs: Optional[List[str]] = None) -> Optional[Confi
 
 @contextmanager
 def explaining_build_errors(cfg):
-    """
-    Around ``build_model(cfg)`` of a YAML config: ``backbone_problem`` raised before building,
-    ``warn_about_the_blocks`` logged, and a head missing a backbone output explained.
-    """
+    """Around ``build_model(cfg)``: ``backbone_problem`` raised first, the warnings logged, and
+    a head missing a backbone output explained."""
     error = backbone_problem(cfg)
     if error is not None:
         raise error
@@ -154,37 +128,29 @@ def explaining_build_errors(cfg):
         if wrapped_backbone_name(cfg)[0] is not None:
             from detectron2.modeling import build_backbone
 
-            try:
+            with suppress(KeyError, AssertionError):  # the backbone fails too: re-raise
                 error = backbone_problem(cfg, list(build_backbone(cfg).output_shape()))
-            except (KeyError, AssertionError):
-                error = backbone_problem(cfg)
         if error is None:
             raise
         raise error from None
 
 
 def warn_about_the_blocks(cfg) -> None:
-    """
-    Settings that train, but not as a user may think: blocks attending over a padded batch's
-    padding (a meta-architecture that does not pass valid sizes), blocks in a frozen stage.
-    """
+    """Settings that train, but not as a user may think: blocks attending over a padded batch's
+    padding (no valid sizes passed), blocks in a frozen stage."""
     if wrapped_backbone_name(cfg)[0] is None:
         return
     meta = cfg.MODEL.META_ARCHITECTURE
     if cfg.MODEL.NONLOCAL.VALID_REGION and meta not in VALID_REGION_META_ARCHITECTURES:
-        ours = {stock: ours for ours, stock in VALID_REGION_META_ARCHITECTURES.items()}
-        fix = (
-            f"set MODEL.META_ARCHITECTURE {ours[meta]!r} (the same model), or "
-            if meta in ours
-            else ""
-        )
+        ours = {stock: ours for ours, stock in VALID_REGION_META_ARCHITECTURES.items()}.get(meta)
+        fix = f"set MODEL.META_ARCHITECTURE {ours!r} (the same model), or " if ours else ""
         logger.warning(
             f"MODEL.META_ARCHITECTURE={meta!r} passes no valid sizes to the backbone's blocks, so "
             "they attend over the padding of a padded batch; "
             f"{fix}set MODEL.NONLOCAL.VALID_REGION False to accept that and silence this."
         )
     frozen = [
-        f"{stage}"
+        stage
         for stage in ("res2", "res3", "res4", "res5")
         if int(stage[-1]) <= cfg.MODEL.BACKBONE.FREEZE_AT
         and (cfg.MODEL.NONLOCAL[stage.upper()] or stage in cfg.MODEL.NONLOCAL.GC.STAGES)

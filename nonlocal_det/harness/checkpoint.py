@@ -1,7 +1,6 @@
 """
 Checkpoints: written whole or not at all, loaded with errors that name the key and the fix, and
-resumed truthfully. Detectron2's checkpointer does the work; ``CheckedCheckpointer`` writes through
-``atomic_write`` and keeps the key report fvcore's loading computes.
+resumed truthfully, through Detectron2's checkpointer (``CheckedCheckpointer``).
 """
 
 import contextlib
@@ -35,12 +34,8 @@ class _AtomicWrites:
 
 
 class CheckedCheckpointer(DetectionCheckpointer):
-    """
-    Detectron2's checkpointer that writes ``model_*.pth`` and ``last_checkpoint`` atomically (so
-    ``--resume`` after a SIGKILL finds the last complete checkpoint: fvcore opens every file it
-    writes through ``path_manager``) and keeps the key report of its last load as
-    ``incompatible`` (missing, unexpected, other-shape keys; Detectron2 only logs them).
-    """
+    """Detectron2's checkpointer, writing atomically (fvcore opens files via ``path_manager``) so
+    that --resume after a SIGKILL finds a whole checkpoint; ``incompatible``: its last load's."""
 
     def __init__(self, model, save_dir: str = "", **checkpointables):
         super().__init__(model, save_dir, **checkpointables)
@@ -88,12 +83,8 @@ def reading_weights(key: str, path: str, fix: str = "copy or download it again")
 def load_trained_weights(
     model, weights: str, *, random_ok: bool, key: str = "MODEL.WEIGHTS", flag="--random-weights"
 ):
-    """
-    Load a trained model's weights for evaluating or reporting what it does. Refused, with
-    ConfigError, unless ``random_ok`` (the command's ``flag``): no weights (a random model's
-    results mean nothing), and weights that leave a parameter unloaded or carry ones the model
-    lacks (a checkpoint of another config). The message names the keys and the file.
-    """
+    """Load a trained model's weights to report what it does; unless ``random_ok`` (``flag``),
+    ConfigError for none (a random model's results mean nothing) or ones that do not fit."""
     if not weights:
         if random_ok:
             logger.warning(f"{key} is empty: the model has random weights")
@@ -115,11 +106,8 @@ def load_trained_weights(
 
 
 def check_checkpoint_file(path: str, subject: str, fix: str = "copy or download it again") -> None:
-    """
-    MissingInputError unless ``path`` is a file that looks like a checkpoint: a torch zip
-    archive (``.pth``) whose central directory is intact, or a pickle (``.pkl``, legacy ``.pth``),
-    read from its first and last bytes only. ``subject`` names it (``"MODEL.WEIGHTS='m.pth'"``).
-    """
+    """MissingInputError naming ``subject`` unless ``path`` looks like a checkpoint from its ends: a
+    torch zip archive with its central directory, or a pickle (.pkl, old .pth)."""
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path):
@@ -142,11 +130,8 @@ def check_checkpoint_file(path: str, subject: str, fix: str = "copy or download 
 
 
 def resumed_checkpoint(checkpointer: DetectionCheckpointer) -> Optional[str]:
-    """
-    The checkpoint ``--resume`` continues from (fvcore's ``has_checkpoint`` and
-    ``get_checkpoint_file``), None when there is none; MissingInputError, naming the file and
-    the fix, when ``last_checkpoint`` names a file that is missing or not a whole checkpoint.
-    """
+    """The checkpoint ``--resume`` continues from, or None; MissingInputError, with the fix, when
+    ``last_checkpoint`` names a file that is missing or not a whole checkpoint."""
     if not checkpointer.has_checkpoint():
         return None
     path = checkpointer.get_checkpoint_file()
@@ -157,6 +142,18 @@ def resumed_checkpoint(checkpointer: DetectionCheckpointer) -> Optional[str]:
         "write the name of an intact model_*.pth into it, or start without --resume",
     )
     return path
+
+
+def load_evaluated_weights(model, args, output_dir: str, key: str, weights: str) -> None:
+    """train_net.py --eval-only: the weights of ``--resume``'s checkpoint, else ``key``'s."""
+    path = resumed_checkpoint(DetectionCheckpointer(model, output_dir)) if args.resume else None
+    load_trained_weights(
+        model,
+        path or weights,
+        random_ok=args.allow_unmatched_weights,
+        key="--resume: checkpoint" if path else key,
+        flag="--allow-unmatched-weights",
+    )
 
 
 def require_fit(checkpointer: CheckedCheckpointer, path: str, allow_unmatched: bool) -> None:
@@ -184,29 +181,40 @@ def optimizer_settings(optimizer, scheduler=None) -> Dict:
 
 
 def keep_config_settings(optimizer, scheduler, configured: Dict, path: str) -> None:
-    """
-    After ``--resume`` loaded ``path``'s optimizer and scheduler state: put back every
-    hyperparameter the config asks for (``configured``: ``optimizer_settings`` before loading)
-    where the checkpoint held another, so what runs is what the run's config.yaml records; log
-    each. The schedule's position (the iteration) stays the checkpoint's.
-    """
+    """After --resume loaded ``path``: put back (and log) the config's settings it changed
+    (``configured``), so that what runs is what config.yaml records; the iteration stays."""
     resumed = optimizer_settings(optimizer, scheduler)
     changed = [k for k in configured if resumed.get(k) != configured[k]]
+    if not changed:
+        return
     for name in changed:
         _, index, field = name.split(" ")
         if field == "base_lr":
             scheduler.base_lrs[int(index)] = configured[name]
         else:
             optimizer.param_groups[int(index)][field] = configured[name]
-    if scheduler is not None and changed:
+    if scheduler is not None:
         for group, lr in zip(optimizer.param_groups, scheduler.get_lr()):
             group["lr"] = lr
-    if changed:
-        logger.warning(
-            f"--resume: {path} held other optimizer settings than the config; the config's apply "
-            + ", ".join(f"{k} {resumed.get(k)!r} -> {configured[k]!r}" for k in changed[:6])
-            + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
-        )
+    changes = listing([f"{k} {resumed.get(k)!r} -> {configured[k]!r}" for k in changed], 6)
+    logger.warning(
+        f"--resume: {path} held other optimizer settings than the config; the config's apply "
+        + changes
+    )
+
+
+@contextlib.contextmanager
+def resuming(checkpointer, resume: bool, initial, optimizer, scheduler, allow_unmatched: bool):
+    """Around a trainer's ``resume_or_load``, yielding the resumed checkpoint or None: unreadable
+    weights are named, and a resumed checkpoint must fit and gives way to the config's settings."""
+    path = resumed_checkpoint(checkpointer) if resume else None
+    configured = optimizer_settings(optimizer, scheduler)
+    key, source = ("--resume: checkpoint", path) if path else initial
+    with reading_weights(key, source):
+        yield path
+    if path is not None:
+        require_fit(checkpointer, path, allow_unmatched)
+        keep_config_settings(optimizer, scheduler, configured, path)
 
 
 def build_trained_model(cfg, random_ok: bool):

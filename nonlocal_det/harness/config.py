@@ -7,7 +7,6 @@ import difflib
 import functools
 import os
 import re
-from typing import List
 
 import yaml
 
@@ -17,7 +16,7 @@ from nonlocal_det.errors import ConfigError, MissingInputError, UnsupportedSetup
 from .config_rules import check_config
 
 
-def _config_keys(node, prefix: str = "") -> List[str]:
+def _config_keys(node, prefix: str = ""):
     """Every full key of a CfgNode or DictConfig ("MODEL.NONLOCAL.MODE", ...)."""
     keys = []
     for name, value in node.items():
@@ -29,29 +28,21 @@ def _config_keys(node, prefix: str = "") -> List[str]:
 def unknown_key_error(key: str, cfg, where: str) -> ConfigError:
     """'<where>: KEY is not a config key; did you mean <nearest>?'."""
     nearest = difflib.get_close_matches(key, _config_keys(cfg), n=1, cutoff=0.6)
-    hint = (
-        f"; did you mean {nearest[0]}?"
-        if nearest
-        else " (add_nonlocal_config adds nonlocal_det's keys)."
-    )
+    hint = " (add_nonlocal_config adds nonlocal_det's keys)."
+    if nearest:
+        hint = f"; did you mean {nearest[0]}?"
     return ConfigError(f"{where}: {key} is not a config key{hint}")
 
 
-_UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
-
-
 def _merging(cfg, merge, where: str) -> None:
-    """
-    ``merge()``, with Detectron2's KeyError/AssertionError/ValueError and YAML errors as
-    ConfigError.
-    """
+    """``merge()``, with Detectron2's Key/Assertion/ValueError and YAML's as ConfigError."""
     try:
         merge()
     except yaml.YAMLError as e:
         raise ConfigError(f"{where} is not valid YAML: {' '.join(str(e).split())}") from None
     except (KeyError, AssertionError, ValueError) as e:
         message = str(e.args[0]) if e.args else str(e)
-        unknown = _UNKNOWN_KEY.search(message)
+        unknown = re.search(r"Non-existent (?:config )?key: (\S+)", message)
         if unknown:
             raise unknown_key_error(unknown.group(1), cfg, where) from None
         raise ConfigError(f"{where}: {message}") from None
@@ -67,8 +58,13 @@ def _refuse_flags_among_overrides(overrides) -> None:
         )
 
 
-def add_harness_config(cfg) -> None:
-    """The keys of train_net.py's harness, beside the library's (``add_nonlocal_config``)."""
+@functools.lru_cache(maxsize=1)
+def _defaults():
+    """Detectron2's keys, the library's (``add_nonlocal_config``) and train_net.py's harness's."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_nonlocal_config(cfg)
     # Before training: read every image file's header and last bytes (exists, is a whole image
     # of the annotation file's size). False skips these reads for data you trust; annotations
     # are always checked (docs/reliability.md).
@@ -79,32 +75,17 @@ def add_harness_config(cfg) -> None:
     # Before the first iteration: run every stage once on a small sample (the augmentations
     # and mappers, one training step, the evaluator), so that a failure comes first, named.
     cfg.DRY_RUN = True
-
-
-@functools.lru_cache(maxsize=1)
-def _defaults():
-    from detectron2.config import get_cfg
-
-    cfg = get_cfg()
-    add_nonlocal_config(cfg)
-    add_harness_config(cfg)
     return cfg
 
 
 def default_config():
-    """A copy of the defaults: Detectron2's, the library's and the harness's keys."""
+    """A copy of the defaults (``_defaults``)."""
     return _defaults().clone()
 
 
 def get_nonlocal_cfg(config_file: str, opts=()):
-    """
-    A Detectron2 config with the nonlocal_det keys, merged from ``config_file`` and
-    ``opts`` (KEY VALUE ...), not frozen. ``MODEL.DEVICE`` falls back to "cpu" when it asks
-    for CUDA and none is available, so configs run unchanged on CPU-only machines.
-
-    Raises ConfigError for YAML syntax errors, unknown keys (with the nearest existing key) and
-    values of the wrong type, naming the file or the command line.
-    """
+    """A Detectron2 config with nonlocal_det's keys from ``config_file`` and ``opts`` (KEY VALUE
+    ...), unfrozen; MODEL.DEVICE cuda becomes cpu without CUDA. ConfigError names any mistake."""
     import torch
 
     cfg = default_config()
@@ -134,10 +115,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _check_yaml_files(config_file: str, where: str, chain=()) -> None:
-    """
-    A YAML config and the files its ``_BASE_`` names, in turn: each readable, a mapping, with no
-    key given twice; a ``_BASE_`` that is missing or leads back to a file of the chain is named.
-    """
+    """A YAML config and the files its ``_BASE_`` names, in turn: each readable, a mapping, no key
+    given twice; a ``_BASE_`` that is missing or leads back into the chain is named."""
     from detectron2.utils.file_io import PathManager
 
     if config_file in chain:
@@ -170,23 +149,16 @@ def _check_yaml_files(config_file: str, where: str, chain=()) -> None:
         _check_yaml_files(os.path.expanduser(base), where, (*chain, config_file))
 
 
-# --config-file extensions -> the kind of config train_net.py reads.
-CONFIG_KINDS = {".yaml": "yaml", ".yml": "yaml", ".py": "lazy"}
-
-
 def config_kind(config_file: str) -> str:
-    """
-    "yaml" (a Detectron2 CfgNode file) or "lazy" (a LazyConfig Python file), from the file's
-    extension as Detectron2's model zoo does; UnsupportedSetupError for any other file.
-    """
+    """The kind of ``config_file`` by its extension, as Detectron2's zoo: "yaml" or "lazy" (.py)."""
     from detectron2.utils.file_io import PathManager
 
-    kind = CONFIG_KINDS.get(os.path.splitext(config_file)[1].lower())
+    extension = os.path.splitext(config_file)[1].lower()
+    kind = {".yaml": "yaml", ".yml": "yaml", ".py": "lazy"}.get(extension)
     if kind is None:
         raise UnsupportedSetupError(
             f"--config-file {config_file}: not a config kind train_net.py reads; it accepts YAML "
-            "configs "
-            "(.yaml, .yml) and LazyConfig Python files (.py)."
+            "configs (.yaml, .yml) and LazyConfig Python files (.py)."
         )
     if not PathManager.exists(config_file):
         raise MissingInputError(f"--config-file {config_file} does not exist.")
@@ -194,14 +166,8 @@ def config_kind(config_file: str) -> str:
 
 
 def get_nonlocal_lazy_config(config_file: str, overrides=()):
-    """
-    A LazyConfig loaded from ``config_file`` with ``overrides`` ("key=value" ...) applied, as
-    Detectron2's lazyconfig_train_net.py does. ``train.device`` falls back to "cpu" when it asks
-    for CUDA and none is available, as ``get_nonlocal_cfg`` does for YAML configs.
-
-    Raises ConfigError for a Python syntax error in the file and for overrides of keys the
-    config does not have (with the nearest existing key).
-    """
+    """The LazyConfig of ``config_file`` and ``overrides`` (key=value, as lazyconfig_train_net.py),
+    train.device as in ``get_nonlocal_cfg``; ConfigError for a syntax error or an unknown key."""
     import torch
     from detectron2.config import LazyConfig
     from omegaconf import OmegaConf

@@ -1,15 +1,10 @@
 """
-The rules a config's values must meet, checked when a config is loaded, so that a value outside
-them stops the run with one line naming the key, the value and the rule, before anything is
-built (not as a traceback, or a NaN, hours in):
-
-- ``YAML_DOMAINS`` / ``LAZY_DOMAINS``: the domain of one value, for the values no builder of
-  Detectron2's checks (a name Detectron2 does not know, such as an unknown sampler or crop
-  type, is left to its builders, which the dry run calls before training: ``dry_run.py``);
-- ``CROSS_FIELD_RULES``: values that must agree with each other.
-
-docs/reliability.md lists them (written by ``python -m nonlocal_det.harness.docs``). Keys a
-config lacks (a Detectron2 version without them) are skipped.
+The rules a config's values must meet, checked when it is loaded, so that a value outside them
+stops the run with one line naming the key, the value and the rule before anything is built (not
+as a traceback, or a NaN, hours in): ``YAML_DOMAINS`` / ``LAZY_DOMAINS``, the domain of each value
+no Detectron2 builder checks (names it does not know are left to its builders, which the dry run
+calls), and ``CROSS_FIELD_RULES``, values that must agree. Keys a config lacks (another Detectron2
+version) are skipped. ``nonlocal_det.harness.docs`` lists the rules in docs/reliability.md.
 """
 
 import math
@@ -23,8 +18,6 @@ from nonlocal_det.errors import ConfigError
 from nonlocal_det.layers.cgnl_block import max_taylor_order
 
 from .io import is_int as _is_int
-
-__all__ = ["Domain", "YAML_DOMAINS", "LAZY_DOMAINS", "config_problems", "check_config"]
 
 
 @dataclass(frozen=True)
@@ -46,24 +39,15 @@ def ints(low: int, high: int = None) -> Domain:
 
 def numbers(low: float, high: float = None, *, low_open=False, high_open=False) -> Domain:
     left, right = "(" if low_open else "[", ")" if high_open else "]"
-    words = (
-        f"a finite number {'>' if low_open else '>='} {low}"
-        if high is None
-        else f"a finite number in {left}{low}, {high}{right}"
-    )
+    words = f"a finite number in {left}{low}, {high}{right}"
+    if high is None:
+        words = f"a finite number {'>' if low_open else '>='} {low}"
 
     def contains(v):
-        if not _is_number(v):
-            return False
-        above = v > low if low_open else v >= low
-        below = high is None or (v < high if high_open else v <= high)
-        return above and below
+        above = _is_number(v) and (v > low if low_open else v >= low)
+        return above and (high is None or (v < high if high_open else v <= high))
 
     return Domain(words, contains)
-
-
-def one_of(*choices) -> Domain:
-    return Domain(f"one of {list(choices)}", lambda v: v in choices)
 
 
 def sequence_of(item: Domain, *, min_len: int = 0, increasing: bool = False) -> Domain:
@@ -207,7 +191,6 @@ def _sizes(cfg, low: str, high: str):
     lows = list(lows) if isinstance(lows, (list, tuple)) else [lows]
     if lookup(cfg, high) < max(lows):
         return f"{high}={lookup(cfg, high)} is below {low}={lookup(cfg, low)}"
-    return None
 
 
 CROSS_FIELD_RULES = (
@@ -243,14 +226,12 @@ CROSS_FIELD_RULES = (
 )
 
 
-def config_problems(cfg, domains: Dict[str, Domain] = None) -> List[str]:
+def config_problems(cfg) -> List[str]:
     """'KEY=value: must be <domain>' for every value outside its domain, then every cross-field
     rule that fails ('<how>: <rule>'); the rules run once every value is in its domain."""
     yaml = is_yaml(cfg)
-    if domains is None:
-        domains = YAML_DOMAINS if yaml else LAZY_DOMAINS
     problems = []
-    for key, domain in domains.items():
+    for key, domain in (YAML_DOMAINS if yaml else LAZY_DOMAINS).items():
         value = lookup(cfg, key)
         if value is not MISSING and not domain.contains(value):
             problems.append(f"{key}={value!r}: must be {domain.description}")

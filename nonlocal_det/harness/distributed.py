@@ -12,12 +12,8 @@ from .config_rules import lookup
 
 
 def create_ddp_model(model: nn.Module, **kwargs) -> nn.Module:
-    """
-    Detectron2's ``create_ddp_model`` (DistributedDataParallel when there are several processes),
-    for a model on a GPU or on the CPU: it passes ``device_ids=[local rank]``, which
-    DistributedDataParallel accepts only for a model on that GPU; a CPU model gets
-    ``device_ids=None``.
-    """
+    """Detectron2's ``create_ddp_model``, which passes ``device_ids=[local rank]``, accepted by
+    DDP only for a model on that GPU; a CPU model gets ``device_ids=None``."""
     if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
         kwargs.setdefault("device_ids", None)
     return _DETECTRON2_CREATE_DDP_MODEL(model, **kwargs)
@@ -29,13 +25,9 @@ _DETECTRON2_CREATE_DDP_MODEL = d2_defaults.create_ddp_model
 @contextlib.contextmanager
 def cpu_ddp_support():
     """
-    Inside this context, ``DefaultTrainer.__init__`` wraps CPU models correctly.
-
-    Detectron2-internal: ``DefaultTrainer.__init__`` calls the module-level
-    ``detectron2.engine.defaults.create_ddp_model(model, broadcast_buffers=False)`` and takes no
-    argument or override that reaches it, so this is the one place that replaces that global,
-    by ``create_ddp_model`` above, while a trainer is built. Guarded by
-    tests/test_detectron2_internals.py.
+    Inside: ``DefaultTrainer.__init__`` wraps CPU models correctly. Detectron2-internal: it calls
+    the module-level ``detectron2.engine.defaults.create_ddp_model`` and takes nothing that reaches
+    it, so that global is replaced by ``create_ddp_model`` above while a trainer is built.
     """
     if getattr(d2_defaults, "create_ddp_model", None) is not _DETECTRON2_CREATE_DDP_MODEL:
         raise RuntimeError(
@@ -60,31 +52,22 @@ _NORM_KEYS = (
 
 
 def check_sync_bn_device(cfg, model: nn.Module) -> None:
-    """
-    torch's SyncBatchNorm ("SyncBN" / "nnSyncBN") synchronises only CUDA tensors: in a CPU run of
-    several processes its first forward fails. Say so at build time, with the keys to change
-    (YAML configs) or the value to use (LazyConfig).
-    """
+    """torch's SyncBatchNorm ("SyncBN" / "nnSyncBN") synchronises only CUDA tensors, so a CPU run
+    of several processes fails at its first forward: say so at build time, with the fix."""
     device = lookup(cfg, "MODEL.DEVICE", None) or lookup(cfg, "train.device", None)
-    if comm.get_world_size() == 1 or device != "cpu":
-        return
-    if not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
+    sync_bn = any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+    if comm.get_world_size() == 1 or device != "cpu" or not sync_bn:
         return
     keys = [k for k in _NORM_KEYS if lookup(cfg, k, None) in ("SyncBN", "nnSyncBN")]
     if keys:
         problem = ", ".join(f"{k}={lookup(cfg, k, None)!r}" for k in keys)
         fix = " ".join(f"{k} naiveSyncBN_N" for k in keys)
     else:
-        problem = "A norm of the model"
-        fix = (
-            "MODEL.NONLOCAL.NORM naiveSyncBN_N"
-            if lookup(cfg, "MODEL", None)
-            else "norm='naiveSyncBN_N' where the config has 'SyncBN'"
-        )
+        problem, fix = "A norm of the model", "norm='naiveSyncBN_N' where the config has 'SyncBN'"
+        if lookup(cfg, "MODEL", None):
+            fix = "MODEL.NONLOCAL.NORM naiveSyncBN_N"
     raise UnsupportedSetupError(
         f"{problem}: torch's SyncBatchNorm runs on CUDA only, and this is a multi-process CPU run. "
-        "Use "
-        f"Detectron2's all-reduce version, which works with gloo: {fix} (the _N variant weights "
-        "each "
-        "process by its batch size, which differs between processes in RoI heads)."
+        f"Use Detectron2's all-reduce version, which works with gloo: {fix} (the _N variant "
+        "weights each process by its batch size, which differs between processes in RoI heads)."
     )

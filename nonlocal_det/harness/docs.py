@@ -6,7 +6,6 @@ Facts the code holds, written into the docs by this command, so that each has on
 
 A generated part sits between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->`` in a
 markdown file of the repository; ``SECTIONS`` maps each NAME to the function that writes it.
-tests/test_docs.py runs ``--check``.
 """
 
 import argparse
@@ -77,13 +76,9 @@ def main(argv=None) -> int:
             if not args.check:
                 with open(path, "w") as f:
                     f.write(new)
-    verb = (
-        "differ from the code (run python -m nonlocal_det.harness.docs)"
-        if args.check
-        else "rewritten"
-    )
+    differ = "differ from the code (run python -m nonlocal_det.harness.docs)"
     for path in stale:
-        print(f"{path}: generated parts {verb}")
+        print(f"{path}: generated parts {differ if args.check else 'rewritten'}")
     return 1 if stale and args.check else 0
 
 

@@ -1,17 +1,11 @@
 """
-A dry run of every stage of a training run, before its first iteration (``DRY_RUN``, on by
-default): what Detectron2 builds, run on a small sample.
-
-1. the training augmentations and dataset mapper on records of every training set, and the test
-   mapper on records of every test set;
-2. one forward and backward pass of the built model on one training batch (its weights, norm
-   statistics and gradients are put back afterwards);
-3. the evaluator's ``process`` and ``evaluate`` on the predictions for a few test images.
-
-A Detectron2 assertion or any failure that would otherwise stop the run later is reported as one
-line: the stage, the error, the record it failed on, and the config keys of the code that raised
-it (``CODE_SECTIONS``: the Detectron2 module -> the config section it reads) that differ from
-Detectron2's defaults. docs/reliability.md states the cost.
+A dry run of every stage of a training run before its first iteration (``DRY_RUN``, on by
+default), on a small sample: the training and test mappers on records of every dataset; one
+forward and backward pass of the model on one training batch (its weights, norm statistics and
+gradients put back afterwards); the evaluator on a few test images. A failure that would stop the
+run later is one line: the stage, the error, the record, and the keys of the config section of
+the code that raised (``CODE_SECTIONS``) that differ from the defaults. docs/reliability.md
+states the cost.
 """
 
 import copy
@@ -29,8 +23,6 @@ from detectron2.utils.events import EventStorage
 from nonlocal_det.errors import USER_ERRORS, ConfigError
 
 from .config_rules import lookup
-
-__all__ = ["CODE_SECTIONS", "dry_run", "explaining_failures"]
 
 logger = logging.getLogger(__name__)
 SAMPLE = 2  # records per dataset
@@ -61,12 +53,6 @@ CODE_SECTIONS = {
 }
 
 
-def _defaults():
-    from .config import default_config
-
-    return default_config()
-
-
 def _section_of(error: BaseException):
     for frame in reversed(traceback.extract_tb(error.__traceback__)):
         path = frame.filename.replace("\\", "/")
@@ -79,10 +65,12 @@ def _section_of(error: BaseException):
 def suspects(cfg, error: BaseException, section: str = None):
     """The keys of the section of the code that raised, set away from the defaults (the ones
     whose value the message quotes first); all of the section's keys if none is."""
+    from .config import default_config
+
     section = _section_of(error) or section
     if section is None:
         return []
-    node, default = lookup(cfg, section, None), lookup(_defaults(), section, None)
+    node, default = lookup(cfg, section, None), lookup(default_config(), section, None)
     if node is None:
         return []
     keys = []
@@ -90,11 +78,7 @@ def suspects(cfg, error: BaseException, section: str = None):
     def walk(value, base, prefix):
         if hasattr(value, "items"):
             for name, child in value.items():
-                walk(
-                    child,
-                    lookup(base, name, None) if base is not None else None,
-                    f"{prefix}.{name}",
-                )
+                walk(child, lookup(base, name, None), f"{prefix}.{name}")  # None below a None base
         elif value != base:
             keys.append((prefix, value))
 
@@ -104,47 +88,36 @@ def suspects(cfg, error: BaseException, section: str = None):
     return keys or [(section, "(all defaults)")]
 
 
-def explain(cfg, stage: str, error: BaseException, record=None, section=None) -> ConfigError:
-    """One line: the stage, the error, the record, the keys to look at."""
-    text = " ".join(str(error).split()) or "(no message)"
-    where = f" on {record['file_name']}" if record else ""
-    keys = ", ".join(f"{k}={v!r}" for k, v in suspects(cfg, error, section)[:4])
-    hint = f"; check {keys}" if keys else ""
-    return ConfigError(
-        f"dry run, {stage}{where}: {type(error).__name__}: {text[:300]}{hint} (DRY_RUN False "
-        "skips the dry run)"
-    )
-
-
 @contextmanager
-def explaining_failures(cfg, stage: str, section: str = None):
-    """Inside: any error but a user error becomes ``explain``'s one line."""
+def explaining_failures(cfg, stage: str, section: str = None, record=None):
+    """Inside: any error but a user error becomes one ConfigError line: the stage, the error, the
+    record, the keys to look at."""
     try:
         yield
     except USER_ERRORS:
         raise
     except Exception as e:
-        raise explain(cfg, stage, e, section=section) from e
+        text = " ".join(str(e).split()) or "(no message)"
+        where = f" on {record['file_name']}" if record else ""
+        keys = ", ".join(f"{k}={v!r}" for k, v in suspects(cfg, e, section)[:4])
+        hint = f"; check {keys}" if keys else ""
+        raise ConfigError(
+            f"dry run, {stage}{where}: {type(e).__name__}: {text[:300]}{hint} (DRY_RUN False "
+            "skips the dry run)"
+        ) from e
 
 
 def _mapped(cfg, dicts, is_train: bool, stage: str):
     mapper = DatasetMapper(cfg, is_train=is_train)
     batch = []
     for record in dicts[:SAMPLE]:
-        try:
+        with explaining_failures(cfg, stage, "INPUT", record):
             batch.append(mapper(copy.deepcopy(record)))
-        except Exception as e:
-            if isinstance(e, USER_ERRORS):
-                raise
-            raise explain(cfg, stage, e, record, section="INPUT") from e
     return batch
 
 
 def dry_run(trainer) -> float:
-    """
-    The dry run of a ``NonLocalDefaultTrainer``'s config before ``trainer.train()``; returns its
-    seconds. Nothing of the trainer's state changes.
-    """
+    """The dry run of a ``NonLocalDefaultTrainer``, whose state it leaves as it was; its seconds."""
     from .data.loading import evaluation_dataset_dicts, training_dataset_dicts
 
     cfg, model = trainer.cfg, trainer.model

@@ -4,16 +4,11 @@ import contextlib
 import json
 import os
 
-__all__ = ["atomic_write", "write_json", "listing", "is_int"]
-
 
 @contextlib.contextmanager
 def atomic_write(path: str, mode: str = "wb"):
-    """
-    Open a temporary file next to ``path`` for writing and move it onto ``path`` only once it is
-    complete and on disk. A process killed while writing leaves ``path`` as it was (the old
-    file, or none) and at worst a stray ``path.tmp-<pid>``, which nothing reads.
-    """
+    """A temporary file moved onto ``path`` once complete and on disk: a process killed while
+    writing leaves ``path`` as it was, and at worst a stray ``path.tmp-<pid>``."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(tmp, mode) as f:

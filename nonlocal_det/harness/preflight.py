@@ -1,7 +1,4 @@
-"""
-Up-front checks of a config's inputs (YAML or LazyConfig), so that a missing file gives a message,
-not a traceback.
-"""
+"""Up-front checks of a config's inputs (YAML or LazyConfig): a message, not a traceback."""
 
 import logging
 import os
@@ -9,24 +6,11 @@ import os
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
-from nonlocal_det.errors import BadDataError, ConfigError, MissingInputError, UnsupportedSetupError
+from nonlocal_det.errors import BadDataError as BadDataError  # re-exported: data.loading, tests
+from nonlocal_det.errors import ConfigError, MissingInputError, UnsupportedSetupError
 
 from .checkpoint import check_checkpoint_file, resumed_checkpoint
 from .config_rules import is_yaml
-
-__all__ = [
-    "BadDataError",
-    "ConfigError",
-    "MissingInputError",
-    "UnsupportedSetupError",
-    "amp_settings",
-    "check_amp",
-    "check_checkpoint_file",
-    "check_output_dir",
-    "check_world_size",
-    "check_weights",
-]
-
 
 AMP_PRECISIONS = ("float16", "bfloat16")
 
@@ -46,37 +30,25 @@ def check_amp(cfg) -> None:
         return
     yaml = is_yaml(cfg)
     if precision not in AMP_PRECISIONS:
-        raise UnsupportedSetupError(
-            f"{prefix}{'PRECISION' if yaml else 'precision'}={precision!r} is not one of "
-            f"{AMP_PRECISIONS}."
-        )
+        key = f"{prefix}{'PRECISION' if yaml else 'precision'}"
+        raise UnsupportedSetupError(f"{key}={precision!r} is not one of {AMP_PRECISIONS}.")
     if device == "cpu":
-        enabled_key, off = (
-            (f"{prefix}ENABLED", f"{prefix}ENABLED False")
-            if yaml
-            else (f"{prefix}enabled", f"{prefix}enabled=False")
-        )
+        key = f"{prefix}{'ENABLED' if yaml else 'enabled'}"
+        off = f"{key} False" if yaml else f"{key}=False"
         raise UnsupportedSetupError(
-            f"{enabled_key}=True needs a CUDA device (Detectron2's AMPTrainer runs on CUDA only) "
-            "and "
-            f"this run is on the CPU. Pass `{off}`, or run on a machine with a GPU."
+            f"{key}=True needs a CUDA device (Detectron2's AMPTrainer runs on CUDA only) and this "
+            f"run is on the CPU. Pass `{off}`, or run on a machine with a GPU."
         )
 
 
 def check_weights(cfg, resume: bool):
-    """
-    Fetch the initial weights (MODEL.WEIGHTS, or a LazyConfig's train.init_checkpoint) now, so
-    an offline machine gets a message rather than a traceback; with ``resume``, check the
-    checkpoint the run continues from instead, when there is one (``resumed_checkpoint``).
-    """
+    """Fetch the initial weights now, so that an offline machine gets a message, not a traceback;
+    with ``resume``, check the resumed checkpoint instead when there is one."""
     if is_yaml(cfg):
         weights, key, output_dir = cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS", cfg.OUTPUT_DIR
     else:
-        weights, key, output_dir = (
-            cfg.train.init_checkpoint,
-            "train.init_checkpoint",
-            cfg.train.output_dir,
-        )
+        train = cfg.train
+        weights, key, output_dir = train.init_checkpoint, "train.init_checkpoint", train.output_dir
     if resume:
         if resumed_checkpoint(DetectionCheckpointer(None, output_dir)) is not None:
             return
@@ -89,16 +61,11 @@ def check_weights(cfg, resume: bool):
     try:
         local = PathManager.get_local_path(weights)
     except Exception as e:  # any downloader failure: offline, DNS, HTTP, proxy
-        set_empty = "`MODEL.WEIGHTS ''`" if key == "MODEL.WEIGHTS" else "`train.init_checkpoint=''`"
-        set_path = (
-            "`MODEL.WEIGHTS /path/to/file.pkl`"
-            if key == "MODEL.WEIGHTS"
-            else "`train.init_checkpoint=/path/to/file.pkl`"
-        )
+        sep = " " if key == "MODEL.WEIGHTS" else "="
         raise MissingInputError(
             f"{key}={weights!r} could not be found or downloaded ({type(e).__name__}: {e}). "
             f"If this machine is offline, download the file elsewhere and pass its path: "
-            f"{set_path}, or {set_empty} to start from random weights."
+            f"`{key}{sep}/path/to/file.pkl`, or `{key}{sep}''` to start from random weights."
         ) from None
     if not os.path.isfile(local):
         raise MissingInputError(

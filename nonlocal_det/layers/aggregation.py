@@ -2,21 +2,21 @@
 The non-local operation y_i = 1/C(x) * sum_j f(q_i, k_j) v_j (eq. 1 of Wang et al.), for each
 pairwise function f, with memory linear in the numbers of queries N and keys M.
 
-All functions take channel-major sequences, as conv feature maps flatten to:
-``q`` (B, D, N), ``k`` (B, D, M), ``v`` (B, Dv, M), and return ``y`` (B, Dv, N). They compute
-in at least float32, whatever the input dtype and any surrounding autocast, and return that
-compute dtype; callers cast back.
+All functions take channel-major sequences, as conv feature maps flatten to: ``q`` (B, D, N),
+``k`` (B, D, M), ``v`` (B, Dv, M), and return ``y`` (B, Dv, N), computed in at least float32
+whatever the input dtype and any surrounding autocast; callers cast back.
 """
 
 import math
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from .valid_region import exporting
 
 
-def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+def compute_dtype(*tensors: Tensor) -> torch.dtype:
     """float32, or float64 if any input is float64: half precision is never used for logits."""
     dtype = torch.float32
     for t in tensors:
@@ -27,7 +27,7 @@ def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
 EXPLICIT_MATRIX_MAX_RATIO = 2
 
 
-def explicit_matrix_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+def explicit_matrix_fits(q: Tensor, k: Tensor, v: Tensor) -> bool:
     """
     True when the N x M weight matrix has at most ``EXPLICIT_MATRIX_MAX_RATIO`` times as many
     elements as q, k and v together.
@@ -42,18 +42,16 @@ def explicit_matrix_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> b
     return n * m <= EXPLICIT_MATRIX_MAX_RATIO * per_sample
 
 
-def softmax_aggregate(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
-) -> torch.Tensor:
+def softmax_aggregate(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     """
     y_i = sum_j softmax_j(scale * q_i . k_j) v_j (Gaussian and embedded Gaussian modes).
 
     Above ``explicit_matrix_fits``, and unless the model is being exported, this is torch's
     fused ``scaled_dot_product_attention``, which never holds the N x M matrix, forward or
-    backward. Its memory-lean kernels need
-    contiguous row-major inputs of one dtype and equal query/value widths, otherwise torch
-    silently builds the full matrix; so the narrower of q/k and v is zero-padded to the
-    other's width: zero columns change neither the logits nor the kept output columns.
+    backward. Its memory-lean kernels need contiguous row-major inputs of one dtype and equal
+    query/value widths, otherwise torch silently builds the full matrix; so the narrower of q/k
+    and v is zero-padded to the other's width: zero columns change neither the logits nor the
+    kept output columns.
     """
     dtype = compute_dtype(q, k, v)
     with torch.autocast(device_type=q.device.type, enabled=False):
@@ -78,7 +76,7 @@ def softmax_aggregate(
         return y.squeeze(1)[..., :dv].transpose(1, 2)
 
 
-def dot_product_aggregate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def dot_product_aggregate(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """
     y_i = 1/M * sum_j (q_i . k_j) v_j, evaluated as (v k^T / M) q: O((N + M) D Dv) time,
     no N x M matrix.
@@ -91,7 +89,7 @@ def dot_product_aggregate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
         return torch.bmm(context, q)
 
 
-def concatenation_aggregate(a: torch.Tensor, b: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def concatenation_aggregate(a: Tensor, b: Tensor, v: Tensor) -> Tensor:
     """
     y_i = 1/M * sum_j ReLU(a_i + b_j) v_j, exactly, without the N x M matrix.
 

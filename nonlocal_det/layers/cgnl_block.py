@@ -7,7 +7,7 @@ import torch
 from ..errors import ConfigError
 from .aggregation import compute_dtype
 from .norm import NormSpec
-from .residual import ResidualBlock2d, conv1x1, require_divisible
+from .residual import ResidualBlock2d, conv1x1, fields_repr, require_divisible
 from .valid_region import exporting
 
 __all__ = ["CGNLBlock2d", "CGNL_KERNELS", "taylor_coefficients", "max_taylor_order"]
@@ -64,12 +64,9 @@ class CGNLBlock2d(ResidualBlock2d):
     operation has no normalisation; ``use_scale`` divides by sqrt(N C').
 
     W_z (``out``) is a grouped 1x1 conv (inner -> C, ``groups`` groups) followed by ``norm``;
-    "GN" normalises each of the ``groups`` groups on its own (the paper's per-group BN);
-    the norm's affine weight starts at zero, so the block starts as the identity (``init``).
-
-    Which ``init`` when, as measured: ``residual.INIT_ADVICE``.
-
-    Submodules ``theta``, ``phi``, ``g``, ``out``, ``norm`` are checkpoint keys.
+    "GN" normalises each of the ``groups`` groups on its own (the paper's per-group BN). The
+    block starts as ``NonLocalBlock2d`` does (``init``). Submodules ``theta``, ``phi``, ``g``,
+    ``out``, ``norm`` are checkpoint keys.
 
     Args:
         in_channels: C.
@@ -77,12 +74,10 @@ class CGNLBlock2d(ResidualBlock2d):
         groups: channel groups G; must divide the inner channels and C.
         order: Taylor order P >= 0 for the Gaussian kernels.
         reduction: inner channels = in_channels // reduction.
-        norm: "", "BN", "SyncBN", "GN" or a callable ``channels -> nn.Module``.
         use_scale: divide the group sum by sqrt(N * C').
         gamma: RBF width; small enough that 2 gamma |theta phi| << 1 keeps an order-3
             expansion accurate for unit-scale features.
-        init: "identity" (the default: the block starts as the identity), "small" or
-            "standard" (the branch starts non-zero; ``residual.init_residual_branch``).
+        norm, init: as for ``NonLocalBlock2d``.
     """
 
     def __init__(
@@ -113,7 +108,6 @@ class CGNLBlock2d(ResidualBlock2d):
         require_divisible(
             inner_channels, groups, "inner channels (in_channels // reduction)", "groups"
         )
-        require_divisible(in_channels, groups, "in_channels", "groups")
         self.in_channels = in_channels
         self.inner_channels = inner_channels
         self.kernel = kernel
@@ -125,16 +119,10 @@ class CGNLBlock2d(ResidualBlock2d):
         self.theta = conv1x1(in_channels, inner_channels, bias=False)
         self.phi = conv1x1(in_channels, inner_channels, bias=False)
         self.g = conv1x1(in_channels, inner_channels, bias=False)
-        self._build_residual_branch(
-            inner_channels, norm, init=init, groups=groups, gn_groups=groups
-        )
+        self._build_residual_branch(inner_channels, norm, init, groups=groups, gn_groups=groups)
 
     def extra_repr(self) -> str:
-        return (
-            f"in_channels={self.in_channels}, inner_channels={self.inner_channels}, "
-            f"kernel={self.kernel!r}, groups={self.groups}, order={self.order}, "
-            f"use_scale={self.use_scale}"
-        )
+        return fields_repr(self, "in_channels inner_channels kernel groups order use_scale")
 
     def _expansion(self):
         """[(alpha_p, p)] for the kernel: [(1, 1)] for dot."""
@@ -144,17 +132,13 @@ class CGNLBlock2d(ResidualBlock2d):
         return [(math.sqrt(c), p) for p, c in enumerate(coeffs)]
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
-        """
-        Y' of eq. 12 for all groups: (B, C, H, W) -> (B, inner_channels, H, W), float32 or wider.
-        """
+        """Y' of eq. 12 for all groups: (B, C, H, W) -> (B, inner, H, W), float32 or wider."""
         batch, _, height, width = x.shape
         t, p, g = self.theta(x), self.phi(x), self.g(x)  # (B, inner, H, W) each
         dtype = compute_dtype(t, p, g)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            # (B, G, N * C'): each group's elements as one vector, as in eq. 7.
-            group_size = (
-                self.inner_channels // self.groups * height * width
-            )  # explicit: batch may be 0
+            # (B, G, N * C'): each group's elements as one vector (eq. 7); explicit as B may be 0
+            group_size = self.inner_channels // self.groups * height * width
             t, p, g = (v.to(dtype).reshape(batch, self.groups, group_size) for v in (t, p, g))
             if self.kernel == "gaussian_rbf":
                 # The per-element factors exp(-gamma t_i^2), exp(-gamma p_j^2) of the RBF.

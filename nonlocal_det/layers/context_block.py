@@ -8,12 +8,12 @@ from torch import nn
 
 from .aggregation import compute_dtype
 from .residual import (
-    RESIDUAL_INITS,
     NotScriptable,
     apply_in_wider_dtype,
     check_feature_map,
     check_queries,
     conv1x1,
+    fields_repr,
     init_residual_branch,
     logits_conv1x1,
 )
@@ -23,21 +23,6 @@ __all__ = ["GlobalContextBlock2d", "GC_POOLINGS", "GC_FUSIONS"]
 
 GC_POOLINGS = ("att", "avg")
 GC_FUSIONS = ("channel_add", "channel_mul")
-
-
-def _bottleneck_transform(in_channels: int, planes: int, init: str) -> nn.Sequential:
-    """
-    W_v2 ReLU(LN(W_v1 c)): 1x1 conv C -> planes, LayerNorm over the planes, ReLU, 1x1 conv
-    planes -> C, the last conv started by ``init`` (``residual.init_residual_branch``).
-    """
-    last = conv1x1(planes, in_channels, bias=True)
-    init_residual_branch(last, None, init)
-    return nn.Sequential(
-        conv1x1(in_channels, planes, bias=True),
-        nn.LayerNorm([planes, 1, 1]),
-        nn.ReLU(inplace=True),
-        last,
-    )
 
 
 class GlobalContextBlock2d(NotScriptable, nn.Module):
@@ -58,10 +43,9 @@ class GlobalContextBlock2d(NotScriptable, nn.Module):
     it, so what ``residual.INIT_ADVICE`` says of a block without a norm applies.
 
     Pooling and the transforms run in float32 (or float64 for float64 inputs) with autocast
-    disabled.
-
-    Submodule names are mmcv's (``conv_mask``, ``channel_add_conv``, ``channel_mul_conv``), so
-    its checkpoints' block weights load under the block's name as they are.
+    disabled. Submodule names are mmcv's (``conv_mask``, ``channel_add_conv``,
+    ``channel_mul_conv``), so its checkpoints' block weights load under the block's name as
+    they are.
 
     Args:
         in_channels: C.
@@ -89,14 +73,9 @@ class GlobalContextBlock2d(NotScriptable, nn.Module):
         if pooling not in GC_POOLINGS:
             raise ValueError(f"pooling={pooling!r} is not one of {GC_POOLINGS}")
         fusions = tuple(fusions) if isinstance(fusions, (list, tuple)) else (fusions,)
-        if (
-            not fusions
-            or any(f not in GC_FUSIONS for f in fusions)
-            or len(set(fusions)) < len(fusions)
-        ):
+        known = all(f in GC_FUSIONS for f in fusions)
+        if not fusions or not known or len(set(fusions)) < len(fusions):
             raise ValueError(f"fusions={fusions!r} must be a non-empty subset of {GC_FUSIONS}")
-        if init not in RESIDUAL_INITS:
-            raise ValueError(f"init={init!r} is not one of {RESIDUAL_INITS}")
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0:
             raise ValueError(f"ratio must be a number > 0, got {ratio!r}")
         planes = int(in_channels * ratio)
@@ -112,18 +91,22 @@ class GlobalContextBlock2d(NotScriptable, nn.Module):
         self.fusions = fusions
         if pooling == "att":
             self.conv_mask = logits_conv1x1(in_channels)
-        self.channel_add_conv = (
-            _bottleneck_transform(in_channels, planes, init) if "channel_add" in fusions else None
-        )
-        self.channel_mul_conv = (
-            _bottleneck_transform(in_channels, planes, init) if "channel_mul" in fusions else None
+        self.channel_add_conv = self._transform(init) if "channel_add" in fusions else None
+        self.channel_mul_conv = self._transform(init) if "channel_mul" in fusions else None
+
+    def _transform(self, init: str) -> nn.Sequential:
+        """W_v2 ReLU(LN(W_v1 c)), 1x1 convs C -> planes -> C; the last (built first) as ``init``."""
+        last = conv1x1(self.planes, self.in_channels, bias=True)
+        init_residual_branch(last, None, init)
+        return nn.Sequential(
+            conv1x1(self.in_channels, self.planes, bias=True),
+            nn.LayerNorm([self.planes, 1, 1]),
+            nn.ReLU(inplace=True),
+            last,
         )
 
     def extra_repr(self) -> str:
-        return (
-            f"in_channels={self.in_channels}, planes={self.planes}, pooling={self.pooling!r}, "
-            f"fusions={self.fusions}"
-        )
+        return fields_repr(self, "in_channels planes pooling fusions")
 
     def pooling_weights(self, x: torch.Tensor) -> torch.Tensor:
         """a: (B, C, H, W) -> (B, H * W), each row summing to 1, in float32 or wider."""
@@ -154,13 +137,9 @@ class GlobalContextBlock2d(NotScriptable, nn.Module):
 
     def forward(self, x: torch.Tensor, valid_sizes=None) -> torch.Tensor:
         """
-        Args:
-            x: (B, C, H, W).
-            valid_sizes: optional, per image (h, w): its real positions are rows < h and
-                columns < w; the context is then pooled over those positions only and padded
-                positions pass x through (each image as the block computes its valid crop).
-        Returns:
-            (B, C, H, W) in x's dtype.
+        x (B, C, H, W) -> (B, C, H, W) in x's dtype. With ``valid_sizes`` (as for
+        ``ResidualBlock2d.forward``) each image's context is pooled over its valid positions only
+        and padded positions pass x through (each image as the block computes its valid crop).
         """
         check_feature_map(x, self.in_channels, type(self).__name__)
         groups = valid_groups(valid_sizes, x, type(self).__name__)
@@ -171,9 +150,7 @@ class GlobalContextBlock2d(NotScriptable, nn.Module):
             for index, h, w in groups:
                 context[index] = self.context(x[index, :, :h, :w])
         mul, add = self.fusion_terms(context)
-        out = x
-        if mul is not None:
-            out = out * mul.to(x.dtype)
+        out = x if mul is None else x * mul.to(x.dtype)
         if add is not None:
             out = out + add.to(x.dtype)
         if groups is not None:
@@ -186,7 +163,6 @@ class GlobalContextBlock2d(NotScriptable, nn.Module):
         The pooling weights a_j, the same for every query: (B, Q, H, W) for ``queries`` (Q, 2)
         (row, col) positions in x; each map sums to 1.
         """
-        check_feature_map(x, self.in_channels, type(self).__name__)
-        queries = check_queries(queries, x)
+        queries = check_queries(queries, x, type(self).__name__, self.in_channels)
         weights = self.pooling_weights(x).reshape(x.shape[0], 1, *x.shape[-2:])
         return weights.expand(-1, len(queries), -1, -1)

@@ -8,7 +8,7 @@ import torch
 from .aggregation import compute_dtype
 from .nonlocal_block import NonLocalBlock2d
 from .norm import NormSpec
-from .residual import logits_conv1x1, pointwise_conv
+from .residual import fields_repr, logits_conv1x1, pointwise_conv
 
 __all__ = ["DisentangledNonLocal2d"]
 
@@ -23,11 +23,11 @@ class DisentangledNonLocal2d(NonLocalBlock2d):
     - unary term w_u(j) = softmax_j(W_m x_j), W_m a 1x1 conv C -> 1 (``conv_mask``), the same
       for every query.
 
-    With ``sub_sample`` the key side (phi, g and the unary logits W_m x) is max-pooled 2x2 as
-    in ``NonLocalBlock2d``. Everything else is ``NonLocalBlock2d``'s embedded-Gaussian block:
-    reduction, W_z and its norm, ``init``, valid regions of padded batches (the means and the
-    softmaxes then run over each image's valid positions), float32 attention, memory linear in
-    H * W. Checkpoint keys: ``theta``, ``phi``, ``g``, ``conv_mask``, ``out``, ``norm``.
+    ``sub_sample`` max-pools phi, g and the unary logits W_m x. Everything else is
+    ``NonLocalBlock2d``'s embedded-Gaussian block: reduction, W_z and its norm, ``init``, valid
+    regions of padded batches (the means and the softmaxes then run over each image's valid
+    positions), float32 attention, memory linear in H * W. Checkpoint keys: ``theta``, ``phi``,
+    ``g``, ``conv_mask``, ``out``, ``norm``.
 
     Args:
         in_channels: C.
@@ -63,19 +63,15 @@ class DisentangledNonLocal2d(NonLocalBlock2d):
         self.conv_mask = logits_conv1x1(in_channels)
 
     def extra_repr(self) -> str:
-        return (
-            f"in_channels={self.in_channels}, inner_channels={self.inner_channels}, "
-            f"temperature={self.temperature}, sub_sample={self.sub_sample}, "
-            f"use_scale={self.use_scale}"
-        )
+        return fields_repr(self, "in_channels inner_channels temperature sub_sample use_scale")
 
     def _logit_scale(self) -> float:
         return super()._logit_scale() / self.temperature
 
     def embed(self, x: torch.Tensor):
         """
-        Whitened queries (B, inner, H, W) and keys (B, inner, Hk, Wk), values (B, inner, Hk, Wk);
-        the whitened maps in float32 or wider.
+        Whitened queries (B, inner, H, W) and keys (B, inner, Hk, Wk), in float32 or wider, and
+        values (B, inner, Hk, Wk).
         """
         queries, keys, values = super().embed(x)
         dtype = compute_dtype(queries, keys)

@@ -1,11 +1,9 @@
 """
-The norm after W_z, and the one rule for which norms a block may use.
-
-The rule: a block starts as the identity by zeroing its norm's affine weight (or, with no norm,
-W_z itself), so the norm must have an affine weight that trains. Frozen norms (FrozenBN, a
-weight with ``requires_grad=False``) and norms without one (``affine=False``, Identity) are
-refused. This module applies it to our own norm names, to callables, and to Detectron2's norm
-names (``detectron2_norm``), so every way of choosing a norm is checked the same way.
+The norm after W_z, and the one rule for which norms a block may use: a block starts as the
+identity by zeroing its norm's affine weight (or, with no norm, W_z itself), so the norm must
+have an affine weight that trains. Frozen norms (FrozenBN, ``requires_grad=False``) and norms
+without one (``affine=False``, Identity) are refused, whether chosen by our names, a callable or
+a Detectron2 name (``detectron2_norm``).
 """
 
 import math
@@ -44,17 +42,9 @@ def check_trainable_affine(module: nn.Module) -> nn.Module:
 
 def build_norm(norm: NormSpec, channels: int, *, gn_groups: int = 32) -> nn.Module:
     """
-    Build the normalisation layer that follows W_z.
-
-    Args:
-        norm: "" or None (no norm), "BN", "SyncBN", "GN", or a callable
-            ``channels -> nn.Module`` with a trainable affine ``weight``.
-        channels: number of channels it normalises (the block's input channels).
-        gn_groups: groups for "GN"; reduced to ``gcd(gn_groups, channels)`` so any channel
-            count works.
-
-    Returns:
-        The module, or None for "" / None.
+    The norm after W_z for ``channels`` channels, or None for ``norm`` "" or None: "BN",
+    "SyncBN", "GN" (``gcd(gn_groups, channels)`` groups, so any channel count works) or a
+    callable ``channels -> nn.Module`` with a trainable affine ``weight``.
     """
     if norm is None or norm == "":
         return None
@@ -81,11 +71,9 @@ def build_norm(norm: NormSpec, channels: int, *, gn_groups: int = 32) -> nn.Modu
 
 def detectron2_norm(norm: str, key: str = "norm") -> NormSpec:
     """
-    A norm spec for a norm name from a Detectron2 config: our own names (``NORM_NAMES``) as
-    they are; any other Detectron2 norm name ("naiveSyncBN_N", "nnSyncBN", "LN", ...) as
-    ``channels -> detectron2.layers.get_norm(norm, channels)``. Frozen and unknown names raise
-    ValueError naming ``key``, so a bad config fails before any block is built. Needs Detectron2
-    for names that are not ours.
+    A norm spec for a Detectron2 config's norm name: ours (``NORM_NAMES``) as they are, others
+    ("naiveSyncBN_N", "LN", ...) as ``channels -> detectron2.layers.get_norm(norm, channels)``.
+    Frozen and unknown names raise ValueError naming ``key``, before any block is built.
     """
     if norm in FROZEN_NORM_NAMES:
         raise _frozen_name_error(norm, key)

@@ -1,14 +1,13 @@
 """
 What the non-local and CGNL blocks share: z = x + norm(W_z y(x)), by default an identity at init.
-
-A block's forward pass reads in three files: ``ResidualBlock2d.forward`` here, the block's
-``transform`` (``nonlocal_block.py`` or ``cgnl_block.py``) and the pairwise sums it calls
-(``aggregation.py``).
+Their forward pass: ``ResidualBlock2d.forward`` here, the block's ``transform`` and the pairwise
+sums of ``aggregation.py``.
 """
 
 import torch
 from torch import nn
 
+from ..errors import UnsupportedSetupError
 from .norm import NormSpec, build_norm
 from .valid_region import norm_over_valid, valid_groups
 
@@ -51,28 +50,25 @@ def check_feature_map(x, channels: int, owner: str) -> None:
         raise TypeError(
             f"{owner} expects a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}"
         )
+    shape = tuple(x.shape)
     if x.dim() != 4:
-        raise ValueError(
-            f"{owner} expects a 4-D input (B, C, H, W), got {x.dim()}-D shape {tuple(x.shape)}"
-        )
+        raise ValueError(f"{owner} expects a 4-D input (B, C, H, W), got {x.dim()}-D shape {shape}")
     if x.shape[1] != channels:
         raise ValueError(
             f"{owner} was built for {channels} input channels, got {x.shape[1]} "
-            f"(input shape {tuple(x.shape)})"
+            f"(input shape {shape})"
         )
     if not x.is_floating_point():
         raise TypeError(f"{owner} expects a floating-point input, got {x.dtype}")
     if 0 in x.shape[2:]:
         raise ValueError(
-            f"{owner} got an empty map of shape {tuple(x.shape)}: it needs at least one position"
+            f"{owner} got an empty map of shape {shape}: it needs at least one position"
         )
 
 
-def check_queries(queries, x: torch.Tensor) -> torch.Tensor:
-    """
-    ``queries`` as an integer tensor (Q, 2) of (row, col) positions inside x's (H, W) grid on
-    x's device; ValueError otherwise.
-    """
+def check_queries(queries, x: torch.Tensor, owner: str, channels: int) -> torch.Tensor:
+    """Checks x; ``queries`` as a (Q, 2) integer (row, col) tensor in x's grid, on x's device."""
+    check_feature_map(x, channels, owner)
     queries = torch.as_tensor(queries, device=x.device)
     if queries.dim() != 2 or queries.shape[1] != 2 or queries.dtype.is_floating_point:
         raise ValueError(
@@ -103,57 +99,46 @@ INIT_ADVICE = (
 
 def init_residual_branch(out: nn.Conv2d, norm: nn.Module, init: str = "identity") -> None:
     """
-    Initialise the residual branch ``norm(out(y))`` of ``x + norm(out(y))``.
+    Initialise the residual branch ``norm(out(y))`` of ``x + norm(out(y))``; the scaled layer's
+    bias starts at zero.
 
-    - ``"identity"`` (the paper, sec. 4.1): the
-      norm's affine weight and bias are zero (``build_norm`` has checked that the weight trains),
-      or with no norm ``out``'s weight and bias, so the block is exactly x. Then theta, phi and g
-      get no gradient until that weight has moved.
+    - ``"identity"`` (the paper, sec. 4.1): the norm's affine weight (``build_norm`` has checked
+      that it trains), or with no norm ``out``'s weight, is zero, so the block is exactly x.
+      Then theta, phi and g get no gradient until that weight has moved.
     - ``"small"``: the norm's affine weight is 0.1, or with no norm ``out``'s MSRA weights are
-      scaled by 0.1; the branch starts small but non-zero and theta, phi and g learn from the
-      first step.
-    - ``"standard"``: every layer at its standard initialisation, as any
-      other layer trained from scratch: the norm's affine weight 1, or ``out``'s MSRA weights.
-
-    Biases of the scaled layer start at zero.
+      scaled by 0.1: the branch starts small but non-zero, theta, phi and g learn from step one.
+    - ``"standard"``: the norm's affine weight 1, or ``out``'s MSRA weights, as any layer
+      trained from scratch.
     """
     if init not in RESIDUAL_INIT_SCALES:
         raise ValueError(f"init={init!r} is not one of {RESIDUAL_INITS}")
     scale = RESIDUAL_INIT_SCALES[init]
-    scaled = out if norm is None else norm
     with torch.no_grad():
         if norm is None:
             out.weight.mul_(scale)
         else:
             norm.weight.fill_(scale)
-        bias = getattr(scaled, "bias", None)
+        bias = getattr(out if norm is None else norm, "bias", None)
         if isinstance(bias, nn.Parameter):
             bias.zero_()
 
 
-def _call_in(module: nn.Module, dtype: torch.dtype, x: torch.Tensor) -> torch.Tensor:
+def apply_in_wider_dtype(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """
-    ``module(x)`` with its parameters and buffers in ``dtype`` (wider than their own); buffers the
-    call updates (BatchNorm's running statistics) are copied back.
+    ``module(x)``, with its parameters and buffers in x's dtype where theirs is narrower (a
+    ``.half()`` block); buffers the call updates (BatchNorm's running statistics) copied back.
     """
+    own, dtype = next(module.parameters()).dtype, x.dtype
+    if torch.promote_types(dtype, own) == own:
+        return module(x.to(own))
     params = {n: p.to(dtype) for n, p in module.named_parameters()}
     buffers = {n: b.to(dtype) if b.is_floating_point() else b for n, b in module.named_buffers()}
     out = torch.func.functional_call(module, {**params, **buffers}, (x,))
     with torch.no_grad():
-        for name, own in module.named_buffers():
-            if buffers[name] is not own:
-                own.copy_(buffers[name])
+        for name, buffer in module.named_buffers():
+            if buffers[name] is not buffer:
+                buffer.copy_(buffers[name])
     return out
-
-
-def apply_in_wider_dtype(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """
-    ``module(x)`` computed in x's dtype where the module's own is narrower (a ``.half()`` block).
-    """
-    own = next(module.parameters()).dtype
-    if torch.promote_types(x.dtype, own) == own:
-        return module(x.to(own))
-    return _call_in(module, x.dtype, x)
 
 
 def pointwise_conv(conv: nn.Conv2d, y: torch.Tensor) -> torch.Tensor:
@@ -170,10 +155,9 @@ def pointwise_conv(conv: nn.Conv2d, y: torch.Tensor) -> torch.Tensor:
     dtype = torch.promote_types(y.dtype, conv.weight.dtype)
     groups = conv.groups
     batch, _, height, width = y.shape
-    weight = conv.weight.to(dtype).reshape(
-        groups, conv.out_channels // groups, conv.in_channels // groups
-    )  # (G, C_out / G, C_in / G)
-    grouped = y.to(dtype).reshape(batch, groups, conv.in_channels // groups, height * width)
+    c_in, c_out = conv.in_channels // groups, conv.out_channels // groups
+    weight = conv.weight.to(dtype).reshape(groups, c_out, c_in)  # (G, C_out / G, C_in / G)
+    grouped = y.to(dtype).reshape(batch, groups, c_in, height * width)
     out = torch.matmul(grouped.transpose(2, 3), weight.transpose(1, 2))  # (B, G, H * W, C_out / G)
     out = out.transpose(2, 3).reshape(batch, conv.out_channels, height, width)
     if conv.bias is not None:
@@ -181,34 +165,15 @@ def pointwise_conv(conv: nn.Conv2d, y: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def residual_branch(out: nn.Conv2d, norm: nn.Module, y: torch.Tensor) -> torch.Tensor:
-    """
-    norm(out(y)) with autocast disabled, in the dtype of ``out``'s weight:
-    y (B, inner, H, W) -> (B, C, H, W).
-
-    y from the dot-product, concatenation and CGNL operations is unbounded (it grows with
-    the activations cubed), so under mixed precision W_z and the norm stay in float32
-    rather than overflow float16. A block converted to half precision (``.half()``) computes
-    them in y's float32 too, and returns the normalised branch in its own dtype.
-    """
-    with torch.autocast(device_type=y.device.type, enabled=False):
-        branch = pointwise_conv(out, y)
-        if norm is not None:
-            branch = apply_in_wider_dtype(norm, branch)
-        return branch.to(out.weight.dtype)
+def fields_repr(module: nn.Module, names: str) -> str:
+    """A block's ``extra_repr``: ``name=value`` for each of the space-separated ``names``."""
+    return ", ".join(f"{name}={getattr(module, name)!r}" for name in names.split())
 
 
 class NotScriptable:
-    """
-    Refuses ``torch.jit.script`` in one line, when it prepares the module: the blocks' shape
-    logic (valid regions, the attention path chosen by size) is Python that TorchScript cannot
-    type. They export by tracing (``torch.jit.trace``, Detectron2's ``TracingAdapter``, ONNX) and
-    with ``torch.export`` (docs/export.md).
-    """
+    """Refuses ``torch.jit.script`` in one line: the blocks' shape logic is Python it can't type."""
 
     def __prepare_scriptable__(self):
-        from ..errors import UnsupportedSetupError
-
         raise UnsupportedSetupError(
             f"{type(self).__name__} cannot be scripted (torch.jit.script, which torch deprecates); "
             "export the model by tracing (torch.jit.trace with Detectron2's TracingAdapter, or "
@@ -219,24 +184,15 @@ class NotScriptable:
 class ResidualBlock2d(NotScriptable, nn.Module):
     """
     Base of blocks computing z = x + norm(W_z y(x)) with ``y = self.transform(x)`` of
-    ``inner_channels`` channels. ``_build_residual_branch`` creates ``out`` (W_z) and ``norm``
-    and initialises them (``init_residual_branch``): by default the block starts as exactly the
-    identity.
+    ``inner_channels`` channels; ``_build_residual_branch`` creates W_z (``out``, ``groups``
+    groups) and ``norm`` (``gn_groups`` groups for "GN"), started by ``init_residual_branch``.
     """
 
     in_channels: int
 
-    def _build_residual_branch(
-        self,
-        inner_channels: int,
-        norm: NormSpec,
-        *,
-        init: str = "identity",
-        groups: int = 1,
-        gn_groups: int = 32,
-    ):
+    def _build_residual_branch(self, inner: int, norm: NormSpec, init: str, groups=1, gn_groups=32):
         self.norm = build_norm(norm, self.in_channels, gn_groups=gn_groups)
-        self.out = conv1x1(inner_channels, self.in_channels, bias=self.norm is None, groups=groups)
+        self.out = conv1x1(inner, self.in_channels, bias=self.norm is None, groups=groups)
         init_residual_branch(self.out, self.norm, init)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
@@ -265,14 +221,18 @@ class ResidualBlock2d(NotScriptable, nn.Module):
             )
         groups = valid_groups(valid_sizes, x, owner)
         if groups is None:
-            y = self.transform(x)  # (B, inner, H, W)
-            return x + residual_branch(self.out, self.norm, y)  # (B, C, H, W)
-        # each group: the images of one valid size (b, C, h, w), computed on that rectangle
-        ys = [self.transform(x[index, :, :h, :w]) for index, h, w in groups]  # (b, inner, h, w)
+            ys = [self.transform(x)]  # (B, inner, H, W)
+        else:  # each group: the images of one valid size (b, C, h, w), on that rectangle
+            ys = [self.transform(x[index, :, :h, :w]) for index, h, w in groups]
+        # y of the dot-product, concatenation and CGNL operations grows with the activations
+        # cubed, so W_z and the norm run with autocast disabled, in y's float32 or wider (also in
+        # a .half() block), rather than overflow float16; the branch returns in W_z's dtype.
         with torch.autocast(device_type=x.device.type, enabled=False):
             pieces = [pointwise_conv(self.out, y) for y in ys]  # (b, C, h, w)
             pieces = norm_over_valid(self.norm, pieces, apply_in_wider_dtype)
-        pieces = [piece.to(self.out.weight.dtype) for piece in pieces]
+            pieces = [piece.to(weight.dtype) for piece in pieces]
+        if groups is None:
+            return x + pieces[0]
         branch = x.new_zeros(x.shape, dtype=pieces[0].dtype)  # (B, C, H, W), 0 on padding
         for (index, h, w), piece in zip(groups, pieces):
             branch[index, :, :h, :w] = piece

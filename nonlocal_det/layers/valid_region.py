@@ -1,58 +1,47 @@
 """
 Blocks on padded batches: each image's valid region, and norm statistics over valid positions.
 
-Detectron2 pads every image of a batch at the bottom and right, to the batch's largest size and
-a multiple of the backbone's size divisibility. A block that attends over the padded map lets an
-image's output depend on its batch-mates' sizes (its keys include the zeros), and a norm after
-W_z would take statistics over the zeros. Given each image's valid size ``(h, w)`` on the
-block's grid, the blocks instead compute every image on its own valid rectangle, which is
-exactly attention with the padded keys masked out (softmax over valid keys only, sums divided
-by the number of valid keys, sub-sampling pooled within the valid region), at the cost of the
-valid positions only. Images of one valid size are computed as one batch.
-
-The norm after W_z then sees valid positions only: per image for per-sample norms (GroupNorm,
-LayerNorm), and over every image's valid positions together for batch norms (BatchNorm,
-SyncBatchNorm and their Detectron2 variants), in training and inference.
+Detectron2 pads every image of a batch at the bottom and right. A block that attends over the
+padded map lets an image's output depend on its batch-mates' sizes (its keys include the
+zeros), and a norm after W_z would take statistics over the zeros. Given each image's valid
+size ``(h, w)`` on the block's grid, the blocks instead compute every image on its own valid
+rectangle (images of one valid size as one batch): exactly attention with the padded keys
+masked out (softmax over valid keys only, sums divided by the number of valid keys, pooling
+within the valid region), at the cost of the valid positions only. The norm after W_z then sees
+valid positions only: per image for per-sample norms (GroupNorm, LayerNorm), and over every
+image's valid positions together for batch norms (BatchNorm, SyncBatchNorm and their variants).
 """
 
 from typing import List, Optional, Tuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = ["ValidGroup", "exporting", "valid_groups", "valid_mask", "norm_over_valid"]
 
 
 def exporting() -> bool:
     """
-    Whether the model is being traced, scripted or exported (``torch.export``): a graph is being
-    recorded whose branches are fixed for every later input. Valid sizes are then not passed
-    (an exported model attends over the padded map), and the attention takes the fused kernel,
-    whose memory stays linear at any size. ``torch.compile`` is not exporting: it guards the
-    branches and recompiles, so compiled blocks compute valid regions as eager ones do.
+    Whether tracing, scripting or ``torch.export`` records a graph whose branches are fixed for
+    every later input (valid sizes are then not passed); ``torch.compile`` guards and recompiles.
     """
     return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting()
 
 
 # (indices of the images in the batch, valid height, valid width)
-ValidGroup = Tuple[torch.Tensor, int, int]
+ValidGroup = Tuple[Tensor, int, int]
 
 
-def valid_groups(valid_sizes, x: torch.Tensor, owner: str) -> Optional[List[ValidGroup]]:
+def valid_groups(valid_sizes, x: Tensor, owner: str) -> Optional[List[ValidGroup]]:
     """
-    The images of ``x`` grouped by valid size, in order of first appearance; None when
-    ``valid_sizes`` is None or no image is padded (the caller then computes the whole batch).
-
-    Args:
-        valid_sizes: per image of ``x``, (h, w): its real positions are rows < h and columns
-            < w of the block's grid; a sequence of pairs or an integer tensor (B, 2).
-        x: (B, C, H, W).
-        owner: the block's name, for errors.
+    The images of x (B, C, H, W) grouped by ``valid_sizes`` (see ``ResidualBlock2d.forward``), in
+    order of first appearance; None when ``valid_sizes`` is None or no image is padded. ``owner``
+    names the block in errors.
     """
     if valid_sizes is None:
         return None
     batch, _, height, width = x.shape
-    sizes = valid_sizes.tolist() if isinstance(valid_sizes, torch.Tensor) else list(valid_sizes)
+    sizes = valid_sizes.tolist() if isinstance(valid_sizes, Tensor) else list(valid_sizes)
     if len(sizes) != batch or any(len(s) != 2 for s in sizes):
         raise ValueError(
             f"{owner}: valid_sizes must hold one (height, width) pair per image of the batch "
@@ -76,7 +65,7 @@ def valid_groups(valid_sizes, x: torch.Tensor, owner: str) -> Optional[List[Vali
     return [(torch.tensor(indices, device=x.device), h, w) for (h, w), indices in groups.items()]
 
 
-def valid_mask(groups: List[ValidGroup], x: torch.Tensor) -> torch.Tensor:
+def valid_mask(groups: List[ValidGroup], x: Tensor) -> Tensor:
     """(B, 1, H, W) bool: True on each image's valid positions, for ``groups`` of ``x``."""
     mask = torch.zeros(x.shape[0], 1, *x.shape[-2:], dtype=torch.bool, device=x.device)
     for index, h, w in groups:
@@ -84,25 +73,17 @@ def valid_mask(groups: List[ValidGroup], x: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def _is_batch_norm(norm: nn.Module) -> bool:
-    return isinstance(norm, nn.modules.batchnorm._BatchNorm)
-
-
-def norm_over_valid(
-    norm: Optional[nn.Module], pieces: List[torch.Tensor], apply=lambda module, x: module(x)
-) -> List[torch.Tensor]:
+def norm_over_valid(norm: Optional[nn.Module], pieces: List[Tensor], apply) -> List[Tensor]:
     """
-    ``norm`` applied to W_z's outputs on the valid rectangles, (b_k, C, h_k, w_k) each, with
-    statistics over valid positions only.
-
-    A batch norm gets every piece's positions at once, packed as one (1, C, 1, L) map: its
-    statistics (and running-statistics update) are those of the L valid positions. Any other
-    norm is taken to normalise each image on its own (GroupNorm, LayerNorm) and gets each piece
-    as it is. ``apply(norm, x)`` computes ``norm(x)``.
+    ``apply(norm, piece)``, i.e. norm(piece), for W_z's outputs on the valid rectangles, (b_k, C,
+    h_k, w_k) each, with statistics over valid positions only. A batch norm gets every piece's
+    positions at once, packed as one (1, C, 1, L) map: its statistics (and running-statistics
+    update) are those of the L valid positions. Any other norm is taken to normalise each image
+    on its own (GroupNorm, LayerNorm) and gets each piece as it is.
     """
     if norm is None:
         return pieces
-    if not _is_batch_norm(norm) or len(pieces) == 1:
+    if not isinstance(norm, nn.modules.batchnorm._BatchNorm) or len(pieces) == 1:
         return [apply(norm, piece) for piece in pieces]
     channels = pieces[0].shape[1]
     flat = [piece.transpose(0, 1).reshape(channels, -1) for piece in pieces]  # (C, b h w) each

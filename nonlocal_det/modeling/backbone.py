@@ -1,16 +1,11 @@
 """
 Blocks of the non-local family in any registered Detectron2 backbone built around Detectron2's
-ResNet.
-
-``build_nonlocal_backbone`` builds the backbone ``MODEL.NONLOCAL.BACKBONE_NAME`` names (ResNet
-for C4 models, ResNet-FPN, RetinaNet's ResNet-FPN with P6/P7, ...), finds its ResNet (the
-backbone itself or its ``bottom_up``) and rebuilds the residual blocks that get a block as their
-variants (``resnet_blocks.py``), from the blocks as built and with their weights: a non-local
-block (MODEL.NONLOCAL.BLOCK) after the blocks MODEL.NONLOCAL.RES2 ... RES5 name, a GC block in
-every residual block of MODEL.NONLOCAL.GC.STAGES. ``make_nonlocal_stages`` does the same for a
-LazyConfig's ``ResNet(stages=...)`` and ``insert_nonlocal_blocks`` for any ResNet's stages.
-Nothing else of the backbone changes, so its outputs, names and checkpoint keys are the stock
-ones plus ``<stage>.<index>.nonlocal_block.*`` / ``.context_block.*``.
+ResNet (ResNet for C4 models, ResNet-FPN, RetinaNet's ResNet-FPN with P6/P7, ...): the residual
+blocks that get a block are rebuilt, with their weights, as their variants (``resnet_blocks.py``).
+``make_nonlocal_stages`` does the same for a LazyConfig's ``ResNet(stages=...)`` and
+``insert_nonlocal_blocks`` for any ResNet's stages. Nothing else of the backbone changes, so its
+outputs, names and checkpoint keys are the stock ones plus ``<stage>.<index>.nonlocal_block.*`` /
+``.context_block.*``.
 """
 
 import logging
@@ -25,44 +20,26 @@ from ..errors import ConfigError
 from .block_factory import context_block_factory, nonlocal_block_factory
 from .resnet_blocks import NONLOCAL_VARIANTS, attached_variant
 
-__all__ = [
-    "build_nonlocal_backbone",
-    "build_resnet_nl_backbone",
-    "build_resnet_nl_fpn_backbone",
-    "find_resnet",
-    "block_strides",
-    "insert_nonlocal_blocks",
-    "make_nonlocal_stages",
-    "nonlocal_positions_from_cfg",
-]
-
 logger = logging.getLogger(__name__)
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 
 
 def nonlocal_positions_from_cfg(cfg) -> Dict[str, List[int]]:
     """{stage name: block indices} from MODEL.NONLOCAL.RES2..RES5 (empty stages left out)."""
-    positions = {}
-    for stage in STAGE_NAMES:
-        indices = list(cfg.MODEL.NONLOCAL[stage.upper()])
-        if indices:
-            positions[stage] = indices
-    return positions
+    nl = cfg.MODEL.NONLOCAL
+    return {stage: list(nl[stage.upper()]) for stage in STAGE_NAMES if nl[stage.upper()]}
 
 
-def _resolve_indices(stage: str, indices: Sequence[int], num_blocks: int, key: str) -> List[int]:
+def _resolve_indices(stage: str, indices: Sequence[int], n: int, key: str) -> List[int]:
+    """``indices`` of a stage of ``n`` blocks, each checked and made non-negative, sorted."""
     resolved = []
     for index in indices:
-        if (
-            isinstance(index, bool)
-            or not isinstance(index, int)
-            or not -num_blocks <= index < num_blocks
-        ):
+        if isinstance(index, bool) or not isinstance(index, int) or not -n <= index < n:
             raise ConfigError(
                 f"{key} = {list(indices)}: block index {index!r} does not exist; {stage} has "
-                f"{num_blocks} blocks, so indices must be in [{-num_blocks}, {num_blocks - 1}]"
+                f"{n} blocks, so indices must be in [{-n}, {n - 1}]"
             )
-        resolved.append(index % num_blocks)
+        resolved.append(index % n)
     if len(set(resolved)) != len(resolved):
         raise ConfigError(f"{key} = {list(indices)} names the same block twice")
     return sorted(resolved)
@@ -95,7 +72,8 @@ def insert_nonlocal_blocks(
     """
     Rebuild, in place, the residual blocks that get a block as their variants
     (``attached_variant``): a non-local block after the blocks ``positions`` name, a context
-    (GC) block inside every block of ``context_stages``.
+    (GC) block inside every block of ``context_stages``. Returns the names of the rebuilt blocks,
+    e.g. ``["res4.21"]``.
 
     Args:
         stages: {"res2": blocks, ...}: a ResNet's stages (``nn.Sequential``) or the lists of
@@ -107,20 +85,17 @@ def insert_nonlocal_blocks(
         context_block: ``channels -> nn.Module``, e.g. ``context_block_factory(cfg)``.
         key_of, context_key: the names of the positions and of the context stages in errors
             (``"MODEL.NONLOCAL.RES4"``, ``"MODEL.NONLOCAL.GC.STAGES"``).
-
-    Returns:
-        The names of the rebuilt blocks, e.g. ``["res4.21"]``.
     """
     for stage, indices in positions.items():
         _check_stages(stages, [stage], key_of(stage), list(indices))
     _check_stages(stages, context_stages, context_key, list(context_stages))
-    chosen: Dict[str, Dict[int, Dict]] = {}
+    chosen: Dict[str, Dict[int, set]] = {}  # {stage: {index: {"nonlocal", "context"}}}
     for stage, indices in positions.items():
         for index in _resolve_indices(stage, indices, len(stages[stage]), key_of(stage)):
-            chosen.setdefault(stage, {})[index] = {"nonlocal": True}
+            chosen.setdefault(stage, {})[index] = {"nonlocal"}
     for stage in context_stages:
         for index in range(len(stages[stage])):
-            chosen.setdefault(stage, {}).setdefault(index, {})["context"] = True
+            chosen.setdefault(stage, {}).setdefault(index, set()).add("context")
     extendable = [
         name for name, blocks in stages.items() if all(type(b) in NONLOCAL_VARIANTS for b in blocks)
     ]
@@ -145,14 +120,11 @@ def insert_nonlocal_blocks(
                     f"attaches to Detectron2's {', '.join(c.__name__ for c in NONLOCAL_VARIANTS)}. "
                     + takers
                 )
+            kinds = indices[index]
             blocks[index] = attached_variant(
                 block,
-                nonlocal_block=nonlocal_block(block.out_channels)
-                if indices[index].get("nonlocal")
-                else None,
-                context_block=context_block(block.out_channels)
-                if indices[index].get("context")
-                else None,
+                nonlocal_block=nonlocal_block(block.out_channels) if "nonlocal" in kinds else None,
+                context_block=context_block(block.out_channels) if "context" in kinds else None,
                 where=where,
             )
             replaced.append(where)
@@ -173,34 +145,25 @@ def block_strides(resnet: ResNet) -> Dict[nn.Module, int]:
 
 
 def find_resnet(backbone: nn.Module) -> ResNet:
-    """
-    The Detectron2 ResNet of a backbone: the backbone itself or its ``bottom_up`` (FPN); else None.
-    """
+    """The backbone's Detectron2 ResNet: itself or its ``bottom_up`` (FPN); else None."""
     for module in (backbone, getattr(backbone, "bottom_up", None)):
         if isinstance(module, ResNet):
             return module
     return None
 
 
-_NONLOCAL_BACKBONES = (
-    "build_nonlocal_backbone",
-    "build_resnet_nl_backbone",
-    "build_resnet_nl_fpn_backbone",
-)
-
-
 def _build_nonlocal_backbone(
     cfg, input_shape: ShapeSpec, backbone_name: str, name_key: str
 ) -> Backbone:
-    if backbone_name in _NONLOCAL_BACKBONES:
-        raise ConfigError(
-            f"{name_key}={backbone_name!r} is a non-local backbone itself; name the Detectron2 "
-            "backbone to add blocks to, e.g. 'build_resnet_fpn_backbone'."
-        )
     if backbone_name not in BACKBONE_REGISTRY:
         raise ConfigError(
             f"{name_key}={backbone_name!r} is not a registered backbone; registered: "
             f"{sorted(name for name, _ in BACKBONE_REGISTRY)}"
+        )
+    if BACKBONE_REGISTRY.get(backbone_name).__module__ == __name__:  # one of the builders below
+        raise ConfigError(
+            f"{name_key}={backbone_name!r} is a non-local backbone itself; name the Detectron2 "
+            "backbone to add blocks to, e.g. 'build_resnet_fpn_backbone'."
         )
     # every MODEL.NONLOCAL value is checked before anything is built
     positions = nonlocal_positions_from_cfg(cfg)
@@ -241,7 +204,7 @@ def build_nonlocal_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
 
 @BACKBONE_REGISTRY.register()
 def build_resnet_nl_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
-    """``build_nonlocal_backbone`` around ``build_resnet_backbone``, whatever BACKBONE_NAME says."""
+    """``build_nonlocal_backbone`` around ``build_resnet_backbone``, ignoring BACKBONE_NAME."""
     return _build_nonlocal_backbone(
         cfg, input_shape, "build_resnet_backbone", "build_resnet_nl_backbone wraps"
     )
@@ -249,9 +212,7 @@ def build_resnet_nl_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
 
 @BACKBONE_REGISTRY.register()
 def build_resnet_nl_fpn_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
-    """
-    ``build_nonlocal_backbone`` around ``build_resnet_fpn_backbone``, whatever BACKBONE_NAME says.
-    """
+    """``build_nonlocal_backbone`` around ``build_resnet_fpn_backbone``, ignoring BACKBONE_NAME."""
     return _build_nonlocal_backbone(
         cfg, input_shape, "build_resnet_fpn_backbone", "build_resnet_nl_fpn_backbone wraps"
     )
@@ -269,17 +230,14 @@ def make_nonlocal_stages(
 ) -> List[List[CNNBlockBase]]:
     """
     ``ResNet.make_default_stages`` with blocks of the non-local family, for a LazyConfig's
-    ``L(ResNet)(stages=L(make_nonlocal_stages)(...))``.
+    ``L(ResNet)(stages=L(make_nonlocal_stages)(...))``; ``ResNet``'s ``freeze_at`` freezes a
+    frozen stage's attached blocks with it.
 
     Args:
         depth, block_class, kwargs: as for ``ResNet.make_default_stages``.
         nonlocal_positions, nonlocal_block, context_stages, context_block: as in
             ``insert_nonlocal_blocks``; e.g. ``nonlocal_positions={"res4": [-2]}``,
             ``nonlocal_block=L(nonlocal_block_factory)(block="NL", norm="GN")``.
-
-    Returns:
-        list of stages, for ``ResNet(stem, stages, ...)``, whose ``freeze_at`` freezes a frozen
-        stage's attached blocks with it.
     """
     stages = ResNet.make_default_stages(depth, block_class=block_class, **kwargs)
     replaced = insert_nonlocal_blocks(

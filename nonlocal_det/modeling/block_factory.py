@@ -25,8 +25,6 @@ from ..layers import (
 )
 from ..layers.norm import detectron2_norm
 
-__all__ = ["BLOCK_CLASSES", "nonlocal_block_factory", "context_block_factory"]
-
 BLOCK_CLASSES = {"NL": NonLocalBlock2d, "CGNL": CGNLBlock2d, "DNL": DisentangledNonLocal2d}
 _CHOICES = {
     "mode": NONLOCAL_MODES,
@@ -52,10 +50,8 @@ def _factory_args_from_config(cfg) -> Dict:
     section, names = _OWN_ARGS[nl.BLOCK]
     node = nl.CGNL if section else nl
     args = {"reduction": nl.REDUCTION, "norm": nl.NORM, "init": nl.INIT}
+    keys = {name: f"MODEL.NONLOCAL.{name.upper()}" for name in ("block", *args)}
     args.update({name: node[name.upper()] for name in names})
-    keys = {
-        name: f"MODEL.NONLOCAL.{name.upper()}" for name in ("block", "reduction", "norm", "init")
-    }
     keys.update({name: f"MODEL.NONLOCAL.{section}{name.upper()}" for name in names})
     if nl.BLOCK == "DNL":
         if nl.MODE != "embedded_gaussian":
@@ -92,11 +88,10 @@ def _checked_factory(block_class, name: str, kwargs: Dict, keys: Dict[str, str])
         try:
             return block_class(channels, **kwargs)
         except (TypeError, ValueError) as e:
-            size_keys = (
-                ", ".join(key(arg) for arg in _SIZE_ARGS if arg in kwargs) or "its arguments"
-            )
+            size_keys = ", ".join(key(arg) for arg in _SIZE_ARGS if arg in kwargs)
             raise ConfigError(
-                f"Cannot build a {name} block for {channels} channels from {size_keys}: {e}"
+                f"Cannot build a {name} block for {channels} channels from "
+                f"{size_keys or 'its arguments'}: {e}"
             ) from e
 
     return build
@@ -107,11 +102,9 @@ def nonlocal_block_factory(
     block: str = "NL", *, config_keys: Optional[Dict[str, str]] = None, **kwargs
 ) -> Callable[[int], nn.Module]:
     """
-    ``channels -> nn.Module``: a function that builds the chosen block for a feature map of
-    that many channels.
-
-    Called as ``nonlocal_block_factory(cfg)`` it reads ``cfg.MODEL.NONLOCAL``; in a LazyConfig,
-    ``L(nonlocal_block_factory)(block="NL", mode="embedded_gaussian", norm="GN")``.
+    ``channels -> nn.Module``: a function that builds the chosen block for a feature map of that
+    many channels. Called as ``nonlocal_block_factory(cfg)`` it reads ``cfg.MODEL.NONLOCAL``; in a
+    LazyConfig, ``L(nonlocal_block_factory)(block="NL", mode="embedded_gaussian", norm="GN")``.
 
     Args:
         block: "NL" (``NonLocalBlock2d``), "CGNL" (``CGNLBlock2d``) or "DNL"
@@ -135,18 +128,13 @@ def nonlocal_block_factory(
 
 def _context_args_from_config(cfg) -> Dict:
     gc = cfg.MODEL.NONLOCAL.GC
-    keys = {
-        "ratio": "MODEL.NONLOCAL.GC.RATIO",
-        "pooling": "MODEL.NONLOCAL.GC.POOLING",
-        "fusions": "MODEL.NONLOCAL.GC.FUSION",
-        "init": "MODEL.NONLOCAL.INIT",
-    }
+    keys = {"ratio": "GC.RATIO", "pooling": "GC.POOLING", "fusions": "GC.FUSION", "init": "INIT"}
     return {
         "ratio": gc.RATIO,
         "pooling": gc.POOLING,
         "fusions": tuple(gc.FUSION),
         "init": cfg.MODEL.NONLOCAL.INIT,
-        "config_keys": keys,
+        "config_keys": {arg: f"MODEL.NONLOCAL.{key}" for arg, key in keys.items()},
     }
 
 

@@ -13,20 +13,17 @@ from torch import nn
 from ..errors import ConfigError
 from .block_factory import nonlocal_block_factory
 
-__all__ = ["KRCNNConvDeconvUpsampleNLHead"]
-
 
 @ROI_KEYPOINT_HEAD_REGISTRY.register()
 class KRCNNConvDeconvUpsampleNLHead(KRCNNConvDeconvUpsampleHead):
     """
     Detectron2's ``KRCNNConvDeconvUpsampleHead`` with a non-local block ``nonlocal_fcn<k>`` after
     the ReLU of conv k, for every ``nonlocal_every``-th conv, ``num_nonlocal`` blocks in all; the
-    paper puts 4 in the 8-conv head, one after every 2 convs.
+    paper puts 4 in the 8-conv head, one after every 2 convs. ``nonlocal_block``: ``channels ->
+    nn.Module``; the other arguments are ``KRCNNConvDeconvUpsampleHead``'s.
 
     The stock head builds and initialises its layers first, so with the same seed they equal the
-    stock head's; the blocks start as the identity, so the head starts as the stock head. Input
-    (R, C, S, S) for R RoIs (R may be 0) at any pooler resolution S; output
-    (R, num_keypoints, 4S, 4S) heatmaps.
+    stock head's; the blocks start as the identity, so the head starts as the stock head.
     """
 
     @configurable
@@ -41,13 +38,6 @@ class KRCNNConvDeconvUpsampleNLHead(KRCNNConvDeconvUpsampleHead):
         nonlocal_every: int = 2,
         **kwargs,
     ):
-        """
-        Args:
-            input_shape, num_keypoints, conv_dims, kwargs: as for KRCNNConvDeconvUpsampleHead.
-            nonlocal_block: ``channels -> nn.Module``.
-            num_nonlocal: number of non-local blocks.
-            nonlocal_every: a block after every this many convs.
-        """
         super().__init__(input_shape, num_keypoints=num_keypoints, conv_dims=conv_dims, **kwargs)
         if num_nonlocal < 0 or nonlocal_every < 1 or num_nonlocal * nonlocal_every > len(conv_dims):
             raise ConfigError(
@@ -70,7 +60,7 @@ class KRCNNConvDeconvUpsampleNLHead(KRCNNConvDeconvUpsampleHead):
         }
 
     def layers(self, x):
-        """(R, C, S, S) RoI features -> (R, num_keypoints, 4S, 4S) heatmaps."""
+        """(R, C, S, S) RoI features (R may be 0, any S) -> (R, num_keypoints, 4S, 4S) heatmaps."""
         for name, layer in self.named_children():
             if name.startswith("nonlocal_fcn"):
                 continue  # run after their conv's ReLU, below

@@ -3,17 +3,16 @@ Detectron2's meta-architectures with each image's valid size passed to the backb
 the non-local family, so that an image's features do not depend on the padding of its batch
 (MODEL.NONLOCAL.VALID_REGION; docs/valid_region.md).
 
-Why a meta-architecture, and why these methods. The valid sizes are what
-``ImageList.from_tensors`` records as ``image_sizes`` when the model preprocesses its inputs:
-the shapes of the inputs' ``"image"`` tensors, which preprocessing normalises but does not
-resize. Detectron2 then calls ``self.backbone(images.tensor)``: the backbone, and the ResNet
-inside it, receive the padded tensor alone, and a ResNet runs its stages as
-``nn.Sequential``\\ s. No argument can reach a block without re-implementing the
-meta-architecture's ``forward`` or ``ResNet.forward``. So the entry points Detectron2 calls with
-the inputs (``forward``, and ``inference`` where the meta-architecture has one) are overridden
-to open ``valid_sizes_in_blocks`` around Detectron2's own code, which then runs unchanged; the
-sizes reach the blocks through one context variable (``resnet_blocks.VALID_SIZES``), set for
-that call only. With ``valid_region=False`` the classes are Detectron2's.
+Why a meta-architecture, and why these methods. The valid sizes are what ``ImageList.from_tensors``
+records as ``image_sizes`` when the model preprocesses its inputs: the shapes of the inputs'
+``"image"`` tensors, which preprocessing normalises but does not resize. Detectron2 then calls
+``self.backbone(images.tensor)``: the backbone, and the ResNet inside it, receive the padded tensor
+alone, and a ResNet runs its stages as ``nn.Sequential``\\ s, so no argument can reach a block
+without re-implementing the meta-architecture's ``forward`` or ``ResNet.forward``. So the entry
+points Detectron2 calls with the inputs (``forward``, and ``inference`` where the meta-architecture
+has one) open ``valid_sizes_in_blocks`` around Detectron2's own code, which then runs unchanged; the
+sizes reach the blocks through one context variable (``resnet_blocks.VALID_SIZES``), set for that
+call only. With ``valid_region=False`` the classes are Detectron2's.
 
 Covered: every meta-architecture whose backbone is called as ``backbone(images.tensor)`` on the
 batch its inputs' images make: GeneralizedRCNN, RetinaNet, SemanticSegmentor, PanopticFPN.
@@ -22,7 +21,7 @@ batch its inputs' images make: GeneralizedRCNN, RetinaNet, SemanticSegmentor, Pa
 import logging
 import math
 from contextlib import contextmanager, nullcontext
-from typing import Dict, List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 from detectron2.config import configurable
 from detectron2.modeling import (
@@ -39,15 +38,6 @@ from ..errors import ConfigError
 from ..layers.valid_region import exporting
 from .backbone import block_strides, find_resnet
 from .resnet_blocks import VALID_SIZES, NonLocalMixin
-
-__all__ = [
-    "NonLocalGeneralizedRCNN",
-    "NonLocalRetinaNet",
-    "NonLocalSemanticSegmentor",
-    "NonLocalPanopticFPN",
-    "VALID_REGION_META_ARCHITECTURES",
-    "valid_sizes_in_blocks",
-]
 
 
 @contextmanager
@@ -88,26 +78,16 @@ def valid_sizes_in_blocks(backbone: nn.Module, image_sizes: Sequence[Tuple[int, 
         VALID_SIZES.reset(token)
 
 
-def _image_sizes(batched_inputs: List[Dict]) -> List[Tuple[int, int]]:
-    """``ImageList.image_sizes`` of the batch the model's preprocessing builds: the shapes."""
-    return [tuple(x["image"].shape[-2:]) for x in batched_inputs]
-
-
 class ValidRegionMixin:
     """
-    The valid-region part of the meta-architectures here, placed before Detectron2's
-    meta-architecture: the ``valid_region`` argument (MODEL.NONLOCAL.VALID_REGION), and
-    ``forward`` run inside ``valid_sizes_in_blocks``.
+    Placed before a Detectron2 meta-architecture, whose arguments it takes: runs its ``forward``
+    inside ``valid_sizes_in_blocks`` unless ``valid_region`` (MODEL.NONLOCAL.VALID_REGION) is
+    False, which gives exactly Detectron2's meta-architecture (the blocks attend over the padded
+    map, as in the paper).
     """
 
     @configurable
     def __init__(self, *, valid_region: bool = True, **kwargs):
-        """
-        Args:
-            valid_region: pass each image's valid size to the blocks; False: exactly
-                Detectron2's meta-architecture (blocks attend over the padded map, as the paper).
-            kwargs: the Detectron2 meta-architecture's arguments.
-        """
         super().__init__(**kwargs)
         self.valid_region = valid_region
         if find_resnet(self.backbone) is None:
@@ -125,7 +105,9 @@ class ValidRegionMixin:
     def _valid_sizes_of(self, batched_inputs):
         if not self.valid_region:
             return nullcontext()
-        return valid_sizes_in_blocks(self.backbone, _image_sizes(batched_inputs))
+        # ``ImageList.image_sizes`` of the batch the model's preprocessing builds: the shapes.
+        image_sizes = [tuple(x["image"].shape[-2:]) for x in batched_inputs]
+        return valid_sizes_in_blocks(self.backbone, image_sizes)
 
     def forward(self, batched_inputs):
         with self._valid_sizes_of(batched_inputs):

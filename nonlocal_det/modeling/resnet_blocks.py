@@ -1,25 +1,20 @@
 """
-Detectron2's residual blocks with blocks of the non-local family attached, rebuilt from the
-block a ResNet builder actually built.
-
-A variant (``NonLocalBasicBlock``, ``NonLocalBottleneckBlock`` (ResNeXt too: the bottleneck with
-groups), ``NonLocalDeformBottleneckBlock``) takes its parent's arguments plus up to two built
-modules:
+Detectron2's residual blocks with blocks of the non-local family attached. A variant
+(``NonLocalBasicBlock``, ``NonLocalBottleneckBlock`` (ResNeXt too),
+``NonLocalDeformBottleneckBlock``) takes its parent's arguments plus up to two built modules:
 
 - ``context_block`` (GC), on the residual branch after its last conv and norm, before the
   shortcut is added: GCNet's placement (Cao et al., sec. 4.3);
 - ``nonlocal_block`` (NL, CGNL, DNL), on the block's output: Wang et al.'s placement.
 
 The parent's parameters keep their names and the new ones sit under ``context_block.*`` and
-``nonlocal_block.*``, so in ``res4.21`` the checkpoint keys are ``res4.21.conv1.weight`` ...
-and ``res4.21.nonlocal_block.theta.weight`` ...; a stock checkpoint loads with only the new
-keys missing. ``CNNBlockBase.freeze`` (what ``ResNet`` calls for the stages below FREEZE_AT)
-freezes the attached blocks with the rest.
+``nonlocal_block.*`` (``res4.21.conv1.weight`` ..., ``res4.21.nonlocal_block.theta.weight`` ...),
+so a stock checkpoint loads with only the new keys missing. ``CNNBlockBase.freeze`` (what
+``ResNet`` calls for the stages below FREEZE_AT) freezes the attached blocks with the rest.
 
-``attached_variant`` rebuilds a built block as its variant from the block itself (its
-convolutions' channels, stride, dilation, groups, norm and deformable settings), whatever built
-it: Detectron2's ``build_resnet_backbone``, DeepLab's dilated ResNet with multi-grid, a
-LazyConfig's stages or a user's own builder.
+``attached_variant`` rebuilds a block as its variant from the block itself, whatever built it:
+Detectron2's ``build_resnet_backbone``, DeepLab's dilated ResNet with multi-grid, a LazyConfig's
+stages or a user's own builder.
 """
 
 from contextvars import ContextVar
@@ -32,18 +27,6 @@ from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock, Def
 from torch import nn
 
 from ..errors import ConfigError
-
-__all__ = [
-    "VALID_SIZES",
-    "NonLocalMixin",
-    "NonLocalBasicBlock",
-    "NonLocalBottleneckBlock",
-    "NonLocalDeformBottleneckBlock",
-    "NONLOCAL_VARIANTS",
-    "attached_variant",
-    "built_block_arguments",
-]
-
 
 # {residual block: per image of the batch, its valid (h, w) on that block's output grid}, set by
 # ``meta_arch.valid_sizes_in_blocks`` for one model call and read by ``NonLocalMixin.forward``.
@@ -155,10 +138,9 @@ def _norm_name(norm: Optional[nn.Module], where: str) -> str:
 
 def built_block_arguments(block: CNNBlockBase, where: str) -> Dict:
     """
-    The constructor arguments, besides in/out channels and stride, that build ``block`` (a
-    Detectron2 ``BasicBlock``, ``BottleneckBlock`` or ``DeformBottleneckBlock``), read from its
-    layers: norm, bottleneck width, groups, where the stride sits, dilation, deformable
-    settings.
+    The constructor arguments but channels and stride that build ``block`` (a Detectron2 block of
+    ``NONLOCAL_VARIANTS``), read from its layers: norm, bottleneck width, groups, where the stride
+    sits, dilation, deformable settings.
     """
     args = {"norm": _norm_name(block.conv1.norm, where)}
     if isinstance(block, BasicBlock):

@@ -11,20 +11,6 @@ import os
 
 from detectron2.engine import default_argument_parser
 
-__all__ = [
-    "ranged",
-    "positive_int",
-    "non_negative_int",
-    "positive_float",
-    "probability",
-    "image_side",
-    "config_pair",
-    "writable_file",
-    "writable_folder",
-    "model_argument_parser",
-    "tool_config",
-]
-
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), *[os.pardir] * 3, "configs")
 
 
@@ -99,8 +85,7 @@ def tool_config(parser: argparse.ArgumentParser, args, frozen: bool = True):
     if args.debug:
         os.environ["NONLOCAL_DET_DEBUG"] = "1"
     cfg = get_nonlocal_cfg(args.config_file, args.opts)
-    if cfg.MODEL.WEIGHTS:
-        check_weights(cfg, resume=False)
+    check_weights(cfg, resume=False)
     if frozen:
         cfg.freeze()
     return cfg

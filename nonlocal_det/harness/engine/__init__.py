@@ -1,7 +1,4 @@
-"""
-Training with Detectron2's engine: the YAML trainer, the LazyConfig loop, the launcher and the
-results file train_net.py uses.
-"""
+"""train_net.py's engine: the YAML trainer, the LazyConfig loop, the launcher, the results file."""
 
 from .defaults import NonLocalDefaultTrainer, setup_nonlocal_logger
 from .launch import launch_reporting_errors

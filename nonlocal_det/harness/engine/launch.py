@@ -1,7 +1,4 @@
-"""
-Detectron2's ``launch``, with errors that explain themselves reported as one line in every
-process: no traceback, in one process or many.
-"""
+"""Detectron2's ``launch``, with user errors as one line, no traceback, in every process."""
 
 import os
 import socket
@@ -22,13 +19,9 @@ from nonlocal_det.errors import (
 
 def launch_reporting_errors(main_func, args) -> None:
     """
-    ``main_func(args)`` through Detectron2's ``launch`` with the command-line arguments of
-    ``default_argument_parser`` (--num-gpus processes on each of --num-machines machines).
-
-    A process that raises one of ``USER_ERRORS`` prints its message as one line and exits
-    with status ``USER_ERROR_EXIT_CODE``; in a multi-process run the launching process then
-    exits with that status too, without the traceback torch would print for a failed worker.
-    Any other error propagates as usual.
+    ``main_func(args)`` through Detectron2's ``launch``. A process that raises one of USER_ERRORS
+    prints it as one line and exits with USER_ERROR_EXIT_CODE; so does the launching process of a
+    multi-process run, without torch's traceback of a failed worker. Other errors propagate.
     """
     exit_on_user_error(check_machines, args)
     try:
@@ -57,16 +50,9 @@ def launch_reporting_errors(main_func, args) -> None:
         sys.exit(USER_ERROR_EXIT_CODE)
 
 
-def _wait_seconds() -> float:
-    return float(os.environ.get("NONLOCAL_DET_DIST_WAIT", "300"))
-
-
 def check_machines(args) -> None:
-    """
-    Before launching: the process counts and the machine rank fit, a run over several machines
-    names an address the others can reach, and a machine other than machine 0 reaches it within
-    NONLOCAL_DET_DIST_WAIT seconds (default 300), or stops saying so.
-    """
+    """Before launching: counts and rank fit, a run over machines names an address the others can
+    reach, and machines but 0 reach it within NONLOCAL_DET_DIST_WAIT seconds (default 300)."""
     if args.num_gpus < 1 or args.num_machines < 1:
         raise ConfigError("--num-gpus and --num-machines must be at least 1")
     if not 0 <= args.machine_rank < args.num_machines:
@@ -77,11 +63,8 @@ def check_machines(args) -> None:
     if args.num_machines == 1:
         return
     url = urlparse(args.dist_url)
-    if (
-        args.dist_url == "auto"
-        or url.hostname in (None, "localhost", "::1")
-        or (url.hostname.startswith("127."))
-    ):
+    local = url.hostname in (None, "localhost", "::1") or url.hostname.startswith("127.")
+    if args.dist_url == "auto" or local:
         raise ConfigError(
             f"--num-machines {args.num_machines} with --dist-url {args.dist_url}: that address "
             "is this machine's own; give machine 0's address every machine can reach, e.g. "
@@ -89,7 +72,8 @@ def check_machines(args) -> None:
         )
     if args.machine_rank == 0:
         return
-    deadline = time.monotonic() + _wait_seconds()
+    wait = float(os.environ.get("NONLOCAL_DET_DIST_WAIT", "300"))
+    deadline = time.monotonic() + wait
     while True:
         try:
             socket.create_connection((url.hostname, url.port), timeout=5).close()
@@ -98,7 +82,7 @@ def check_machines(args) -> None:
             if time.monotonic() > deadline:
                 raise UnsupportedSetupError(
                     f"--dist-url {args.dist_url}: machine 0 could not be reached for "
-                    f"{_wait_seconds():.0f} s ({e.strerror or e}); start machine 0 first, check "
+                    f"{wait:.0f} s ({e.strerror or e}); start machine 0 first, check "
                     "the address and firewall (NONLOCAL_DET_DIST_WAIT sets the wait)"
                 ) from None
             time.sleep(2)

@@ -15,18 +15,8 @@ logger = logging.getLogger(__name__)
 
 
 def write_final_metrics(output_dir: str, dataset_names: Sequence[str], results: Dict) -> None:
-    """
-    Save evaluation results as ``output_dir/final_metrics.json``:
-    {dataset: {task: {metric: value}}}.
-    Written after every evaluation, so after training it holds the final one.
-
-    Args:
-        dataset_names: the evaluated datasets; Detectron2 returns a single dataset's results
-            unwrapped, as {task: {metric: value}}.
-
-    Metrics COCO cannot compute (e.g. APl with no large objects) are NaN in Detectron2's results
-    and null in the file, so that it is strict JSON.
-    """
+    """Save results as output_dir/final_metrics.json ({dataset: {task: {metric: value}}}; Detectron2
+    gives one dataset's unwrapped); NaN metrics (e.g. APl with no large objects) become null."""
     if not results or not comm.is_main_process():
         return
     if len(dataset_names) == 1:
