@@ -4,6 +4,8 @@ import os
 import re
 import subprocess
 
+import pytest
+
 from helpers import REPO_ROOT
 
 
@@ -20,9 +22,18 @@ def test_generated_parts_of_the_docs_are_what_the_code_writes(capsys):
     """Every ``<!-- generated: NAME -->`` part equals what ``nonlocal_det.harness.docs`` writes."""
     from nonlocal_det.harness import docs
 
-    assert docs.main(["--check"]) == 0, capsys.readouterr().out
+    assert docs.main(["--check", "--cheap"]) == 0, capsys.readouterr().out
     names = {m.group(2) for path in docs.markdown_files() for m in docs._PART.finditer(_read(path))}
     assert names == set(docs.SECTIONS)  # every fact the code holds is somewhere in the docs
+
+
+@pytest.mark.slow
+@pytest.mark.detectron2
+def test_the_flop_table_is_what_the_code_counts(capsys):
+    """docs/overhead.md's table, counted anew for the 11 configs (minutes: the slow tier)."""
+    from nonlocal_det.harness import docs
+
+    assert docs.main(["--check"]) == 0, capsys.readouterr().out
 
 
 def test_a_stale_generated_part_is_found_and_rewritten():

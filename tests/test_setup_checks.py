@@ -388,7 +388,7 @@ def test_weights_that_do_not_fit_are_refused_for_evaluation(tmp_path):
         ),
         ("analyze_model", [], "--config-file is required"),
         ("demo", ["--input", "i", "--output", "o"], "required: --config-file"),
-        ("benchmark_model", ["--cycles", "-2"], "argument --cycles: -2 is not an int >= 1"),
+        ("benchmark_blocks", ["--cycles", "-2"], "argument --cycles: -2 is not an int >= 1"),
         ("attention_mass", ["--config-file", "x.yaml", "--max-images", "0"], "--max-images: 0"),
         ("time_data_checks", ["--images", "zero"], "'zero' is not an int"),
         ("seeds_report", ["d", "--config-files", "c", "--seeds", "-1"], "-1 is not an int >= 0"),

@@ -77,45 +77,12 @@ def test_analyze_model_overhead_table(tmp_path, capsys):
         ]
     )
     text = out.read_text()
-    assert "<5% computation" in text
+    assert text.startswith("Input 64×96.")
     (row,) = [line for line in text.splitlines() if line.startswith("| `mask_rcnn_R50_NL.yaml`")]
     cells = [c.strip() for c in row.split("|")]
     assert cells[2] == "1"  # blocks added
     overhead = float(cells[5].rstrip("%"))
     assert overhead > 0 and cells[6] == ("yes" if overhead < 5 else "**no**")
-
-
-@pytest.mark.slow
-def test_benchmark_model_writes_a_table(tmp_path):
-    import benchmark_model
-
-    out = tmp_path / "bench.md"
-    benchmark_model.main(
-        [
-            "--pairs",
-            "mask_rcnn_R50_baseline.yaml:mask_rcnn_R50_NL.yaml",
-            "--size",
-            "64",
-            "96",
-            "--repeats",
-            "1",
-            "--cycles",
-            "1",
-            "--output",
-            str(out),
-        ]
-    )
-    (row,) = [
-        line
-        for line in out.read_text().splitlines()
-        if line.startswith("| `mask_rcnn_R50_NL.yaml`")
-    ]
-    cells = [c.strip() for c in row.split("|")[2:-1]]
-    assert "failed" not in row and len(cells) == 8
-    base_train, nl_train, _, base_peak, nl_peak, base_infer, nl_infer, _ = cells
-    assert all(
-        float(v) > 0 for v in (base_train, nl_train, base_peak, nl_peak, base_infer, nl_infer)
-    )
 
 
 @pytest.mark.slow

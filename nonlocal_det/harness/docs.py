@@ -40,19 +40,33 @@ def _config_rules() -> str:
     return "\n".join(["| key | rule |", "|---|---|"] + [f"| {k} | {d} |" for k, d in rows])
 
 
+def _flop_table() -> str:
+    from .analysis.model_costs import overhead_table
+
+    return overhead_table()
+
+
 SECTIONS: Dict[str, Callable[[], str]] = {
     "init-advice": _init_advice,
     "data-rules": _data_rules,
     "config-rules": _config_rules,
+    "flop-table": _flop_table,  # builds and counts 11 COCO models: a few minutes
 }
+# Parts that take minutes; ``--cheap`` leaves them as they are (the fast tests do).
+SLOW_SECTIONS = ("flop-table",)
 
 _PART = re.compile(r"(<!-- generated: ([\w-]+) -->\n)(.*?)(<!-- end: \2 -->)", re.S)
 
 
-def render(text: str) -> str:
-    """``text`` with every generated part written anew."""
+def render(text: str, skip=()) -> str:
+    """``text`` with every generated part but those named in ``skip`` written anew."""
     return _PART.sub(
-        lambda m: m.group(1) + SECTIONS[m.group(2)]().strip() + "\n" + m.group(4), text
+        lambda m: (
+            m.group(0)
+            if m.group(2) in skip
+            else m.group(1) + SECTIONS[m.group(2)]().strip() + "\n" + m.group(4)
+        ),
+        text,
     )
 
 
@@ -65,12 +79,13 @@ def markdown_files():
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="change nothing; list stale parts")
+    parser.add_argument("--cheap", action="store_true", help="leave the parts that take minutes")
     args = parser.parse_args(argv)
     stale = []
     for path in markdown_files():
         with open(path) as f:
             text = f.read()
-        new = render(text)
+        new = render(text, SLOW_SECTIONS if args.cheap else ())
         if new != text:
             stale.append(os.path.relpath(path, REPO_ROOT))
             if not args.check:

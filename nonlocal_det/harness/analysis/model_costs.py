@@ -12,6 +12,7 @@ TEST.DETECTIONS_PER_IMAGE (100) detections, in every model alike.
 """
 
 import math
+import os
 
 import torch
 
@@ -89,3 +90,48 @@ def analyze(config_file, height, width, opts=()):
         "roi_heads_flops": by_module.get("model.roi_heads", 0),
         "unsupported": dict(analysis.unsupported_ops()),
     }
+
+
+# (baseline config, non-local config) rows of the overhead table (docs/overhead.md)
+OVERHEAD_PAIRS = [
+    ("mask_rcnn_R50_baseline.yaml", "mask_rcnn_R50_NL.yaml"),
+    ("mask_rcnn_R101_baseline.yaml", "mask_rcnn_R101_NL.yaml"),
+    ("mask_rcnn_X152_baseline.yaml", "mask_rcnn_X152_NL.yaml"),
+    ("keypoint_rcnn_R101_baseline.yaml", "keypoint_rcnn_R101_NL_head.yaml"),
+    ("keypoint_rcnn_R101_baseline.yaml", "keypoint_rcnn_R101_NL_head_backbone.yaml"),
+    ("mask_rcnn_R50_baseline.yaml", "mask_rcnn_R50_CGNL.yaml"),
+    ("mask_rcnn_R50_baseline.yaml", "mask_rcnn_R50_GC.yaml"),
+    ("mask_rcnn_R50_baseline.yaml", "mask_rcnn_R50_DNL.yaml"),
+]
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), *[os.pardir] * 3, "configs")
+
+
+def overhead_table(pairs=OVERHEAD_PAIRS, height=800, width=1333, progress=lambda line: None):
+    """The markdown FLOP and parameter overhead of each (baseline, non-local) config pair."""
+    results, rows = {}, []
+    for base, nl in pairs:
+        for name in (base, nl):
+            if name not in results:
+                results[name] = analyze(os.path.join(CONFIGS, name), height, width)
+                progress(f"{name}: {results[name]}")
+        b, n = results[base], results[nl]
+        overhead = 100 * (n["flops"] / b["flops"] - 1)
+        added = n["blocks"] - b["blocks"]
+        claim = ("yes" if overhead < 5 else "**no**") if added == 1 else f"n/a ({added} blocks)"
+        rows.append(
+            f"| `{nl}` vs `{base}` | {added} | {b['flops'] / 1e9:.1f} | {n['flops'] / 1e9:.1f} | "
+            f"{overhead:+.2f}% | {claim} | "
+            f"{100 * (n['backbone_flops'] / b['backbone_flops'] - 1):+.2f}% | "
+            f"{b['params'] / 1e6:.1f} | {n['params'] / 1e6:.1f} | "
+            f"{100 * (n['params'] / b['params'] - 1):+.2f}% |"
+        )
+    unsupported = sorted({op for r in results.values() for op in r["unsupported"]})
+    header = (
+        "| model vs baseline | blocks added | baseline GFLOPs | model GFLOPs | overhead | 1 block "
+        "<5%? | backbone overhead | baseline params (M) | model params (M) | params overhead |"
+    )
+    skipped = ", ".join(f"`{op}`" for op in unsupported) or "none"
+    return "\n".join(
+        [f"Input {height}×{width}.", "", header, "|---" * 10 + "|", *rows, ""]
+        + [f"Operators fvcore does not count: {skipped}."]
+    )
