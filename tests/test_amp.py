@@ -180,5 +180,5 @@ def test_amp_precision_must_be_a_half_type(tmp_path):
         str(tmp_path / "o"),
     )
     assert rc != 0
-    assert "SOLVER.AMP.PRECISION='float8': must be one of ['float16', 'bfloat16']" in log
+    assert "SOLVER.AMP.PRECISION='float8' is not one of ('float16', 'bfloat16')" in log
     assert "Traceback" not in log

@@ -90,7 +90,11 @@ def test_resume_restores_optimizer_scheduler_and_iteration(synthetic_in):
     first.train()
     assert (synthetic_in / "out" / "last_checkpoint").read_text() == "model_final.pth"
 
-    second = train_net.Trainer(cfg)
+    # Resuming needs iterations left to train: the schedule's steps stay as they were.
+    longer = cfg.clone()
+    longer.defrost()
+    longer.SOLVER.MAX_ITER = 6
+    second = train_net.Trainer(longer)
     second.resume_or_load(resume=True)
     assert second.start_iter == 4
     saved, resumed = first.optimizer.state_dict(), second.optimizer.state_dict()

@@ -472,6 +472,16 @@ def test_a_launch_that_could_not_start_is_named_at_once(argv, words):
 
 
 @needs_detectron2
+def test_machines_on_this_host_by_an_explicit_loopback_address_may_start():
+    from detectron2.engine import default_argument_parser
+
+    from nonlocal_det.harness.engine.launch import check_machines
+
+    argv = ["--num-machines", "2", "--dist-url", "tcp://127.0.0.1:29500"]
+    assert check_machines(default_argument_parser().parse_args(argv)) is None
+
+
+@needs_detectron2
 def test_a_machine_that_cannot_reach_machine_0_stops_within_the_wait(monkeypatch):
     from detectron2.engine import default_argument_parser
 

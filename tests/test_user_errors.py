@@ -407,7 +407,7 @@ SETUP_AND_DATA_MISTAKES = [
     ("eval-only, weights of another model", _weights_of_another_model, [],
      "does not fit the config's model"),
     ("resume, last_checkpoint names a missing file", _last_checkpoint_naming, [],
-     "names 'model_0000099.pth', which is not a file"),
+     "last_checkpoint) is not a file"),
     ("resume, truncated checkpoint", _truncated_checkpoint, [], "truncated or damaged"),
 ]  # fmt: skip
 

@@ -5,6 +5,7 @@ resumed truthfully, through Detectron2's checkpointer (``CheckedCheckpointer``).
 
 import contextlib
 import logging
+import os
 import pickle
 import zipfile
 from typing import Dict, List, Optional
@@ -108,6 +109,8 @@ def load_trained_weights(
 def check_checkpoint_file(path: str, subject: str, fix: str = "copy or download it again") -> None:
     """MissingInputError naming ``subject`` unless ``path`` looks like a checkpoint from its ends: a
     torch zip archive with its central directory, or a pickle (.pkl, old .pth)."""
+    if not os.path.isfile(path):
+        raise MissingInputError(f"{subject} is not a file; {fix}.")
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path):

@@ -10,6 +10,7 @@ states the cost.
 
 import copy
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -62,9 +63,16 @@ def _section_of(error: BaseException):
     return None
 
 
+def _text(error: BaseException) -> str:
+    """The error's message; for a bare ``assert``, the line that failed."""
+    frames = traceback.extract_tb(error.__traceback__)
+    line = f"failed: {frames[-1].line}" if frames and frames[-1].line else "(no message)"
+    return " ".join(str(error).split()) or line
+
+
 def suspects(cfg, error: BaseException, section: str = None):
     """The keys of the section of the code that raised, set away from the defaults (the ones
-    whose value the message quotes first); all of the section's keys if none is."""
+    whose value or name the message quotes first); all of the section's keys if none is."""
     from .config import default_config
 
     section = _section_of(error) or section
@@ -83,8 +91,15 @@ def suspects(cfg, error: BaseException, section: str = None):
             keys.append((prefix, value))
 
     walk(node, default, section)
-    message = str(error)
-    keys.sort(key=lambda kv: str(kv[1]) not in message)
+    message = _text(error)
+    words = re.findall(r"[a-z_]{4,}", message.lower())
+
+    def quoted(kv):
+        return str(kv[1]) in message or any(
+            kv[0].lower().replace(".", "_").endswith(w) for w in words
+        )
+
+    keys.sort(key=quoted, reverse=True)  # stable: the quoted ones first, in section order
     return keys or [(section, "(all defaults)")]
 
 
@@ -97,7 +112,7 @@ def explaining_failures(cfg, stage: str, section: str = None, record=None):
     except USER_ERRORS:
         raise
     except Exception as e:
-        text = " ".join(str(e).split()) or "(no message)"
+        text = _text(e)
         where = f" on {record['file_name']}" if record else ""
         keys = ", ".join(f"{k}={v!r}" for k, v in suspects(cfg, e, section)[:4])
         hint = f"; check {keys}" if keys else ""

@@ -79,11 +79,12 @@ def check_dataset_files(cfg, names: List[str]) -> None:
         splits.append((name, coco, needs.evaluated))
         if key in _PASSED:
             continue
-        problems = annotation_problems(coco, needs)
-        if cfg.DATALOADER.CHECK_IMAGES and not problems:
-            problems = image_problems(coco, meta.get("image_root", ""))
+        problems, skip = annotation_problems(coco, needs), ""
+        if cfg.DATALOADER.CHECK_IMAGES and not any(p.record == "the file" for p in problems):
+            problems += image_problems(coco, meta.get("image_root", ""))
+            skip = "\n  (DATALOADER.CHECK_IMAGES False skips these reads)"
         if problems:
-            messages.append(format_problems(f"Dataset {name!r} ({json_file})", problems))
+            messages.append(format_problems(f"Dataset {name!r} ({json_file})", problems) + skip)
         else:
             _PASSED.add(key)
     splits.sort(key=lambda split: split[2])  # the training splits first

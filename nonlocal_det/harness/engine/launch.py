@@ -7,7 +7,7 @@ import time
 from urllib.parse import urlparse
 
 import torch.multiprocessing as mp
-from detectron2.engine import launch
+from detectron2.engine import default_argument_parser, launch
 
 from nonlocal_det.errors import (
     USER_ERROR_EXIT_CODE,
@@ -63,8 +63,9 @@ def check_machines(args) -> None:
     if args.num_machines == 1:
         return
     url = urlparse(args.dist_url)
-    local = url.hostname in (None, "localhost", "::1") or url.hostname.startswith("127.")
-    if args.dist_url == "auto" or local:
+    # The parser's default (a loopback port) is never what a run over machines means; a
+    # loopback address given on purpose runs the "machines" as processes of this host.
+    if args.dist_url in ("auto", default_argument_parser().get_default("dist_url")):
         raise ConfigError(
             f"--num-machines {args.num_machines} with --dist-url {args.dist_url}: that address "
             "is this machine's own; give machine 0's address every machine can reach, e.g. "
