@@ -196,6 +196,16 @@ def test_image_files_exist_are_images_and_have_the_json_size(tmp_path):
     assert "does not exist" in problems["image 4 (d.png)"].problem
 
 
+def test_image_files_read_in_processes_are_reported_in_file_order(tmp_path):
+    """Past 1,000 images the files are read in processes: every problem, in the JSON's order."""
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "a.png")
+    images = [{"id": i, "file_name": "a.png", "width": 40, "height": 30} for i in range(1500)]
+    for i in (3, 900, 1499):
+        images[i] = dict(images[i], file_name=f"missing{i}.png")
+    found = image_problems({"images": images}, str(tmp_path), processes=2)
+    assert [p.record for p in found] == [f"image {i} (missing{i}.png)" for i in (3, 900, 1499)]
+
+
 def test_exif_rotated_jpeg_has_the_size_detectron2_reads(tmp_path):
     """Detectron2 applies the EXIF orientation: a 40x30 JPEG rotated by 90 degrees is 30x40."""
     image = Image.fromarray(np.zeros((30, 40, 3), np.uint8))

@@ -11,7 +11,7 @@ annotations (skipped in training), boxes of zero width or height (dropped by the
 import math
 import os
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List
 
@@ -80,8 +80,12 @@ def _number(v) -> bool:
 
 def _finite(values, count=None) -> bool:
     """A list or tuple (of ``count`` items if given) of finite numbers."""
-    sized = isinstance(values, (list, tuple)) and count in (None, len(values))
-    return sized and all(map(_number, values))
+    if not isinstance(values, (list, tuple)) or count not in (None, len(values)):
+        return False
+    try:  # one pass in C for the common case; a bool, inf or nan goes the slow way
+        return math.isfinite(math.fsum(values)) and {int, float}.issuperset(map(type, values))
+    except (TypeError, OverflowError):
+        return all(map(_number, values))
 
 
 def _outside(points, ann) -> int:
@@ -177,12 +181,13 @@ def _mask_box(segm, height, width):
         x, y, w, h = mask_util.toBbox(rle).tolist()
         return x, y, x + w, y + h
     for k, poly in enumerate(segm):
-        if not _finite(poly) or len(poly) % 2 or len(poly) < 6:
-            what = f"has {len(poly)} coordinates" if _finite(poly) else "is not finite numbers"
+        finite = _finite(poly)
+        if not finite or len(poly) % 2 or len(poly) < 6:
+            what = f"has {len(poly)} coordinates" if finite else "is not finite numbers"
             fix = "a polygon is [x1, y1, x2, y2, ...], at least 3 points; Detectron2 would drop it"
             return f"segmentation[{k}]", what, fix
-    xs = [v for poly in segm for v in poly[0::2]]
-    ys = [v for poly in segm for v in poly[1::2]]
+    xs = segm[0][0::2] if len(segm) == 1 else [v for poly in segm for v in poly[0::2]]
+    ys = segm[0][1::2] if len(segm) == 1 else [v for poly in segm for v in poly[1::2]]
     return min(xs), min(ys), max(xs), max(ys)
 
 
@@ -418,12 +423,21 @@ def annotation_problems(coco, needs: Needs = Needs()) -> List[Problem]:
     return problems
 
 
-def image_problems(coco: Dict, image_root: str, threads: int = 8) -> List[Problem]:
-    """Problems of the image files a COCO json lists, read in threads (headers and last bytes)."""
+def _image_files(images, image_root) -> List[Problem]:
+    return [p for im in images for p in _apply("image file", im, _image_name(im), image_root)]
+
+
+def image_problems(coco: Dict, image_root: str, processes: int = os.cpu_count() or 1):
+    """Problems of the image files a COCO json lists (headers and last bytes), read in
+    ``processes`` in file order (PIL's header parsing holds the GIL: threads wait on each other)."""
     images = [im for im in coco.get("images", []) if isinstance(im, dict)]
     images = [im for im in images if isinstance(im.get("file_name"), str)]
-    with ThreadPoolExecutor(threads) as pool:
-        found = pool.map(lambda im: _apply("image file", im, _image_name(im), image_root), images)
+    size = -(-len(images) // processes) if len(images) > 1000 else len(images) + 1
+    chunks = [images[k : k + size] for k in range(0, len(images), size)]
+    if len(chunks) < 2:
+        return _image_files(images, image_root)
+    with ProcessPoolExecutor(len(chunks)) as pool:
+        found = pool.map(_image_files, chunks, [image_root] * len(chunks))
         return [p for problems in found for p in problems]
 
 
