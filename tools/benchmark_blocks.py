@@ -91,11 +91,9 @@ def _our_block(spec):
 
 
 def _masked_sdpa(block, valid_width):
-    """
-    The alternative to computing on the valid crop, for softmax modes: attention over the padded
+    """The alternative to computing on the valid crop, for softmax modes: attention over the padded
     map with the padded keys masked (a boolean mask to torch's fused attention), then W_z and the
-    norm on the whole map. Timed only, to choose between the two.
-    """
+    norm on the whole map. Timed only, to choose between the two."""
     import torch
     import torch.nn.functional as F
 

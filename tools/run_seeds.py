@@ -2,10 +2,8 @@
 """
 Train and evaluate configs over several seeds with train_net.py, then report (table and plot).
 
-Each (config, seed) is one train_net.py process with the overrides, SEED and OUTPUT_DIR
-(<output-dir>/<config>/seed<seed>); a finished run is not repeated, so a sweep resumes where it
-stopped. tools/seeds_report.py rebuilds the report from the ``--summary-dir`` summaries. More
-examples: docs/tools.md, docs/ablation.md, docs/usage.md.
+Each (config, seed) is one train_net.py process in <output-dir>/<config>/seed<seed>, not repeated
+once finished. More examples: docs/tools.md, docs/ablation.md, docs/usage.md.
 
     python tools/run_seeds.py --config-files configs/longrange_baseline.yaml \
         configs/longrange_NL.yaml --seeds 0 1 2 --output-dir output/ablation \
@@ -127,21 +125,14 @@ def main(argv=None) -> int:
     parser.add_argument("--config-files", nargs="+", default=[quickstart])
     parser.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0, 1, 2])
     parser.add_argument("--output-dir", default=os.path.join("output", "seeds"))
-    parser.add_argument(
-        "--num-gpus",
-        type=positive_int,
-        default=1,
-        help="processes per run (train_net.py --num-gpus)",
-    )
-    parser.add_argument(
-        "--summary-dir",
-        help="write each finished run's summary (run record, final metrics, loss points) to "
-        "SUMMARY_DIR/<config>/seed<seed>.json as soon as it ends",
-    )
+    gpus_help = "processes per run (train_net.py --num-gpus)"
+    parser.add_argument("--num-gpus", type=positive_int, default=1, help=gpus_help)
+    summary_help = "write each finished run's summary (run record, final metrics, loss points) to "
+    summary_help += "SUMMARY_DIR/<config>/seed<seed>.json as soon as it ends"
+    parser.add_argument("--summary-dir", help=summary_help)
     add_report_arguments(parser)
-    parser.add_argument(
-        "opts", nargs=argparse.REMAINDER, help="config overrides for every run: KEY VALUE ..."
-    )
+    opts_help = "config overrides for every run: KEY VALUE ..."
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help=opts_help)
     args = parser.parse_args(argv)
     config_files = [os.path.abspath(c) for c in args.config_files]
     for c in config_files:

@@ -8,18 +8,10 @@ Install nonlocal_det and everything it needs, Detectron2 included, into a virtua
     python3 tools/setup_env.py --venv /path/to/env             # another environment
     python3 tools/setup_env.py --venv ""                       # this interpreter, no venv
 
-Steps, each done only when its result is missing, so a second run takes seconds:
-
-1. the virtual environment (``python -m venv``);
-2. this project, editable with its ``test`` extra, at the versions ``constraints.txt`` pins
-   (torch, torchvision; ``setuptools<81``: Detectron2 imports ``pkg_resources``);
-3. Detectron2: the wheel of ``--detectron2-wheel`` or ``$DETECTRON2_WHEEL`` (a file, or a folder
-   holding one for this Python) by its path; else its official source at ``DETECTRON2_COMMIT``
-   (that of the shared wheel), built with ``--no-build-isolation`` against the torch of step 2, as
-   its install guide says. Never the bare name ``detectron2`` on a package index: nothing official
-   is published under it.
-
-Standard library only; pip does all installing. A failed step stops with its name and the fix.
+Each step (the venv; this project with its ``test`` extra at the ``constraints.txt`` pins;
+Detectron2, from the wheel given or its official source at ``DETECTRON2_COMMIT``, never the bare
+name on a package index) is done only when its result is missing (docs/install.md). Standard
+library only; pip does all installing. A failed step stops with its name and the fix.
 """
 
 import argparse
@@ -220,11 +212,8 @@ def main(argv=None) -> int:
         help="virtual environment to create or update (default: .venv in the checkout); '' "
         "installs into --python",
     )
-    parser.add_argument(
-        "--python",
-        default=sys.executable,
-        help="interpreter that creates the environment (default: this one)",
-    )
+    python_help = "interpreter that creates the environment (default: this one)"
+    parser.add_argument("--python", default=sys.executable, help=python_help)
     parser.add_argument(
         "--detectron2-wheel",
         default=os.environ.get(WHEEL_ENV, ""),

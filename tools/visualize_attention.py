@@ -62,10 +62,8 @@ def _has_blocks(module) -> bool:
 
 
 def capture_input(block):
-    """
-    Record the block's input as ``store["x"]``: cropped to the image's valid region when the
-    model passed valid sizes (MODEL.NONLOCAL.VALID_REGION), as the block computed it.
-    """
+    """Record the block's input as ``store["x"]``: cropped to the image's valid region when the
+    model passed valid sizes (MODEL.NONLOCAL.VALID_REGION), as the block computed it."""
     store = {}
 
     def record(module, args, kwargs):
@@ -104,12 +102,9 @@ def parse_args(argv=None):
         type=_point,
         help="a query point x,y in image pixels; repeat the flag for several (default: 3 points)",
     )
-    parser.add_argument(
-        "--person-box",
-        type=_box,
-        help="x0,y0,x1,y1 in image pixels: the person box for the keypoint-head picture "
-        "(default: the highest-scoring detected person)",
-    )
+    box_help = "x0,y0,x1,y1 in image pixels: the person box for the keypoint-head picture "
+    box_help += "(default: the highest-scoring detected person)"
+    parser.add_argument("--person-box", type=_box, help=box_help)
     args = parser.parse_args(argv)
     return args, tool_config(parser, args)
 
@@ -128,10 +123,8 @@ def _read_image(args):
 
 
 def _run_model(model, block, image, cfg):
-    """
-    One inference on ``image``: its detections, the backbone block's input (``capture_input``),
-    the backbone's features, and (scale_x, scale_y) of the network's input over the image.
-    """
+    """One inference on ``image``: its detections, the backbone block's input (``capture_input``),
+    the backbone's features, and (scale_x, scale_y) of the network's input over the image."""
     from detectron2.data import transforms as T
 
     height, width = image.shape[:2]

@@ -1,9 +1,7 @@
 """
-The training harness on top of the library (``nonlocal_det.layers``, ``.modeling``, ``.config``):
-train_net.py's engine (``engine``), loading configs (``config``), the generated datasets and the
-rules every dataset a run reads must meet (``data``), checkpoints, the checks before a run
-(``preflight``), the advice on configs (``advice``), measurements (``analysis``) and what the tools
-share (``cli``). Importing it registers the generated datasets with Detectron2.
+The training harness on top of the library: train_net.py's engine, configs, the generated datasets
+and the data rules, checkpoints, the checks before a run, measurements and what the tools share.
+Importing it registers the generated datasets with Detectron2.
 """
 
 from nonlocal_det.errors import detectron2_available

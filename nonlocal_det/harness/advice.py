@@ -1,8 +1,6 @@
 """
-What a config with non-local blocks needs from the model around them, read from the keys the
-model reads: the backbone outputs its heads take, the ResNet builder its keys describe, whether
-its meta-architecture passes valid sizes. A config that does not fit gets one line naming the key
-and the value that builds the network the config describes, never another one.
+What a config with non-local blocks needs from the model around them, read from the keys the model
+reads; a config that does not fit gets one line naming the key and the value that builds its model.
 """
 
 import logging

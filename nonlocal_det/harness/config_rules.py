@@ -1,10 +1,8 @@
 """
-The rules a config's values must meet, checked when it is loaded, so that a value outside them
-stops the run with one line naming the key, the value and the rule before anything is built (not
-as a traceback, or a NaN, hours in): ``YAML_DOMAINS`` / ``LAZY_DOMAINS``, the domain of each value
-no Detectron2 builder checks (names it does not know are left to its builders, which the dry run
-calls), and ``CROSS_FIELD_RULES``, values that must agree. Keys a config lacks (another Detectron2
-version) are skipped. ``nonlocal_det.harness.docs`` lists the rules in docs/reliability.md.
+The rules a config's values must meet, checked when it is loaded, so that a bad value stops the run
+in one line before anything is built: ``YAML_DOMAINS`` / ``LAZY_DOMAINS`` (values no Detectron2
+builder checks) and ``CROSS_FIELD_RULES`` (values that must agree); keys a config lacks are skipped.
+``nonlocal_det.harness.docs`` lists the rules in docs/reliability.md.
 """
 
 import math

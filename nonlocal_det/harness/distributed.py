@@ -24,11 +24,9 @@ _DETECTRON2_CREATE_DDP_MODEL = d2_defaults.create_ddp_model
 
 @contextlib.contextmanager
 def cpu_ddp_support():
-    """
-    Inside: ``DefaultTrainer.__init__`` wraps CPU models correctly. Detectron2-internal: it calls
+    """Inside: ``DefaultTrainer.__init__`` wraps CPU models correctly. Detectron2-internal: it calls
     the module-level ``detectron2.engine.defaults.create_ddp_model`` and takes nothing that reaches
-    it, so that global is replaced by ``create_ddp_model`` above while a trainer is built.
-    """
+    it, so that global is replaced by ``create_ddp_model`` above while a trainer is built."""
     if getattr(d2_defaults, "create_ddp_model", None) is not _DETECTRON2_CREATE_DDP_MODEL:
         raise RuntimeError(
             "detectron2.engine.defaults.create_ddp_model is not the function nonlocal_det knows; "

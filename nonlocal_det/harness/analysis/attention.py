@@ -1,13 +1,9 @@
 """
-What a non-local block attends to, measured over a dataset: ``query_specificity``, how much the
-attention maps of different queries differ (0 for query-independent maps, such as those GCNet
-(Cao et al., 2019) found in non-local blocks trained on COCO); ``cue_mass`` and ``partner_mass``,
-the share of the queries' attention on given key cells (the lamps of the generated tasks) against
-the share those cells would get under uniform attention.
-
-Maps come from ``NonLocalBlock2d.attention_for_queries`` (only the queries' rows are built). For
-the dot-product and concatenation modes, whose weights are not a distribution (dot products can
-be negative), a query's map is its weights' absolute values normalised to sum 1.
+What a non-local block attends to, measured over a dataset (docs/ablation.md): how much the maps
+of different queries differ (``query_specificity``), and the share of the queries' attention on
+given key cells, the lamps of the generated tasks (``cue_mass``, ``partner_mass``). Maps come from
+``attention_for_queries``; a dot-product or concatenation map is its weights' absolute values
+normalised to sum 1 (its weights are not a distribution).
 """
 
 import json
@@ -19,20 +15,6 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 from torch import nn
-
-__all__ = [
-    "query_specificity",
-    "query_maps",
-    "cue_mass",
-    "partner_mass",
-    "pooled",
-    "BlockInputs",
-    "attention_blocks",
-    "stride_in_backbone",
-    "cue_and_query_cells",
-    "measure_attention",
-    "attention_report",
-]
 
 
 def stride_in_backbone(backbone: nn.Module, module: nn.Module) -> int:
@@ -47,11 +29,9 @@ def stride_in_backbone(backbone: nn.Module, module: nn.Module) -> int:
 
 
 def attention_blocks(module) -> Dict[str, torch.nn.Module]:
-    """
-    {name: block}, in order, of every block of ``module`` with per-query attention maps: NL, DNL
+    """{name: block}, in order, of every block of ``module`` with per-query attention maps: NL, DNL
     (``NonLocalBlock2d`` and its subclass) and GC (the same map for every query). ConfigError for
-    CGNL blocks, which have no per-query map, and when there is no block.
-    """
+    CGNL blocks, which have no per-query map, and when there is no block."""
     from nonlocal_det.errors import ConfigError
     from nonlocal_det.layers import CGNLBlock2d, GlobalContextBlock2d, NonLocalBlock2d
 
@@ -73,13 +53,11 @@ def attention_blocks(module) -> Dict[str, torch.nn.Module]:
 
 
 def query_maps(block, x: torch.Tensor, valid_size=None) -> torch.Tensor:
-    """
-    Every valid query position's attention over the valid keys: (Q, M), Q = h * w queries, rows
-    summing to 1. ``block``: a ``NonLocalBlock2d`` (or subclass) or ``GlobalContextBlock2d``;
-    ``x``: (1, C, H, W), its input for one image (or one RoI); ``valid_size``: (h, w) of the
-    image's valid region on this grid (None: the whole grid), the maps being those of the block
-    on that region, as MODEL.NONLOCAL.VALID_REGION computes them.
-    """
+    """Every valid query position's attention over the valid keys: (Q, M), Q = h * w queries, rows
+    summing to 1. ``block``: a ``NonLocalBlock2d`` (or subclass) or ``GlobalContextBlock2d``; ``x``:
+    (1, C, H, W), its input for one image (or one RoI); ``valid_size``: (h, w) of the image's valid
+    region on this grid (None: the whole grid), the maps being those of the block on that region, as
+    MODEL.NONLOCAL.VALID_REGION computes them."""
     if valid_size is not None:
         x = x[..., : valid_size[0], : valid_size[1]]
     height, width = x.shape[-2:]
@@ -94,11 +72,9 @@ def _entropy_bits(p: torch.Tensor) -> torch.Tensor:
 
 
 def query_specificity(maps: torch.Tensor, chunk: int = 64) -> float:
-    """
-    Mean Jensen-Shannon divergence (bits, in [0, 1]) over all pairs of rows of ``maps`` (Q, M),
-    each a distribution over the same keys: 0 for identical rows, 1 for rows with disjoint
-    support, NaN with fewer than 2 rows.
-    """
+    """Mean Jensen-Shannon divergence (bits, in [0, 1]) over all pairs of rows of ``maps`` (Q, M),
+    each a distribution over the same keys: 0 for identical rows, 1 for rows with disjoint support,
+    NaN with fewer than 2 rows."""
     num = maps.shape[0]
     if num < 2:
         return float("nan")
@@ -120,15 +96,13 @@ def cue_mass(maps: torch.Tensor, cue: torch.Tensor) -> Dict[str, float]:
 
 
 def partner_mass(maps: torch.Tensor, pairs) -> Dict[str, float]:
-    """
-    How much of each shape's attention falls on its own partner lamp, against the other lamps,
+    """How much of each shape's attention falls on its own partner lamp, against the other lamps,
     and against what the same lamp gets from the other shapes. ``maps``: (Q, M) of one image;
     ``pairs``: [(query rows of one shape, its partner's key cells (M,) bool, the other lamps' key
     cells (M,) bool)], one per pair. Returns sums over the shapes' queries (``pooled`` makes them
     shares): "partner" and "others", the mass on the own partner's and on the other lamps' cells,
-    their "_uniform" counterparts, "queries"; and per shape "own" / "from_others", the mass its
-    lamp gets from its own shape's queries and from the other shapes' queries.
-    """
+    their "_uniform" counterparts, "queries"; and per shape "own" / "from_others", the mass its lamp
+    gets from its own shape's queries and from the other shapes' queries."""
     totals, rows_of = Counter(), [torch.as_tensor(rows, dtype=torch.long) for rows, _, _ in pairs]
     for i, (rows, (_, partner, others)) in enumerate(zip(rows_of, pairs)):
         partner, others = torch.as_tensor(partner).flatten(), torch.as_tensor(others).flatten()
@@ -147,11 +121,9 @@ def partner_mass(maps: torch.Tensor, pairs) -> Dict[str, float]:
 
 
 def pooled(results) -> Dict[str, float]:
-    """
-    ``partner_mass`` sums of several images as shares of the queries' attention (NaN without
-    queries), and the ratio own / from_others: 1 when attention does not depend on the query (a
-    GC block's, exactly, by construction), above 1 when a shape picks out its partner.
-    """
+    """``partner_mass`` sums of several images as shares of the queries' attention (NaN without
+    queries), and the ratio own / from_others: 1 when attention does not depend on the query (a GC
+    block's, exactly, by construction), above 1 when a shape picks out its partner."""
     totals = Counter()
     for result in results:
         totals.update({k: v for k, v in result.items() if k != "other_lamps"})
@@ -227,11 +199,9 @@ FAR_PX = 256
 
 
 def _add_lamp_sums(totals: Counter, maps, queries, cue, grid, stride, key_cell, far_px) -> None:
-    """
-    Adds the sums over the shape ``queries`` (Q, 2) of one map to ``totals``: their attention on
-    the ``cue`` key cells (Hk, Wk) and on the key cells whose centre is at least ``far_px`` from
-    the query's, and the uniform shares of both.
-    """
+    """Adds the sums over the shape ``queries`` (Q, 2) of one map to ``totals``: their attention on
+    the ``cue`` key cells (Hk, Wk) and on the key cells whose centre is at least ``far_px`` from the
+    query's, and the uniform shares of both."""
     flat = torch.as_tensor(queries[:, 0] * grid[1] + queries[:, 1])
     lamp = cue_mass(maps[flat], torch.as_tensor(cue))
     key_x = (torch.arange(cue.shape[1]) + 0.5) * stride * key_cell  # (Wk,)
@@ -269,11 +239,9 @@ SPECIFICITY_QUERIES = 256
 
 
 def _shapes(record, entry, scale):
-    """
-    [(lamp box, shape boxes)] of a generated task's image, in the network's input pixels: one per
+    """[(lamp box, shape boxes)] of a generated task's image, in the network's input pixels: one per
     pair of the pairs task, or the long-range task's lamp and the ground-truth boxes that do not
-    overlap it; [] for other datasets.
-    """
+    overlap it; [] for other datasets."""
     from detectron2.structures import BoxMode
 
     if entry.get("pairs"):
@@ -291,11 +259,9 @@ def _shapes(record, entry, scale):
 
 
 def measure_attention(cfg, max_images=None, random_ok=False):
-    """
-    Over the config's first test set: {"images", "blocks": {name: {"specificity",
+    """Over the config's first test set: {"images", "blocks": {name: {"specificity",
     "specificity_at_init", "maps"}}, "lamp": the first backbone block's lamp measures or None,
-    "lamp_by_block" and "partner_by_block": {name: ...} for every backbone block}.
-    """
+    "lamp_by_block" and "partner_by_block": {name: ...} for every backbone block}."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data import transforms as T
     from detectron2.data.detection_utils import read_image

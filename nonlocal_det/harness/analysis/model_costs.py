@@ -1,22 +1,13 @@
 """
-Parameters and FLOPs (fvcore, through Detectron2's FlopCountAnalysis) of a config's model at a
-given input size, with the RoI work made the same for every model.
-
-FLOPs follow fvcore's convention: one multiply-add counts as one flop. The model runs in
-inference mode on a random image of the given size with random weights. Random weights would
-make the RoI work depend on chance (degenerate boxes are dropped), so the output layers of the
-RPN, the box predictor and the keypoint head are zeroed (proposals = anchors, uniform scores;
-counting depends on shapes only), RPN NMS is off and the score threshold is 0: the box head sees
-MODEL.RPN.POST_NMS_TOPK_TEST (1000) proposals and the mask/keypoint heads see
-TEST.DETECTIONS_PER_IMAGE (100) detections, in every model alike.
+Parameters and FLOPs (fvcore, through Detectron2's FlopCountAnalysis; one multiply-add is one flop)
+of a config's model at a given input size, random weights and a random image, with the RoI work
+made the same for every model (``fix_roi_workload``; docs/overhead.md).
 """
 
 import math
 import os
 
 import torch
-
-__all__ = ["analysis_cfg", "fix_roi_workload", "counted_our_way", "analyze"]
 
 
 def sdpa_flop_jit(inputs, outputs):
@@ -28,10 +19,8 @@ def sdpa_flop_jit(inputs, outputs):
 
 
 def counted_our_way(analysis):
-    """
-    ``analysis`` (an fvcore or Detectron2 FlopCountAnalysis) with the fused attention counted
-    (``sdpa_flop_jit``) and fvcore's warnings about uncounted ops and uncalled modules off.
-    """
+    """``analysis`` (an fvcore or Detectron2 FlopCountAnalysis) with the fused attention counted
+    (``sdpa_flop_jit``) and fvcore's warnings about uncounted ops and uncalled modules off."""
     analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
     return analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
 
@@ -45,12 +34,10 @@ def analysis_cfg(config_file, opts=()):
 
 
 def fix_roi_workload(model) -> None:
-    """
-    Zero the output layers of the RPN, the box predictor and the keypoint head (of a one-stage
+    """Zero the output layers of the RPN, the box predictor and the keypoint head (of a one-stage
     detector such as RetinaNet: its head's): valid, weight-independent proposals, detections and
-    heatmaps (random weights can give degenerate boxes and non-finite heatmaps). FLOP counts
-    depend on shapes only.
-    """
+    heatmaps (random weights can give degenerate boxes and non-finite heatmaps). FLOP counts depend
+    on shapes only."""
     if not hasattr(model, "proposal_generator"):  # one-stage: RetinaNet
         layers = [model.head.cls_score, model.head.bbox_pred]
     else:

@@ -1,8 +1,6 @@
 """
-What the tools' command lines share. Tools that read a model's config take Detectron2's
-``default_argument_parser`` (``model_argument_parser``); argument types check their domain at parse
-time, so a bad value is argparse's one-line usage error (exit status 2). argparse has no ranged
-number types, hence ``ranged``.
+What the tools' command lines share: Detectron2's ``default_argument_parser`` for model tools, and
+argument types that check their domain at parse time (argparse's usage error, exit status 2).
 """
 
 import argparse

@@ -1,7 +1,6 @@
 """
-The runs of a seed sweep (tools/run_seeds.py): each (config, seed) is a train_net.py output folder
-with ``run.json`` (the run record) and ``final_metrics.json``; a finished run is also kept as one
-small summary file (no checkpoint), from which ``seed_report`` rebuilds the report.
+The runs of a seed sweep (tools/run_seeds.py): each (config, seed) a train_net.py output folder
+with ``run.json`` and ``final_metrics.json``, kept as a small summary file once finished.
 """
 
 import json

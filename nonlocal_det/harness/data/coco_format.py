@@ -14,8 +14,6 @@ import numpy as np
 
 from ..io import write_json
 
-__all__ = ["polygon_from_mask", "mask_annotation", "prefix_categories", "write_split", "marker_of"]
-
 SPLITS = {"train": 0, "val": 1}  # split -> seed offset, so val images are never train images
 # The key in a generated file's "info" that marks it as the generator's own, intact.
 MARKER_KEY = "nonlocal_det_marker"
@@ -59,14 +57,12 @@ def _digest(content: Dict) -> str:
 def write_split(
     out_dir: str, split: str, num_images: int, draw, info: Dict, categories: List, generator: str
 ) -> str:
-    """
-    ``num_images`` images drawn by ``draw(rng)`` from the split's own random stream (seeded by
+    """``num_images`` images drawn by ``draw(rng)`` from the split's own random stream (seeded by
     ``info["seed"]``), written as ``out_dir/<split>/<id:06d>.png``, and their annotation file
     ``out_dir/annotations/<split>.json``, written atomically with the marker of ``generator`` (a
-    dataset directory name) and ``info["version"]``; returns its path. ``draw`` returns an
-    (H, W, 3) BGR image, its objects [{"category": name, "mask", optional "fields": more
-    annotation fields}] and more fields of its image entry.
-    """
+    dataset directory name) and ``info["version"]``; returns its path. ``draw`` returns an (H, W, 3)
+    BGR image, its objects [{"category": name, "mask", optional "fields": more annotation fields}]
+    and more fields of its image entry."""
     rng = np.random.RandomState(info["seed"] * 1000 + SPLITS[split])
     os.makedirs(os.path.join(out_dir, split), exist_ok=True)
     names = [c["name"] for c in categories]

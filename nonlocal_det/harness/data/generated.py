@@ -1,19 +1,8 @@
 """
-The datasets nonlocal_det generates itself, their Detectron2 registration (Detectron2's
-``register_coco_instances``) and their generation on first use; generating needs only numpy and
-OpenCV.
-
-- ``nonlocal_synthetic`` (``synthetic.py``): shapes and persons with keypoints, for the quickstart;
-- ``nonlocal_longrange`` (``long_range.py``): shapes whose category is decided by a lamp at the
-  far end of the image, for the non-local ablation;
-- ``nonlocal_pairs`` (``pairs.py``): shapes whose category is decided by their own partner lamp,
-  one of four at the far end, for the ablation of query-specific attention.
-
-Each lives under ``$DETECTRON2_DATASETS/<directory>``. An annotation file the generator wrote
-carries a marker (``coco_format.MARKER_KEY``: the generator, its version and a digest of the rest
-of the file). A split is generated when its file is missing, and again when the marker is intact
-but of another version. A file without an intact marker (edited, or not ours) is never
-overwritten: ``ensure`` refuses in one line that names it.
+The datasets nonlocal_det generates itself (``synthetic``, ``long_range``, ``pairs``), registered
+with Detectron2 and generated on first use under ``$DETECTRON2_DATASETS/<directory>``. A split is
+generated when its file is missing or carries an intact marker of another version; a file without
+an intact marker is never overwritten (datasets/README.md).
 """
 
 import os
@@ -26,14 +15,10 @@ from nonlocal_det.errors import BadDataError
 from . import long_range, pairs, synthetic
 from .coco_format import marker_of
 
-__all__ = ["GeneratedDataset", "SYNTHETIC", "LONG_RANGE", "PAIRS", "GENERATED_DATASETS"]
-
 
 @dataclass(frozen=True)
 class GeneratedDataset:
-    """
-    A dataset family written by ``generator.generate(out_dir)`` (with ``VERSION``, ``CATEGORIES``).
-    """
+    """A dataset family written by ``generator.generate(out_dir)`` (``VERSION``, ``CATEGORIES``)."""
 
     generator: ModuleType
     metadata: Dict = field(default_factory=dict)
@@ -67,12 +52,8 @@ class GeneratedDataset:
             register_coco_instances(name, metadata, json_file, os.path.join(root, split))
 
     def ensure(self, root: str = None) -> bool:
-        """
-        Generate the splits under ``root`` if one is missing or an intact one is of another
-        generator version; True if it generated. A complete set in which a file lost its
-        marker (edited since) is used as it is. BadDataError naming a file without an intact
-        marker when generating would overwrite it.
-        """
+        """Generate the splits under ``root`` if one is missing or of another generator version
+        (True if it did); BadDataError naming a file without an intact marker it would overwrite."""
         root = root or self.root()
         files = [os.path.join(root, "annotations", f"{s}.json") for s in self.names().values()]
         markers = {f: marker_of(f) for f in files if os.path.exists(f)}

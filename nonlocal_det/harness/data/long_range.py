@@ -1,20 +1,7 @@
 """
 A generated detection task whose labels need context from far away: "which team's lamp is lit".
-
-Each 128x512 image has a lamp at one end (a disc of radius 20 px, left or right end at random):
-red or green, annotated as ``lamp_red`` / ``lamp_green``. At the other end lie 2-4 grey shapes
-(circles, squares, triangles with random size, rotation and grey level). Every shape's category
-is the lamp's colour: ``team_red`` or ``team_green``. Nothing else depends on the lamp: a shape
-looks the same in both categories, so from the shape and its surroundings a detector can locate
-it but can only guess its category; it has to relate it to the lamp, a distant instance at least
-``MIN_GAP`` = 256 px away from every shape's box, to name it. The lamps themselves are local
-evidence that any detector learns.
-
-The gap exceeds the theoretical receptive field of every feature a ResNet-18-FPN Mask R-CNN
-reads for a box (res5 units see +-217 px, p2 through FPN's top-down path about +-240 px; see
-datasets/README.md), so a baseline of that size cannot reach the lamp through convolutions; a
-non-local block in res4 sees the whole image. Boxes and polygon masks in COCO format; train and
-val from separate random streams. Generation is deterministic for a seed.
+Every shape's category is the colour of a lamp at least ``MIN_GAP`` = 256 px from its box, beyond
+the baseline's receptive field (datasets/README.md describes the task).
 
     python -m nonlocal_det.harness.data --dataset long_range
 """
@@ -79,10 +66,8 @@ def _fits(mask: np.ndarray, zone, occupied: np.ndarray) -> bool:
 
 
 def generate_image(rng: np.random.RandomState):
-    """
-    One (HEIGHT, WIDTH, 3) uint8 BGR image, its objects [{"category", "mask"}] (shapes, then the
-    lamp) and its image entry's lamp_box (x0, y0, x1, y1) and lamp_team.
-    """
+    """One (HEIGHT, WIDTH, 3) uint8 BGR image, its objects [{"category", "mask"}] (shapes, then the
+    lamp) and its image entry's lamp_box (x0, y0, x1, y1) and lamp_team."""
     team = TEAMS[rng.randint(len(TEAMS))]
     lamp_left = bool(rng.randint(2))
     background = rng.randint(60, 200)  # grey level; colour only in the lamp

@@ -1,26 +1,7 @@
 """
-A generated detection task where every object needs its own partner: "whose lamp is yours".
-
-Each 128x512 image holds ``PAIRS`` = 4 pairs. A pair is a shape (circle, square or triangle,
-random size and rotation) and its partner lamp, a disc of radius 14 px inside a white rim that no
-shape has, either solid (``lamp_solid``) or hollow, a ring (``lamp_hollow``). Shape and partner
-are filled with the same colour, the pair's key: a hue drawn at random for every pair, at least
-``MIN_HUE_GAP`` degrees (on the hue circle) from every other pair's hue in the image. A shape's
-category is its partner's glyph: ``team_solid`` or ``team_hollow``; every image holds two lamps
-of each glyph. Nothing of a shape's own appearance depends on its team (its hue is random), so a
-detector finds it but can only guess its category, unless it relates the shape to the one lamp
-of its own colour.
-
-All lamps lie in one column at one end of the image (left or right at random), each in its own
-32-px cell (rows drawn at random), all shapes at the other end, every shape's box at least
-``MIN_GAP`` = 256 px (horizontally) from every lamp's box: as
-in ``nonlocal_longrange``, beyond the receptive field of the features a ResNet-18-FPN Mask R-CNN
-reads for a box. Unlike it, the evidence differs from one shape to the next: one summary of the
-image that is the same for every shape (a GC block's) has to carry four hue-to-glyph bindings at
-once, where a query-specific block can look up the one lamp of the query's colour
-(docs/ablation.md). Boxes and polygon masks in COCO format; train and val from separate random
-streams; the pairing is stored in each image entry (``pairs``: shape box, lamp box, team, hue),
-read by tools/attention_mass.py. Generation is deterministic for a seed.
+A generated detection task where every object needs its own partner: "whose lamp is yours". Each
+image holds ``PAIRS`` shape-lamp pairs, each of its own hue; a shape's category is its lamp's glyph,
+every lamp at least ``MIN_GAP`` px from every shape's box (datasets/README.md describes the task).
 
     python -m nonlocal_det.harness.data --dataset pairs
 """
@@ -87,12 +68,10 @@ def _box(mask: np.ndarray):
 
 
 def generate_image(rng: np.random.RandomState):
-    """
-    One (HEIGHT, WIDTH, 3) uint8 BGR image, its objects [{"category", "mask"}] (the shapes, then
+    """One (HEIGHT, WIDTH, 3) uint8 BGR image, its objects [{"category", "mask"}] (the shapes, then
     the lamps) and its image entry's pairs [{"shape_box", "lamp_box", "team", "hue"}] (boxes XYXY,
-    in pixels; not a COCO field, tools/attention_mass.py reads it). Where the shapes do not fit,
-    it draws again (on from the random state it reached).
-    """
+    in pixels; not a COCO field, tools/attention_mass.py reads it). Where the shapes do not fit, it
+    draws again (on from the random state it reached)."""
     lamps_left = bool(rng.randint(2))
     background = rng.randint(60, 200)
     canvas = noisy_canvas(rng, background, 12)

@@ -1,11 +1,6 @@
 """
-A small COCO-format dataset that nonlocal_det generates itself, so that detection, instance
-segmentation and keypoint detection train and evaluate end to end without COCO.
-
-Each image holds a few objects on a noisy background: filled circles, squares and triangles
-(boxes + polygon masks), and "person" stick figures carrying the 17 COCO keypoints (with
-COCO's names, flip map and skeleton). Generation is deterministic for a seed and needs only
-numpy and OpenCV; registering it needs Detectron2.
+The quickstart's generated COCO-format dataset: shapes (boxes, masks) and "person" stick figures
+with COCO's 17 keypoints, so that every task trains end to end without COCO (datasets/README.md).
 
     python -m nonlocal_det.harness.data --out datasets/nonlocal_synthetic
 """
@@ -37,11 +32,9 @@ VERSION = 2
 
 
 def _person(rng, canvas, cx, cy, scale, color):
-    """
-    Draw a person silhouette (thick limbs, a filled torso and head) whose pelvis is at (cx, cy);
+    """Draw a person silhouette (thick limbs, a filled torso and head) whose pelvis is at (cx, cy);
     return its mask and 17 (x, y, v) keypoints ("left" = image right, as for a person facing the
-    camera). ``scale`` s: the figure is about 1.6 s tall, 0.5-0.9 s wide.
-    """
+    camera). ``scale`` s: the figure is about 1.6 s tall, 0.5-0.9 s wide."""
     h, w = canvas.shape[:2]
     s = scale
     lean = rng.uniform(-0.15, 0.15)
@@ -121,11 +114,9 @@ def _placement(rng, kind, height, width):
 
 
 def generate_image(rng: np.random.RandomState, height: int, width: int):
-    """
-    One image (H, W, 3) uint8 BGR and its objects [{"category", "mask", "fields": {"keypoints",
+    """One image (H, W, 3) uint8 BGR and its objects [{"category", "mask", "fields": {"keypoints",
     "num_keypoints"}}]: 1-2 persons and 1-3 shapes in random order, each tried up to 3 times at
-    random places until it is big enough and hides at most 10% of the objects drawn before it.
-    """
+    random places until it is big enough and hides at most 10% of the objects drawn before it."""
     base = rng.randint(0, 256, size=3)
     canvas = noisy_canvas(rng, base, 18, height, width)
     kinds = ["person"] * rng.randint(1, 3) + [

@@ -46,11 +46,9 @@ def setup_nonlocal_logger(output_dir: str, device: str) -> None:
 
 
 class NonLocalDefaultTrainer(DefaultTrainer):
-    """
-    DefaultTrainer that also trains CPU processes (gloo), uses SOLVER.AMP.PRECISION, checkpoints
+    """DefaultTrainer that also trains CPU processes (gloo), uses SOLVER.AMP.PRECISION, checkpoints
     atomically, refuses SyncBatchNorm on a multi-process CPU run, loads checked records, evaluates
-    every predicted task with COCOEvaluator and writes OUTPUT_DIR/final_metrics.json.
-    """
+    every predicted task with COCOEvaluator and writes OUTPUT_DIR/final_metrics.json."""
 
     def __init__(self, cfg):
         with cpu_ddp_support():  # Detectron2-internal (1)

@@ -1,7 +1,6 @@
 """
-Training and evaluation of a LazyConfig ``.py`` file (``run_lazy_config``, for train_net.py), as
-Detectron2's ``tools/lazyconfig_train_net.py``: ``cfg.model``, ``optimizer``,
-``dataloader.{train,test,evaluator}``, ``lr_multiplier`` and ``train.*`` through its trainers.
+Training and evaluation of a LazyConfig ``.py`` file for train_net.py (``run_lazy_config``), as
+Detectron2's ``tools/lazyconfig_train_net.py`` does it.
 """
 
 import logging

@@ -5,8 +5,6 @@ import platform
 import subprocess
 from typing import Optional
 
-__all__ = ["cpu_model", "describe_machine", "git_commit"]
-
 
 def cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo), or what the platform reports."""

@@ -9,8 +9,6 @@ import subprocess
 import sys
 import time
 
-__all__ = ["time_and_peak", "cpu_peak_bytes", "run_child_process"]
-
 
 def cpu_peak_bytes(step) -> int:
     """Peak bytes torch's CPU allocator holds during step() above what it held before."""
@@ -32,11 +30,9 @@ def cpu_peak_bytes(step) -> int:
 
 
 def time_and_peak(step, device, repeats: int, *, with_memory: bool = True) -> dict:
-    """
-    Warm-up (thread pools, kernel selection, caches), then one step measured for the
-    allocator's extra peak bytes (None without ``with_memory``), then ``repeats`` timed steps.
-    ``step`` must synchronise CUDA itself. Returns {"peak_bytes", "times"}.
-    """
+    """Warm-up (thread pools, kernel selection, caches), then one step measured for the allocator's
+    extra peak bytes (None without ``with_memory``), then ``repeats`` timed steps. ``step`` must
+    synchronise CUDA itself. Returns {"peak_bytes", "times"}."""
     import torch
 
     step()
@@ -57,10 +53,8 @@ def time_and_peak(step, device, repeats: int, *, with_memory: bool = True) -> di
 
 
 def run_child_process(script: str, spec: dict, timeout: float) -> dict:
-    """
-    ``python script --child '<spec>'``: the dict its last JSON line prints, or {"error": why}
-    (timed out, failed: the last line of its stderr).
-    """
+    """``python script --child '<spec>'``: the dict its last JSON line prints, or {"error": why}
+    (timed out, failed: the last line of its stderr)."""
     cmd = [sys.executable, os.path.abspath(script), "--child", json.dumps(spec)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)

@@ -4,8 +4,6 @@ import os
 import statistics
 from typing import Iterable, List, Optional, Sequence
 
-__all__ = ["markdown_table", "format_duration", "format_ap", "mean_std", "write_text"]
-
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> List[str]:
     """The lines of a markdown table: the header, the rule, a line per row."""
