@@ -292,7 +292,7 @@ def test_resume_states_of_an_output_folder(tmp_path):
     checkpointer = DetectionCheckpointer(_model(), str(tmp_path))
     assert resumed_checkpoint(checkpointer) is None  # no checkpoint: start from the weights
     (tmp_path / "last_checkpoint").write_text("model_0000099.pth")
-    with pytest.raises(MissingInputError, match="model_0000099.pth .*No such file"):
+    with pytest.raises(MissingInputError, match="model_0000099.pth .*is not a file"):
         resumed_checkpoint(checkpointer)
     _save(tmp_path / "model_0000099.pth", _model())
     assert resumed_checkpoint(checkpointer) == str(tmp_path / "model_0000099.pth")
