@@ -112,3 +112,21 @@ def test_every_shape_is_on_its_partner_lamps_team_and_only_the_lamp_says_which(t
             assert annotated[(x0, y0, x1 - x0, y1 - y0)] == pair["team"]
             assert all(max(x0 - lamp[2], lamp[0] - x1) >= pairs.MIN_GAP for lamp in lamps)
     assert found == 12 * pairs.PAIRS
+
+
+def test_the_command_line_generator_writes_the_splits_it_is_asked_for(
+    tmp_path, monkeypatch, capsys
+):
+    from nonlocal_det.harness.data import __main__ as command
+
+    out = tmp_path / "pairs"
+    argv = ["data", "--dataset", "pairs", "--out", str(out), "--train", "2", "--val", "1"]
+    monkeypatch.setattr("sys.argv", argv)
+    command.main()
+    printed = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    assert printed == {s: str(out / "annotations" / f"{s}.json") for s in ("train", "val")}
+    for split, count in (("train", 2), ("val", 1)):
+        assert (
+            len(json.loads((out / "annotations" / f"{split}.json").read_text())["images"]) == count
+        )
+        assert marker_of(printed[split]) == ("nonlocal_pairs", pairs.VERSION)

@@ -508,3 +508,34 @@ def test_a_damaged_run_summary_is_named(tmp_path, text):
     (tmp_path / "seed0.json").write_text(text)
     with pytest.raises(BadDataError, match=f"{tmp_path}/seed0.json is not a run summary"):
         load_summary(str(tmp_path / "seed0.json"))
+
+
+@pytest.mark.parametrize(
+    "opts, build, key",
+    [
+        (
+            ["INPUT.CROP.ENABLED", "True", "INPUT.CROP.TYPE", "relative_rang"],
+            lambda cfg: __import__("detectron2.data").data.DatasetMapper(cfg, is_train=True),
+            "INPUT.CROP.TYPE='relative_rang'",
+        ),
+        (
+            ["MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[-0.5, 1.0]]"],
+            lambda cfg: __import__("detectron2.modeling").modeling.build_model(cfg),
+            "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS=[[-0.5, 1.0]]",
+        ),
+    ],
+    ids=["crop type typo", "negative aspect ratio"],
+)
+def test_a_detectron2_builder_failure_in_the_dry_run_is_one_line_naming_the_key(opts, build, key):
+    """Detectron2's own builder rejects the value (a bare assert, a math error); the dry run's
+    wrapper says which stage, quotes the failed line, and names the key before any other."""
+    from nonlocal_det.harness.dry_run import explaining_failures
+
+    cfg = load_cfg("quickstart.yaml", *opts)
+    with pytest.raises(ConfigError) as raised:
+        with explaining_failures(cfg, "the stage under test", "INPUT"):
+            build(cfg)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith("dry run, the stage under test: ")
+    assert message.split("; check ", 1)[1].startswith(key), message
+    assert message.endswith("(DRY_RUN False skips the dry run)")

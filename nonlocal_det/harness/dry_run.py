@@ -64,10 +64,15 @@ def _section_of(error: BaseException):
 
 
 def _text(error: BaseException) -> str:
-    """The error's message; for a bare ``assert``, the line that failed."""
+    """The error's message and, where Detectron2 raised it, its line (a bare ``assert``: the line
+    alone; "math domain error" says nothing of which value)."""
     frames = traceback.extract_tb(error.__traceback__)
-    line = f"failed: {frames[-1].line}" if frames and frames[-1].line else "(no message)"
-    return " ".join(str(error).split()) or line
+    line = frames[-1].line if frames else None
+    message = " ".join(str(error).split())
+    if not message:
+        return f"failed: {line}" if line else "(no message)"
+    in_detectron2 = frames and "/detectron2/" in frames[-1].filename.replace("\\", "/")
+    return f"{message} (at `{line}`)" if in_detectron2 and line else message
 
 
 def suspects(cfg, error: BaseException, section: str = None):
@@ -95,9 +100,8 @@ def suspects(cfg, error: BaseException, section: str = None):
     words = re.findall(r"[a-z_]{4,}", message.lower())
 
     def quoted(kv):
-        return str(kv[1]) in message or any(
-            kv[0].lower().replace(".", "_").endswith(w) for w in words
-        )
+        flat = kv[0].lower().replace(".", "_")
+        return str(kv[1]) in message or any(flat.endswith((w, w + "s")) for w in words)
 
     keys.sort(key=quoted, reverse=True)  # stable: the quoted ones first, in section order
     return keys or [(section, "(all defaults)")]
