@@ -330,3 +330,33 @@ def test_an_ap_coco_could_not_compute_is_shown_and_left_out_of_the_mean():
     expected = f"{statistics.mean([70, 73]):.1f} ± {statistics.pstdev([70, 73]):.1f}"
     assert mean_std(values) == f"{expected} (2 of 3 runs)"
     assert mean_std([None, None]) == "—" and format_ap(None) == "—" and format_ap(71.25) == "71.2"
+
+
+def _flat_config(name):
+    from nonlocal_det.harness.config import get_nonlocal_cfg
+
+    def flat(node, prefix=""):
+        items = node.items() if hasattr(node, "items") else ()
+        return {
+            k: v for key, child in items for k, v in flat(child, f"{prefix}{key}.").items()
+        } or {prefix[:-1]: node}
+
+    return flat(get_nonlocal_cfg(config(name), []))
+
+
+@pytest.mark.parametrize("task", ["longrange", "pairs"])
+def test_an_ablations_configs_differ_from_its_baseline_only_in_the_block(task):
+    base = _flat_config(f"{task}_baseline.yaml")
+    for block in ("NL", "GC", "DNL"):
+        cfg = _flat_config(f"{task}_{block}.yaml")
+        assert cfg.keys() == base.keys()
+        changed = {k for k in cfg if cfg[k] != base[k]} - {"OUTPUT_DIR", "MODEL.BACKBONE.NAME"}
+        assert changed and all(k.startswith("MODEL.NONLOCAL.") for k in changed), (block, changed)
+
+
+def test_the_pairs_configs_are_the_long_range_ones_with_the_data_swapped():
+    for block in ("baseline", "NL", "GC", "DNL"):
+        longrange = _flat_config(f"longrange_{block}.yaml")
+        pairs = _flat_config(f"pairs_{block}.yaml")
+        changed = {k for k in pairs if pairs[k] != longrange[k]}
+        assert changed == {"DATASETS.TRAIN", "DATASETS.TEST", "OUTPUT_DIR"}, block
