@@ -294,17 +294,33 @@ ABLATION_REPORT = [
 ]
 
 
-def test_committed_ablation_table_is_rebuilt_from_the_committed_run_summaries(tmp_path):
-    """docs/ablation_table.md comes from docs/ablation_runs/ alone: nothing is retrained."""
+PAIRS_REPORT = [
+    *ABLATION_REPORT[:2],
+    *(config(f"pairs_{block}.yaml") for block in ("baseline", "NL", "GC", "DNL")),
+    "--seeds",
+    "0",  # the seeds whose four runs are committed
+    *ABLATION_REPORT[ABLATION_REPORT.index("--no-costs") :],
+]
+PAIRS_REPORT[-1] = "team=team_solid,team_hollow"
+
+
+@pytest.mark.parametrize(
+    "committed_table, report",
+    [("ablation_table.md", ABLATION_REPORT), ("ablation_table_pairs.md", PAIRS_REPORT)],
+)
+def test_committed_ablation_table_is_rebuilt_from_the_committed_run_summaries(
+    tmp_path, committed_table, report
+):
+    """docs/ablation_table*.md come from docs/ablation_runs/ alone: nothing is retrained."""
     import seeds_report
 
     table, plot = tmp_path / "table.md", tmp_path / "ablation.png"
-    assert seeds_report.main([*ABLATION_REPORT, "--table", str(table), "--plot", str(plot)]) == 0
+    assert seeds_report.main([*report, "--table", str(table), "--plot", str(plot)]) == 0
 
     def rows(text):
         return [line for line in text.splitlines() if line.startswith("|")]
 
-    committed = open(os.path.join(REPO_ROOT, "docs", "ablation_table.md")).read()
+    committed = open(os.path.join(REPO_ROOT, "docs", committed_table)).read()
     assert rows(table.read_text()) == rows(committed) and len(rows(committed)) > 10
     assert plot.stat().st_size > 10_000
 
