@@ -510,31 +510,36 @@ def test_a_damaged_run_summary_is_named(tmp_path, text):
         load_summary(str(tmp_path / "seed0.json"))
 
 
+@needs_detectron2
 @pytest.mark.parametrize(
-    "opts, build, key",
+    "opts, builder, key",
     [
         (
             ["INPUT.CROP.ENABLED", "True", "INPUT.CROP.TYPE", "relative_rang"],
-            lambda cfg: __import__("detectron2.data").data.DatasetMapper(cfg, is_train=True),
+            "mapper",
             "INPUT.CROP.TYPE='relative_rang'",
         ),
         (
             ["MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[-0.5, 1.0]]"],
-            lambda cfg: __import__("detectron2.modeling").modeling.build_model(cfg),
+            "model",
             "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS=[[-0.5, 1.0]]",
         ),
     ],
     ids=["crop type typo", "negative aspect ratio"],
 )
-def test_a_detectron2_builder_failure_in_the_dry_run_is_one_line_naming_the_key(opts, build, key):
+def test_a_detectron2_builder_failure_in_the_dry_run_is_one_line_naming_the_key(opts, builder, key):
     """Detectron2's own builder rejects the value (a bare assert, a math error); the dry run's
     wrapper says which stage, quotes the failed line, and names the key before any other."""
+    from detectron2.data import DatasetMapper
+    from detectron2.modeling import build_model
+
     from nonlocal_det.harness.dry_run import explaining_failures
 
+    build = {"mapper": lambda cfg: DatasetMapper(cfg, is_train=True), "model": build_model}
     cfg = load_cfg("quickstart.yaml", *opts)
     with pytest.raises(ConfigError) as raised:
         with explaining_failures(cfg, "the stage under test", "INPUT"):
-            build(cfg)
+            build[builder](cfg)
     message = str(raised.value)
     assert "\n" not in message and message.startswith("dry run, the stage under test: ")
     assert message.split("; check ", 1)[1].startswith(key), message
