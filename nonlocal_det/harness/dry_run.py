@@ -54,11 +54,17 @@ CODE_SECTIONS = {
 }
 
 
+def _detectron2_path(frame: traceback.FrameSummary):
+    """The frame's file path with forward slashes if it is Detectron2's code, else None."""
+    path = frame.filename.replace("\\", "/")
+    return path if "/detectron2/" in path else None
+
+
 def _section_of(error: BaseException):
     for frame in reversed(traceback.extract_tb(error.__traceback__)):
-        path = frame.filename.replace("\\", "/")
+        path = _detectron2_path(frame)
         for code, section in CODE_SECTIONS.items():
-            if "/detectron2/" in path and path.endswith(code):
+            if path and path.endswith(code):
                 return section
     return None
 
@@ -71,7 +77,7 @@ def _text(error: BaseException) -> str:
     message = " ".join(str(error).split())
     if not message:
         return f"failed: {line}" if line else "(no message)"
-    in_detectron2 = frames and "/detectron2/" in frames[-1].filename.replace("\\", "/")
+    in_detectron2 = frames and _detectron2_path(frames[-1])
     return f"{message} (at `{line}`)" if in_detectron2 and line else message
 
 
