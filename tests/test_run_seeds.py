@@ -276,32 +276,27 @@ def test_partner_mass_of_gc_blocks_is_that_of_any_other_lamp(datasets_dir):
         assert partner["ratio"] == pytest.approx(1.0, abs=1e-9)
 
 
-ABLATION_REPORT = [
-    os.path.join(REPO_ROOT, "docs", "ablation_runs"),
-    "--config-files",
-    config("longrange_baseline.yaml"),
-    config("longrange_NL.yaml"),
-    config("longrange_GC.yaml"),
-    config("longrange_DNL.yaml"),
-    "--seeds",
-    "0",
-    "1",
-    "2",
-    "--no-costs",
-    "--per-category",
-    "--category-mean",
-    "team=team_red,team_green",
-]
+BLOCKS = ("baseline", "NL", "GC", "DNL")  # an ablation's configs: <task>_<block>.yaml
 
 
-PAIRS_REPORT = [
-    *ABLATION_REPORT[:2],
-    *(config(f"pairs_{block}.yaml") for block in ("baseline", "NL", "GC", "DNL")),
-    "--seeds",
-    "0",  # the seeds whose four runs are committed
-    *ABLATION_REPORT[ABLATION_REPORT.index("--no-costs") :],
-]
-PAIRS_REPORT[-1] = "team=team_solid,team_hollow"
+def report_args(task, team_categories, seeds):
+    """tools/seeds_report.py's arguments for a task's committed table (without its outputs)."""
+    return [
+        os.path.join(REPO_ROOT, "docs", "ablation_runs"),
+        "--config-files",
+        *(config(f"{task}_{block}.yaml") for block in BLOCKS),
+        "--seeds",
+        *seeds,
+        "--no-costs",
+        "--per-category",
+        "--category-mean",
+        f"team={team_categories}",
+    ]
+
+
+ABLATION_REPORT = report_args("longrange", "team_red,team_green", ["0", "1", "2"])
+# the seeds whose four runs are committed
+PAIRS_REPORT = report_args("pairs", "team_solid,team_hollow", ["0"])
 
 
 @pytest.mark.parametrize(
@@ -349,30 +344,26 @@ def test_an_ap_coco_could_not_compute_is_shown_and_left_out_of_the_mean():
 
 
 def _flat_config(name):
+    from detectron2.evaluation.testing import flatten_results_dict
+
     from nonlocal_det.harness.config import get_nonlocal_cfg
 
-    def flat(node, prefix=""):
-        items = node.items() if hasattr(node, "items") else ()
-        return {
-            k: v for key, child in items for k, v in flat(child, f"{prefix}{key}.").items()
-        } or {prefix[:-1]: node}
-
-    return flat(get_nonlocal_cfg(config(name), []))
+    return flatten_results_dict(get_nonlocal_cfg(config(name), []))  # keys "MODEL/NONLOCAL/..."
 
 
 @pytest.mark.parametrize("task", ["longrange", "pairs"])
 def test_an_ablations_configs_differ_from_its_baseline_only_in_the_block(task):
     base = _flat_config(f"{task}_baseline.yaml")
-    for block in ("NL", "GC", "DNL"):
+    for block in BLOCKS[1:]:
         cfg = _flat_config(f"{task}_{block}.yaml")
         assert cfg.keys() == base.keys()
-        changed = {k for k in cfg if cfg[k] != base[k]} - {"OUTPUT_DIR", "MODEL.BACKBONE.NAME"}
-        assert changed and all(k.startswith("MODEL.NONLOCAL.") for k in changed), (block, changed)
+        changed = {k for k in cfg if cfg[k] != base[k]} - {"OUTPUT_DIR", "MODEL/BACKBONE/NAME"}
+        assert changed and all(k.startswith("MODEL/NONLOCAL/") for k in changed), (block, changed)
 
 
 def test_the_pairs_configs_are_the_long_range_ones_with_the_data_swapped():
-    for block in ("baseline", "NL", "GC", "DNL"):
+    for block in BLOCKS:
         longrange = _flat_config(f"longrange_{block}.yaml")
         pairs = _flat_config(f"pairs_{block}.yaml")
         changed = {k for k in pairs if pairs[k] != longrange[k]}
-        assert changed == {"DATASETS.TRAIN", "DATASETS.TEST", "OUTPUT_DIR"}, block
+        assert changed == {"DATASETS/TRAIN", "DATASETS/TEST", "OUTPUT_DIR"}, block
